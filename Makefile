@@ -1,0 +1,43 @@
+# stepserve: `make serve` and `make test` are the two commands a newcomer needs.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+PYTHON  := $(BIN)/python
+STAMP   := $(VENV)/.installed
+MODELS  := moons-ddpm moons-fm digits-ddpm digits-fm
+
+.PHONY: install test test-fast bench train lint format serve clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install pinned dependencies (CPU torch)
+
+test: install  ## the whole test suite, slow end-to-end tests included
+	$(BIN)/pytest -q tests
+
+test-fast: install  ## unit tests only (no Ray, no long training)
+	$(BIN)/pytest -q -m "not slow" tests
+
+lint: install  ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+train: install  ## train the four default models into models/
+	@for m in $(MODELS); do $(PYTHON) -m training --config configs/$$m.yaml --out models/$$m || exit 1; done
+
+bench: install  ## benchmarks; JSON into bench-results/
+	$(PYTHON) -m serving.bench --out bench-results
+
+clean:
+	rm -rf bench-results .pytest_cache

@@ -1,0 +1,213 @@
+"""Checkpoints: a directory with `manifest.json` plus safetensors weights (and exported files).
+
+The manifest is the contract between training, export and serving. It records the format version,
+the net, the objective, the data, training facts and the sha256 of every file; loading checks every
+hash and never unpickles anything.
+
+    manifest.json
+    weights.safetensors   raw weights        (role "raw")
+    ema.safetensors       EMA weights        (role "ema")
+    model.onnx, ...       added by `export`  (roles "onnx", "tensorrt")
+    train_state.safetensors  optimizer state for resuming, recorded under "resume" (not needed to serve)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from training.data import Normalization
+from training.nets import build_net
+from training.paths import Objective, objective_from_dict
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+WEIGHT_FILES = {"raw": "weights.safetensors", "ema": "ema.safetensors"}
+RESUME_FILE = "train_state.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupt, tampered with or of an unknown format."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def read_manifest(ckpt_dir: str | Path) -> dict[str, Any]:
+    d = Path(ckpt_dir)
+    if not d.is_dir():
+        raise CheckpointError(f"checkpoint directory not found: {d}")
+    mpath = d / MANIFEST
+    if not mpath.is_file():
+        raise CheckpointError(f"{d} is not a checkpoint: {MANIFEST} is missing")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{mpath}: not valid JSON ({e})") from e
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{mpath}: unknown checkpoint format_version {version!r}; this code reads version {FORMAT_VERSION}"
+        )
+    return manifest
+
+
+def verify_file(ckpt_dir: Path, name: str, expected_sha256: str) -> Path:
+    path = ckpt_dir / name
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {ckpt_dir}: file {name} listed in the manifest is missing")
+    actual = sha256_file(path)
+    if actual != expected_sha256:
+        raise CheckpointError(
+            f"checkpoint {ckpt_dir}: sha256 mismatch for {name} (manifest {expected_sha256[:12]}..., "
+            f"file {actual[:12]}...); the file was modified or corrupted"
+        )
+    return path
+
+
+def add_file(ckpt_dir: str | Path, name: str, role: str, **info: Any) -> None:
+    """Record (or re-record) a file that lies in the checkpoint directory, with its sha256."""
+    d = Path(ckpt_dir)
+    manifest = read_manifest(d)
+    manifest["files"][name] = {"role": role, "sha256": sha256_file(d / name), **info}
+    _write_json_atomic(d / MANIFEST, manifest)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded, verified checkpoint. Weights are read lazily by `net()`."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def objective(self) -> Objective:
+        return objective_from_dict(self.manifest["objective"])
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        return tuple(self.manifest["data"]["shape"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.manifest["data"]["num_classes"])
+
+    @property
+    def null_label(self) -> int:
+        return int(self.manifest["data"]["null_label"])
+
+    @property
+    def data_kind(self) -> str:
+        return self.manifest["data"]["kind"]
+
+    @property
+    def normalization(self) -> Normalization:
+        return Normalization(**self.manifest["data"]["normalization"])
+
+    def files_with_role(self, role: str) -> list[str]:
+        return [name for name, info in self.manifest["files"].items() if info.get("role") == role]
+
+    def file(self, name: str) -> Path:
+        """Path of a listed file, re-verified against its recorded hash."""
+        info = self.manifest["files"].get(name)
+        if info is None:
+            raise CheckpointError(f"checkpoint {self.path}: no file {name!r} in the manifest")
+        return verify_file(self.path, name, info["sha256"])
+
+    def build_net(self) -> nn.Module:
+        net = self.manifest["net"]
+        return build_net(net["kind"], net["hparams"], self.data_shape, self.num_classes, net["t_scale"])
+
+    def net(self, weights: str = "ema") -> nn.Module:
+        """The net with `weights` ("ema" or "raw") loaded, in eval mode, gradients off."""
+        if weights not in WEIGHT_FILES:
+            raise ValueError(f"weights must be one of {sorted(WEIGHT_FILES)}, got {weights!r}")
+        model = self.build_net()
+        state = load_file(self.file(WEIGHT_FILES[weights]))
+        model.load_state_dict(state, strict=True)
+        return model.eval().requires_grad_(False)
+
+
+def load_checkpoint(ckpt_dir: str | Path) -> Checkpoint:
+    """Read the manifest and verify the sha256 of every listed file."""
+    d = Path(ckpt_dir)
+    manifest = read_manifest(d)
+    for key in ("name", "net", "objective", "data", "files"):
+        if key not in manifest:
+            raise CheckpointError(f"{d / MANIFEST}: required key {key!r} is missing")
+    for name, info in manifest["files"].items():
+        verify_file(d, name, info["sha256"])
+    return Checkpoint(d, manifest)
+
+
+def save_checkpoint(
+    out: str | Path,
+    *,
+    name: str,
+    net_kind: str,
+    net_hparams: dict[str, Any],
+    t_scale: float,
+    model: nn.Module,
+    ema_model: nn.Module,
+    objective: Objective,
+    data: dict[str, Any],
+    training: dict[str, Any],
+    train_state: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write weights, EMA weights (and optionally the resume state) and a manifest into `out`.
+
+    `data` holds kind, shape, normalization (dict), num_classes; null_label = num_classes is added.
+    Files that export added earlier are dropped from the manifest: they belong to old weights.
+    """
+    d = Path(out)
+    d.mkdir(parents=True, exist_ok=True)
+    files: dict[str, dict[str, Any]] = {}
+    for role, module in (("raw", model), ("ema", ema_model)):
+        fname = WEIGHT_FILES[role]
+        state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+        save_file(state, str(d / fname))
+        files[fname] = {"role": role, "sha256": sha256_file(d / fname)}
+    manifest: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "net": {"kind": net_kind, "hparams": dict(net_hparams), "t_scale": float(t_scale)},
+        "objective": objective.to_dict(),
+        "data": {**data, "shape": list(data["shape"]), "null_label": int(data["num_classes"])},
+        "training": training,
+        "files": files,
+    }
+    if train_state is not None:
+        save_file(train_state, str(d / RESUME_FILE))
+        manifest["resume"] = {"file": RESUME_FILE, "sha256": sha256_file(d / RESUME_FILE)}
+    _write_json_atomic(d / MANIFEST, manifest)
+    return d
+
+
+def load_train_state(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
+    info = ckpt.manifest.get("resume")
+    if info is None:
+        raise CheckpointError(f"checkpoint {ckpt.path} has no resume state (trained without it?)")
+    return load_file(verify_file(ckpt.path, info["file"], info["sha256"]))

@@ -1,0 +1,76 @@
+"""Training configs: YAML files with strictly known keys (an unknown key is refused by name)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    kind: str = "moons"
+    n: int = 20000  # moons only: size of the fixed training draw
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 5000
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+    label_dropout: float = 0.1
+    grad_clip: float = 1.0
+    warmup_steps: int = 100
+    seed: int = 0
+    checkpoint_every: int = 1000
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    data: DataConfig = field(default_factory=DataConfig)
+    net: dict[str, Any] = field(default_factory=dict)  # {"kind": ..., hyperparameters...}
+    objective: dict[str, Any] = field(default_factory=dict)  # {"kind": "ddpm"|"fm", ...}
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _strict(cls: type, section: str, d: Any) -> Any:
+    if not isinstance(d, dict):
+        raise ValueError(f"config section {section!r} must be a mapping, got {type(d).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown config key(s) in {section!r}: {', '.join(unknown)}")
+    return cls(**d)
+
+
+def config_from_dict(d: dict[str, Any]) -> Config:
+    if not isinstance(d, dict):
+        raise ValueError("config must be a mapping")
+    unknown = sorted(set(d) - {f.name for f in fields(Config)})
+    if unknown:
+        raise ValueError(f"unknown config key(s) at top level: {', '.join(unknown)}")
+    if "name" not in d:
+        raise ValueError("config needs a 'name'")
+    for key in ("net", "objective"):
+        if not isinstance(d.get(key), dict) or "kind" not in d[key]:
+            raise ValueError(f"config section {key!r} needs a 'kind'")
+    return Config(
+        name=str(d["name"]),
+        data=_strict(DataConfig, "data", d.get("data", {})),
+        net=dict(d["net"]),
+        objective=dict(d["objective"]),
+        train=_strict(TrainConfig, "train", d.get("train", {})),
+    )
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    with path.open() as f:
+        return config_from_dict(yaml.safe_load(f) or {})

@@ -1,0 +1,26 @@
+"""Paths and objectives: DDPM schedules and targets, the FM linear path, and their losses."""
+
+from training.paths.conversions import TARGETS, to_eps_x0
+from training.paths.objectives import (
+    DDPM_T_SCALE,
+    FM_T_SCALE,
+    DDPMObjective,
+    FMObjective,
+    Objective,
+    objective_from_dict,
+)
+from training.paths.schedules import NUM_TRAIN_TIMESTEPS, SCHEDULES, DDPMSchedule
+
+__all__ = [
+    "DDPM_T_SCALE",
+    "FM_T_SCALE",
+    "NUM_TRAIN_TIMESTEPS",
+    "SCHEDULES",
+    "TARGETS",
+    "DDPMObjective",
+    "DDPMSchedule",
+    "FMObjective",
+    "Objective",
+    "objective_from_dict",
+    "to_eps_x0",
+]
