@@ -1,0 +1,24 @@
+"""Shared fixtures: tiny checkpoints of the four default configs, trained for a few steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from training.config import load_config
+from training.trainer import train
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODELS = ("moons-ddpm", "moons-fm", "digits-ddpm", "digits-fm")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """name -> checkpoint dir for each default config, trained 20 steps (weights are random-ish, but every
+    file, hash and shape is real)."""
+    root = tmp_path_factory.mktemp("tiny-models")
+    out = {}
+    for name in DEFAULT_MODELS:
+        out[name] = train(load_config(ROOT / "configs" / f"{name}.yaml"), root / name, max_steps=20, progress=False)
+    return out
