@@ -1,0 +1,195 @@
+"""The service as the load generator sees it: HTTP calls, one request's record, and the pre-flight check.
+
+Everything goes over HTTP (httpx); nothing here imports the serving package.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import httpx
+
+
+class LoadTestError(Exception):
+    """A problem the user can fix (bad argument, unreachable service): printed as one `error: ...` line."""
+
+
+@dataclass
+class Record:
+    """One request as measured by the client. Times are seconds since the run's start on one monotonic
+    clock: `scheduled` is when it was meant to start (open loop: the Poisson arrival; closed loop: the
+    moment a worker was free), `start` when it was sent, `end` when the response (or error) arrived.
+    status: the HTTP status as text, or "timeout" / "connect" / "transport" when no response came.
+    server_*: the service's own timing fields (None when absent)."""
+
+    index: int
+    sampler: str
+    steps: int
+    load: float
+    scheduled: float
+    start: float
+    end: float
+    status: str
+    warmup: bool
+    num_samples: int = 0
+    nfe: int | None = None
+    server_queue_s: float | None = None
+    server_compute_s: float | None = None
+    server_total_s: float | None = None
+    retry_after: str | None = None
+    detail: str | None = None  # the error body (truncated) of a non-200 answer, or the transport error
+
+    @property
+    def latency(self) -> float:
+        return self.end - self.start
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "200"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _timing_field(timing: dict[str, Any], prefix: str) -> float | None:
+    """Seconds from the response's timing object: `<prefix>_ms` (the API's fields: queue_ms, compute_ms,
+    total_ms) or `<prefix>_s`; None when absent."""
+    for key, scale in ((f"{prefix}_ms", 1e-3), (f"{prefix}_s", 1.0)):
+        value = timing.get(key)
+        if isinstance(value, int | float):
+            return float(value) * scale
+    return None
+
+
+@dataclass(frozen=True)
+class RequestSpec:
+    """What every request of one sweep cell asks for; `payload(i)` varies seed and class label."""
+
+    model: str
+    sampler: str
+    steps: int
+    num_samples: int
+    guidance: float | None = None
+    class_labels: tuple[int, ...] | None = None  # cycled over requests; None = unconditional
+    seed: int = 0
+    eta: float | None = None
+
+    def payload(self, index: int) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "sampler": self.sampler,
+            "steps": self.steps,
+            "num_samples": self.num_samples,
+            "seed": self.seed + index,
+        }
+        if self.guidance is not None:
+            body["guidance"] = self.guidance
+        if self.class_labels:
+            body["class_label"] = self.class_labels[index % len(self.class_labels)]
+        if self.eta is not None:
+            body["eta"] = self.eta
+        return body
+
+
+async def send(
+    client: httpx.AsyncClient,
+    spec: RequestSpec,
+    index: int,
+    load: float,
+    scheduled: float,
+    t0: float,
+    warmup: bool,
+) -> Record:
+    """POST one request and measure it; never raises for HTTP or transport failures (they are data)."""
+    rec = Record(
+        index=index,
+        sampler=spec.sampler,
+        steps=spec.steps,
+        load=load,
+        scheduled=scheduled,
+        start=time.perf_counter() - t0,
+        end=0.0,
+        status="",
+        warmup=warmup,
+    )
+    try:
+        resp = await client.post("/v1/samples", json=spec.payload(index))
+    except httpx.TimeoutException as e:
+        rec.status, rec.detail = "timeout", f"{type(e).__name__}: {e}"
+    except httpx.ConnectError as e:
+        rec.status, rec.detail = "connect", f"{type(e).__name__}: {e}"
+    except httpx.TransportError as e:
+        rec.status, rec.detail = "transport", f"{type(e).__name__}: {e}"
+    else:
+        rec.status = str(resp.status_code)
+        rec.retry_after = resp.headers.get("retry-after")
+        if resp.status_code != 200:
+            rec.detail = _error_detail(resp)
+        else:
+            body = resp.json()
+            shape = body.get("shape") or [spec.num_samples]
+            rec.num_samples = int(shape[0])
+            rec.nfe = body.get("nfe")
+            timing = body.get("timing") or {}
+            rec.server_queue_s = _timing_field(timing, "queue")
+            rec.server_compute_s = _timing_field(timing, "compute")
+            rec.server_total_s = _timing_field(timing, "total")
+    rec.end = time.perf_counter() - t0
+    return rec
+
+
+def _error_detail(resp: httpx.Response) -> str:
+    try:
+        body = resp.json()
+    except ValueError:
+        return resp.text[:200]
+    return (
+        str(body.get("detail") or body.get("error") or body)[:200]
+        if isinstance(body, dict)
+        else str(body)[:200]
+    )
+
+
+def list_models(url: str, timeout: float = 10.0) -> list[str]:
+    """Model ids from GET /v1/models; LoadTestError when the service cannot be reached or answers badly."""
+    try:
+        resp = httpx.get(f"{url}/v1/models", timeout=timeout)
+    except httpx.HTTPError as e:
+        raise LoadTestError(f"cannot reach {url}/v1/models: {type(e).__name__}: {e}") from None
+    if resp.status_code != 200:
+        raise LoadTestError(f"GET {url}/v1/models answered {resp.status_code}: {_error_detail(resp)}")
+    body = resp.json()
+    entries = body.get("models", body.get("data", [])) if isinstance(body, dict) else body
+    return [e if isinstance(e, str) else str(e.get("id") or e.get("name")) for e in entries]
+
+
+def model_info(url: str, model: str, timeout: float = 10.0) -> dict[str, Any]:
+    """GET /v1/models/{model} after checking that the model is listed; LoadTestError otherwise."""
+    known = list_models(url, timeout)
+    if model not in known:
+        raise LoadTestError(
+            f"unknown model {model!r} at {url}; the service has: {', '.join(known) or 'none'}"
+        )
+    try:
+        resp = httpx.get(f"{url}/v1/models/{model}", timeout=timeout)
+    except httpx.HTTPError as e:
+        raise LoadTestError(f"cannot reach {url}/v1/models/{model}: {e}") from None
+    if resp.status_code != 200:
+        raise LoadTestError(f"GET {url}/v1/models/{model} answered {resp.status_code}: {_error_detail(resp)}")
+    return resp.json()
+
+
+def accepted_samplers(info: dict[str, Any]) -> list[str] | None:
+    """Sampler names from model metadata (a list of names or of objects with a name); None if not stated."""
+    samplers = info.get("samplers")
+    if samplers is None:
+        return None
+    return [s if isinstance(s, str) else str(s.get("name")) for s in samplers]
+
+
+def num_classes(info: dict[str, Any]) -> int:
+    """Number of classes from model metadata (0 for unconditional models)."""
+    classes = info.get("num_classes", info.get("classes", 0))
+    return len(classes) if isinstance(classes, list) else int(classes or 0)

@@ -1,0 +1,117 @@
+"""PNG plots of a sweep (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot loads)
+import numpy as np  # noqa: E402
+
+from loadtests.client import Record  # noqa: E402
+
+STYLES = {"p50": "-", "p95": "--", "p99": ":"}
+
+
+def _load_label(mode: str) -> str:
+    return "concurrency" if mode == "closed" else "arrival rate (req/s)"
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def latency_vs_k(cells: list[dict[str, Any]], path: Path) -> Path:
+    """Latency p50 / p95 / p99 (ms) against K: one panel per sampler, one colour per load level."""
+    samplers = sorted({c["sampler"] for c in cells})
+    loads = sorted({c["load"] for c in cells})
+    colours = dict(zip(loads, plt.cm.viridis(np.linspace(0, 0.85, len(loads))), strict=True))
+    fig, axes = plt.subplots(1, len(samplers), figsize=(5 * len(samplers), 4), squeeze=False, sharey=True)
+    for ax, sampler in zip(axes[0], samplers, strict=True):
+        for load in loads:
+            group = sorted(
+                (c for c in cells if c["sampler"] == sampler and c["load"] == load), key=lambda c: c["steps"]
+            )
+            ks = [c["steps"] for c in group]
+            for p, style in STYLES.items():
+                ys = [np.nan if c["latency_s"][p] is None else 1e3 * c["latency_s"][p] for c in group]
+                label = f"{_load_label(group[0]['mode']).split()[0]} {load:g}" if p == "p50" else None
+                ax.plot(ks, ys, style, marker="o", ms=3, color=colours[load], label=label)
+        ax.set(title=f"{sampler} (solid p50, dashed p95, dotted p99)", xlabel="steps K", xscale="log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("latency (ms)")
+    return _save(fig, path)
+
+
+def throughput_vs_load(cells: list[dict[str, Any]], path: Path) -> Path:
+    """Requests/s and samples/s against load, one line per sampler and K."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    for c in cells:
+        groups[(c["sampler"], c["steps"])].append(c)
+    for (sampler, steps), group in sorted(groups.items()):
+        group.sort(key=lambda c: c["load"])
+        loads = [c["load"] for c in group]
+        for ax, key in zip(axes, ("throughput_rps", "samples_per_s"), strict=True):
+            ax.plot(
+                loads,
+                [np.nan if c[key] is None else c[key] for c in group],
+                marker="o",
+                label=f"{sampler} K={steps}",
+            )
+    mode = cells[0]["mode"] if cells else "closed"
+    for ax, ylabel in zip(axes, ("requests/s", "samples/s"), strict=True):
+        ax.set(xlabel=_load_label(mode), ylabel=ylabel, xscale="log")
+        ax.grid(alpha=0.3)
+    if mode == "open":  # the offered rate, for reference: answers/s at or below it
+        lim = [min(c["load"] for c in cells), max(c["load"] for c in cells)]
+        axes[0].plot(lim, lim, color="grey", lw=0.8, ls="--", label="offered")
+    axes[0].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def latency_cdf(records: list[Record], path: Path) -> Path:
+    """Empirical CDF of measured latencies of answered requests, one curve per cell."""
+    groups: dict[tuple[str, int, float], list[float]] = defaultdict(list)
+    for r in records:
+        if r.ok and not r.warmup:
+            groups[(r.sampler, r.steps, r.load)].append(1e3 * r.latency)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (sampler, steps, load), lat in sorted(groups.items()):
+        x = np.sort(lat)
+        ax.step(
+            x, np.arange(1, len(x) + 1) / len(x), where="post", label=f"{sampler} K={steps} load={load:g}"
+        )
+    ax.set(xlabel="latency (ms)", ylabel="fraction of requests", xscale="log", ylim=(0, 1.01))
+    ax.grid(alpha=0.3)
+    if len(groups) <= 16:
+        ax.legend(fontsize=6)
+    return _save(fig, path)
+
+
+def quality_frontier(rows: list[dict[str, Any]], metric: str, path: Path) -> Path:
+    """The step-budget frontier: quality `metric` against p50 latency, one line per sampler, K annotated."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for sampler in sorted({r["sampler"] for r in rows}):
+        group = sorted(
+            (r for r in rows if r["sampler"] == sampler and r.get("latency_p50_s")), key=lambda r: r["steps"]
+        )
+        xs = [1e3 * r["latency_p50_s"] for r in group]
+        ys = [r[metric] for r in group]
+        ax.plot(xs, ys, marker="o", label=sampler)
+        for x, y, r in zip(xs, ys, group, strict=True):
+            ax.annotate(f"K={r['steps']}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set(xlabel="p50 latency at the lowest load (ms)", ylabel=metric, xscale="log")
+    if metric in ("sw_ratio", "frechet"):
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

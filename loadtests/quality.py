@@ -1,0 +1,134 @@
+"""Quality against K over HTTP: fetch samples for each sampler and K, score them with training.metrics.
+
+moons models: sliced-Wasserstein ratio to fresh data (1.0 = as close as another data draw).
+digits models: class-conditional samples (labels cycled over the classes) scored by the digits classifier:
+accuracy of the requested label and Frechet distance in its feature space.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import numpy as np
+
+from loadtests.client import LoadTestError
+from training import metrics
+
+
+def max_samples_per_request(info: dict[str, Any], default: int = 256) -> int:
+    """The model's num_samples limit from its metadata (any `limits` key naming num_samples)."""
+    limits = info.get("limits") or {}
+    for key, value in limits.items():
+        if "num_samples" in key and isinstance(value, int) and value > 0:
+            return value
+    return default
+
+
+def fetch_samples(
+    url: str,
+    model: str,
+    sampler: str,
+    steps: int,
+    n: int,
+    per_request: int,
+    guidance: float | None = None,
+    class_labels: list[int] | None = None,
+    seed: int = 0,
+    timeout: float = 300.0,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """n samples (n, *shape) in data space and their requested labels (n,) or None, fetched in chunks of
+    at most per_request; class-conditional chunks ask for one label each, cycling over class_labels."""
+    out, labels = [], []
+    with httpx.Client(base_url=url, timeout=timeout) as client:
+        i = 0
+        while sum(len(x) for x in out) < n:
+            size = min(per_request, n - sum(len(x) for x in out))
+            body: dict[str, Any] = {"model": model, "sampler": sampler, "steps": steps, "num_samples": size}
+            body["seed"] = seed + 7919 * i  # chunks must not repeat each other's noise
+            if guidance is not None:
+                body["guidance"] = guidance
+            if class_labels:
+                body["class_label"] = class_labels[i % len(class_labels)]
+            resp = client.post("/v1/samples", json=body)
+            if resp.status_code != 200:
+                raise LoadTestError(
+                    f"quality samples for {sampler} K={steps}: {resp.status_code} {resp.text[:200]}"
+                )
+            data = resp.json()
+            out.append(np.asarray(data["samples"], dtype=np.float32).reshape(data["shape"]))
+            if class_labels:
+                labels.append(np.full(len(out[-1]), body["class_label"], dtype=np.int64))
+            i += 1
+    return np.concatenate(out), (np.concatenate(labels) if labels else None)
+
+
+def score(kind: str, samples: np.ndarray, labels: np.ndarray | None) -> dict[str, float]:
+    """Quality of samples of a `kind` ("moons" / "digits") model; see the module docstring."""
+    if kind == "moons":
+        return {"sw_ratio": metrics.sw_ratio(samples, n=len(samples))}
+    if kind == "digits":
+        if labels is None:
+            raise LoadTestError(
+                "digits quality needs class-conditional samples (the model reports no classes)"
+            )
+        return metrics.digits_quality(samples, labels)
+    raise LoadTestError(f"no quality metric for data kind {kind!r}")
+
+
+def data_kind(info: dict[str, Any]) -> str:
+    """'moons' or 'digits' from model metadata (its data kind, or failing that its data shape)."""
+    kind = info.get("data_kind") or info.get("kind_of_data") or (info.get("data") or {}).get("kind")
+    if kind in ("moons", "digits"):
+        return kind
+    shape = info.get("data_shape") or info.get("shape") or (info.get("data") or {}).get("shape")
+    if shape is not None:
+        return "moons" if list(shape) == [2] else "digits"
+    raise LoadTestError("cannot tell the model's data kind from GET /v1/models/{id}")
+
+
+def primary_metric(kind: str) -> str:
+    return "sw_ratio" if kind == "moons" else "frechet"
+
+
+def quality_sweep(
+    url: str,
+    model: str,
+    info: dict[str, Any],
+    samplers: list[str],
+    steps: list[int],
+    cells: list[dict[str, Any]],
+    n: int,
+    guidance: float | None,
+    classes: int,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """One row per sampler and K: quality metrics plus that cell's p50 / p95 latency at the lowest load."""
+    kind = data_kind(info)
+    per_request = max_samples_per_request(info)
+    labels = list(range(classes)) if kind == "digits" and classes else None
+    if kind == "digits" and labels:
+        # Chunks carry one label each: size them so that every class gets the same number of samples.
+        per_request = max(1, min(per_request, n // len(labels)))
+    lowest = min(c["load"] for c in cells) if cells else None
+    rows = []
+    for sampler in samplers:
+        for k in steps:
+            x, y = fetch_samples(url, model, sampler, k, n, per_request, guidance, labels, seed)
+            row: dict[str, Any] = {
+                "sampler": sampler,
+                "steps": k,
+                "kind": kind,
+                "n": len(x),
+                "guidance": guidance,
+            }
+            row.update(score(kind, x, y))
+            cell = next(
+                (c for c in cells if c["sampler"] == sampler and c["steps"] == k and c["load"] == lowest),
+                None,
+            )
+            row["latency_p50_s"] = cell["latency_s"]["p50"] if cell else None
+            row["latency_p95_s"] = cell["latency_s"]["p95"] if cell else None
+            row["nfe"] = cell["nfe"] if cell else None
+            rows.append(row)
+    return rows
