@@ -1,0 +1,284 @@
+"""Step-level (continuous) batching: one net call per tick for every request in flight.
+
+Each request holds its sampler generator (`serving.samplers.start`). Every tick the engine gathers
+the pending `Evaluation` of every in-flight request, doubles the rows of guided ones
+(`guidance.expand`), concatenates them along the batch axis, runs ONE backend call off the event loop,
+splits the output, folds guided rows (`guidance.combine`) and sends each request its prediction. A
+request that finishes leaves at once; a new one joins at the next tick, so a K = 5 request never waits
+behind a K = 500 one.
+
+Bounds (`EngineLimits`): rows per tick (a request is admitted only when its rows fit beside the
+others; a lone request is always admitted, validation keeps it within the bound), requests in flight
+and waiting requests. Past the last two, `submit` raises `Overloaded` at once (HTTP 503 + Retry-After)
+instead of letting latency grow without limit.
+
+A request's noise comes from its own torch.Generator, so its samples do not depend on its batch
+neighbours (up to float summation order inside the net's matmuls).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from serving import guidance as cfg
+from serving.samplers import Evaluation, SamplerGen
+
+Forward = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """max_rows_per_tick: net rows per backend call (guided rows counted twice); max_in_flight: requests
+    advancing together; max_queue: requests waiting to join."""
+
+    max_rows_per_tick: int = 4096
+    max_in_flight: int = 64
+    max_queue: int = 256
+
+    def __post_init__(self) -> None:
+        if self.max_rows_per_tick < 1 or self.max_in_flight < 1 or self.max_queue < 0:
+            raise ValueError(f"engine limits must be positive (max_queue >= 0), got {self}")
+
+
+class Overloaded(RuntimeError):
+    """The engine is full; the client should retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class EngineResult:
+    """samples (N, *shape) in the sampler's space; evaluations: net evaluations the sampler asked for;
+    nfe: evaluations times 2 when guided (rows the net ran per sample); times in seconds."""
+
+    samples: Tensor
+    evaluations: int
+    nfe: int
+    queue_s: float
+    compute_s: float
+    ticks: int
+
+
+@dataclass(eq=False)
+class _Job:
+    gen: SamplerGen
+    y: Tensor  # (N,) long labels (class label or null label)
+    guidance: float | None
+    rows: int  # rows per evaluation: N, or 2N when guided
+    future: asyncio.Future
+    submitted: float
+    admitted: float = 0.0
+    pending: Evaluation | None = None
+    evaluations: int = 0
+    ticks: int = 0
+    done: bool = field(default=False)
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    in_flight: int
+    queued: int
+    rows_in_flight: int
+    ticks: int
+
+
+class Engine:
+    """Step-level batching over one backend. Create it inside the event loop's thread; call `submit`
+    from coroutines on that loop.
+
+    forward(x (B, *shape), t (B,), y (B,)) -> (B, *shape) runs on a single worker thread, so the loop
+    keeps admitting requests while the net runs. on_tick(rows, requests) is called after each tick.
+    """
+
+    def __init__(
+        self,
+        forward: Forward,
+        null_label: int,
+        limits: EngineLimits | None = None,
+        on_tick: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.forward = forward
+        self.null_label = null_label
+        self.limits = limits or EngineLimits()
+        self.on_tick = on_tick
+        self._queue: deque[_Job] = deque()
+        self._active: list[_Job] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        # One thread: backend calls are serialised (one net call per tick) and torch's own intra-op
+        # threads do the parallel work.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-forward")
+        self._ticks = 0
+        self._mean_compute_s = 1.0  # running estimate of a request's compute time, for Retry-After
+
+    # -- public -------------------------------------------------------------------------------------
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            in_flight=len(self._active),
+            queued=len(self._queue),
+            rows_in_flight=sum(j.rows for j in self._active),
+            ticks=self._ticks,
+        )
+
+    def retry_after(self) -> int:
+        """Seconds a refused client should wait: about one request's compute time, in [1, 60]."""
+        return int(min(60, max(1, math.ceil(self._mean_compute_s))))
+
+    async def submit(self, gen: SamplerGen, y: Tensor, guidance: float | None = None) -> EngineResult:
+        """Run sampler `gen` (labels y (N,), guidance w or None) to completion amid the other requests.
+
+        Raises Overloaded at once when in-flight and queued requests fill the bounds. If the awaiting
+        coroutine is cancelled (client gone), the request leaves the engine before the next tick."""
+        lim = self.limits
+        if len(self._active) + len(self._queue) >= lim.max_in_flight + lim.max_queue:
+            gen.close()
+            raise Overloaded(
+                f"engine full: {len(self._active)} requests in flight, {len(self._queue)} queued",
+                self.retry_after(),
+            )
+        rows = int(y.shape[0]) * (2 if guidance is not None else 1)
+        loop = asyncio.get_running_loop()
+        job = _Job(gen, y, guidance, rows, loop.create_future(), submitted=time.perf_counter())
+        self._queue.append(job)
+        self._ensure_running()
+        self._wake.set()
+        try:
+            return await asyncio.shield(job.future)
+        except asyncio.CancelledError:
+            self._drop(job)
+            raise
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for job in list(self._active) + list(self._queue):
+            self._drop(job)
+        self._executor.shutdown(wait=False)
+
+    # -- the loop -----------------------------------------------------------------------------------
+
+    def _ensure_running(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="stepserve-engine")
+
+    def _drop(self, job: _Job) -> None:
+        """Remove a request wherever it is; its generator is closed."""
+        if job.done:
+            return
+        job.done = True
+        if job in self._active:
+            self._active.remove(job)
+        else:
+            with contextlib.suppress(ValueError):
+                self._queue.remove(job)
+        job.gen.close()
+        if not job.future.done():
+            job.future.cancel()
+
+    def _admit(self) -> None:
+        """Move waiting requests in (FIFO) while their rows and the in-flight bound allow."""
+        rows = sum(j.rows for j in self._active)
+        now = time.perf_counter()
+        while self._queue and len(self._active) < self.limits.max_in_flight:
+            job = self._queue[0]
+            if self._active and rows + job.rows > self.limits.max_rows_per_tick:
+                break
+            self._queue.popleft()
+            job.admitted = now
+            try:
+                job.pending = next(job.gen)
+            except StopIteration as stop:  # a sampler that needs no evaluation (not one we ship)
+                self._finish(job, stop.value)
+                continue
+            except Exception as e:
+                self._fail(job, e)
+                continue
+            self._active.append(job)
+            rows += job.rows
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._admit()
+            if not self._active:
+                self._wake.clear()
+                if not self._queue:
+                    await self._wake.wait()
+                continue
+            batch = list(self._active)
+            parts = [
+                cfg.expand(j.pending.x, j.pending.t, j.y, j.guidance is not None, self.null_label)
+                for j in batch
+            ]
+            x = torch.cat([p[0] for p in parts])
+            t = torch.cat([p[1] for p in parts])
+            y = torch.cat([p[2] for p in parts])
+            try:
+                out = await loop.run_in_executor(self._executor, self.forward, x, t, y)
+            except Exception as e:  # the backend failed: fail this tick's requests, keep serving others
+                for j in batch:
+                    self._fail(j, e)
+                continue
+            self._ticks += 1
+            if self.on_tick is not None:
+                self.on_tick(int(x.shape[0]), len(batch))
+            offset = 0
+            for j in batch:
+                chunk = out[offset : offset + j.rows]
+                offset += j.rows
+                if j.done:  # cancelled while the net ran
+                    continue
+                self._advance(j, cfg.combine(chunk, j.guidance))
+
+    def _advance(self, job: _Job, pred: Tensor) -> None:
+        job.evaluations += 1
+        job.ticks += 1
+        try:
+            job.pending = job.gen.send(pred)
+        except StopIteration as stop:
+            self._finish(job, stop.value)
+        except Exception as e:
+            self._fail(job, e)
+
+    def _leave(self, job: _Job) -> None:
+        job.done = True
+        if job in self._active:
+            self._active.remove(job)
+
+    def _finish(self, job: _Job, samples: Tensor) -> None:
+        self._leave(job)
+        now = time.perf_counter()
+        compute = now - job.admitted
+        self._mean_compute_s = 0.9 * self._mean_compute_s + 0.1 * compute
+        if not job.future.done():
+            job.future.set_result(
+                EngineResult(
+                    samples=samples,
+                    evaluations=job.evaluations,
+                    nfe=job.evaluations * (2 if job.guidance is not None else 1),
+                    queue_s=job.admitted - job.submitted,
+                    compute_s=compute,
+                    ticks=job.ticks,
+                )
+            )
+
+    def _fail(self, job: _Job, error: BaseException) -> None:
+        self._leave(job)
+        job.gen.close()
+        if not job.future.done():
+            job.future.set_exception(error)

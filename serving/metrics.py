@@ -1,0 +1,108 @@
+"""Application metrics through `ray.serve.metrics`.
+
+Ray's per-node metrics agent exports them in Prometheus format on the node's metrics export port
+(`make serve`: http://127.0.0.1:8080/metrics), with the prefix `ray_` and the tags Serve adds
+(deployment, replica, application); counters carry the suffix `_total`. Values from every replica
+and node add up in Prometheus. The series (names as scraped):
+
+    ray_stepserve_requests_total{model, sampler, status}    requests answered, by HTTP status class
+    ray_stepserve_request_latency_seconds{model, sampler}   ingress receive -> response (histogram)
+    ray_stepserve_queue_wait_seconds{model}                 engine queue wait (histogram)
+    ray_stepserve_steps_total{model, sampler}               steps K of finished requests
+    ray_stepserve_nfe_total{model, sampler}                 NFE of finished requests (API's nfe)
+    ray_stepserve_net_rows_total{model}                     rows the net ran (num_samples x nfe)
+    ray_stepserve_tick_rows{model}                          rows per engine tick (histogram)
+    ray_stepserve_requests_in_flight{model}                 requests in the engine, per replica (gauge)
+    ray_stepserve_rejections_total{model, reason}           requests refused by the engine's bounds
+"""
+
+from __future__ import annotations
+
+from ray.serve.metrics import Counter, Gauge, Histogram
+
+LATENCY_BOUNDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
+ROWS_BOUNDS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
+
+
+class IngressMetrics:
+    """Recorded by the HTTP ingress, which sees every request, refused ones included."""
+
+    def __init__(self) -> None:
+        self.requests = Counter(
+            "stepserve_requests",
+            description="Sampling requests answered, by model, sampler and HTTP status.",
+            tag_keys=("model", "sampler", "status"),
+        )
+        self.latency = Histogram(
+            "stepserve_request_latency_seconds",
+            description="Request latency at the ingress (receive to response), seconds.",
+            boundaries=LATENCY_BOUNDS,
+            tag_keys=("model", "sampler"),
+        )
+
+    def record(self, model: str, sampler: str, status: int, seconds: float) -> None:
+        self.requests.inc(tags={"model": model, "sampler": sampler, "status": str(status)})
+        if status == 200:
+            self.latency.observe(seconds, tags={"model": model, "sampler": sampler})
+
+
+class ModelMetrics:
+    """Recorded by a model replica's engine."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.queue_wait = Histogram(
+            "stepserve_queue_wait_seconds",
+            description="Time a request waited in the engine before its first net call, seconds.",
+            boundaries=LATENCY_BOUNDS,
+            tag_keys=("model",),
+        )
+        self.steps = Counter(
+            "stepserve_steps",
+            description="Sampler steps K of finished requests.",
+            tag_keys=("model", "sampler"),
+        )
+        self.nfe = Counter(
+            "stepserve_nfe",
+            description="Net evaluations per sample (the response's nfe) summed over finished requests.",
+            tag_keys=("model", "sampler"),
+        )
+        self.net_rows = Counter(
+            "stepserve_net_rows",
+            description="Rows the net evaluated (num_samples x nfe).",
+            tag_keys=("model",),
+        )
+        self.tick_rows = Histogram(
+            "stepserve_tick_rows",
+            description="Rows in one engine tick (one backend call).",
+            boundaries=ROWS_BOUNDS,
+            tag_keys=("model",),
+        )
+        self.in_flight = Gauge(
+            "stepserve_requests_in_flight",
+            description="Requests in this replica's engine (advancing or queued).",
+            tag_keys=("model",),
+        )
+        self.rejections = Counter(
+            "stepserve_rejections",
+            description="Requests refused because the engine's bounds were full.",
+            tag_keys=("model", "reason"),
+        )
+        for metric in (self.queue_wait, self.net_rows, self.tick_rows, self.in_flight):
+            metric.set_default_tags({"model": model})
+
+    def on_tick(self, rows: int, requests: int) -> None:
+        self.tick_rows.observe(rows)
+
+    def finished(self, sampler: str, steps: int, nfe: int, num_samples: int, queue_s: float) -> None:
+        tags = {"model": self.model, "sampler": sampler}
+        self.steps.inc(steps, tags=tags)
+        self.nfe.inc(nfe, tags=tags)
+        self.net_rows.inc(nfe * num_samples)
+        self.queue_wait.observe(queue_s)
+
+    def rejected(self, reason: str) -> None:
+        self.rejections.inc(tags={"model": self.model, "reason": reason})
+
+    def set_in_flight(self, n: int) -> None:
+        self.in_flight.set(n)

@@ -1,0 +1,214 @@
+"""The engine alone (no Ray): batched results equal solo results, one net call per tick, bounds,
+cancellation and backend failures."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import torch
+
+from serving import guidance as cfg
+from serving import samplers
+from serving.driver import run_sampler
+from serving.engine import Engine, EngineLimits, Overloaded
+from training.checkpoint import load_checkpoint
+
+# (model, sampler, steps, guidance, class_label, num_samples, seed, options)
+CASES = [
+    ("moons-fm", "fm-euler", 10, None, None, 5, 1, {}),
+    ("moons-fm", "fm-rk4", 3, 2.0, 1, 4, 2, {}),
+    ("moons-fm", "fm-euler", 7, 1.5, 0, 9, 3, {}),
+    ("moons-ddpm", "ddpm", 12, None, 0, 3, 4, {}),
+    ("moons-ddpm", "ddim", 6, 3.0, 1, 6, 5, {"eta": 0.5}),
+    ("moons-ddpm", "ddim", 20, None, None, 2, 6, {"spacing": "linspace"}),
+]
+
+
+class RecordingForward:
+    """The net's forward, recording the rows of every call."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        self.net = net
+        self.rows: list[int] = []
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.rows.append(int(x.shape[0]))
+        return self.net(x, t, y)
+
+
+@pytest.fixture(scope="module")
+def ckpts(tiny_checkpoints: dict[str, Path]):
+    return {name: load_checkpoint(tiny_checkpoints[name]) for name in ("moons-fm", "moons-ddpm")}
+
+
+def _start(ckpt, sampler, steps, label, n, seed, options):
+    noise, gen = samplers.initial_noise(ckpt.data_shape, n, seed)
+    return samplers.start(sampler, ckpt.objective, noise, steps, gen, **options), cfg.labels(
+        n, label, ckpt.null_label
+    )
+
+
+def _alone(ckpt, net, case) -> torch.Tensor:
+    _, sampler, steps, w, label, n, seed, options = case
+    gen, y = _start(ckpt, sampler, steps, label, n, seed, options)
+    return run_sampler(gen, net, y, w, ckpt.null_label)
+
+
+def test_mixed_requests_match_solo_runs_and_share_each_tick(ckpts) -> None:
+    """Requests of different samplers, K, w and N submitted together get their solo samples, and the
+    first tick carries every request's rows in one call."""
+    ckpt = ckpts["moons-fm"]
+    fm_cases = [c for c in CASES if c[0] == "moons-fm"]
+    net = ckpt.net("ema")
+    fwd = RecordingForward(net)
+    solo = [_alone(ckpt, net, c) for c in fm_cases]
+
+    async def main():
+        engine = Engine(fwd, ckpt.null_label)
+        jobs = []
+        for c in fm_cases:
+            gen, y = _start(ckpt, c[1], c[2], c[4], c[5], c[6], c[7])
+            jobs.append(engine.submit(gen, y, c[3]))
+        out = await asyncio.gather(*jobs)
+        await engine.close()
+        return out
+
+    results = asyncio.run(main())
+    expected_rows = sum(c[5] * (2 if c[3] is not None else 1) for c in fm_cases)
+    assert fwd.rows[0] == expected_rows
+    # fm-rk4 with K = 3 needs 12 evaluations, the most of these; afterwards nothing is left.
+    assert len(fwd.rows) == max(c[2] * samplers.SAMPLERS[c[1]].evals_per_step for c in fm_cases)
+    for case, res, ref in zip(fm_cases, results, solo, strict=True):
+        evals = case[2] * samplers.SAMPLERS[case[1]].evals_per_step
+        assert res.evaluations == evals
+        assert res.nfe == evals * (2 if case[3] is not None else 1)
+        torch.testing.assert_close(res.samples, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_ddpm_family_with_fresh_noise_matches_solo(ckpts) -> None:
+    """ddpm and ddim(eta > 0) draw fresh noise each step from the request's own generator."""
+    ckpt = ckpts["moons-ddpm"]
+    cases = [c for c in CASES if c[0] == "moons-ddpm"]
+    net = ckpt.net("ema")
+    solo = [_alone(ckpt, net, c) for c in cases]
+
+    async def main():
+        engine = Engine(RecordingForward(net), ckpt.null_label)
+        subs = [engine.submit(*_start(ckpt, c[1], c[2], c[4], c[5], c[6], c[7]), c[3]) for c in cases]
+        return await asyncio.gather(*subs)
+
+    for res, ref in zip(asyncio.run(main()), solo, strict=True):
+        torch.testing.assert_close(res.samples, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_short_request_leaves_while_long_one_runs(ckpts) -> None:
+    ckpt = ckpts["moons-fm"]
+    fwd = RecordingForward(ckpt.net("ema"))
+
+    async def main():
+        engine = Engine(fwd, ckpt.null_label)
+        long = asyncio.create_task(engine.submit(*_start(ckpt, "fm-euler", 200, None, 8, 0, {})))
+        await asyncio.sleep(0)  # the long one joins first
+        short = await engine.submit(*_start(ckpt, "fm-euler", 5, None, 3, 1, {}))
+        ticks_when_short_done = engine.stats().ticks
+        await long
+        return short, ticks_when_short_done
+
+    short, ticks_then = asyncio.run(main())
+    assert short.ticks == 5
+    assert ticks_then <= 6  # joined at the next tick, left right after its 5th
+    assert len(fwd.rows) == 200
+    assert fwd.rows.count(8 + 3) == 5 and fwd.rows.count(8) == 195
+
+
+def test_rows_per_tick_bound(ckpts) -> None:
+    ckpt = ckpts["moons-fm"]
+    fwd = RecordingForward(ckpt.net("ema"))
+    net = ckpt.net("ema")
+    limits = EngineLimits(max_rows_per_tick=10, max_in_flight=8, max_queue=8)
+    cases = [("moons-fm", "fm-euler", 4, None, None, 6, s, {}) for s in range(4)]
+    big = ("moons-fm", "fm-euler", 3, 1.0, 0, 8, 9, {})  # 16 rows: alone, over the bound
+
+    async def main():
+        engine = Engine(fwd, ckpt.null_label, limits)
+        subs = [engine.submit(*_start(ckpt, c[1], c[2], c[4], c[5], c[6], c[7]), c[3]) for c in [*cases, big]]
+        return await asyncio.gather(*subs)
+
+    results = asyncio.run(main())
+    assert max(fwd.rows[:-3]) <= 10 and fwd.rows[-3:] == [16, 16, 16]
+    for c, res in zip([*cases, big], results, strict=True):
+        torch.testing.assert_close(res.samples, _alone(ckpt, net, c), atol=1e-5, rtol=1e-5)
+    assert results[1].queue_s > 0  # the second 6-row request waited for the first to leave
+
+
+def test_overload_refuses_at_once_and_accepted_requests_finish(ckpts) -> None:
+    ckpt = ckpts["moons-fm"]
+    limits = EngineLimits(max_rows_per_tick=100, max_in_flight=2, max_queue=1)
+
+    async def main():
+        engine = Engine(RecordingForward(ckpt.net("ema")), ckpt.null_label, limits)
+        accepted = [
+            asyncio.create_task(engine.submit(*_start(ckpt, "fm-euler", 30, None, 2, s, {})))
+            for s in range(3)
+        ]
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded) as refused:
+            await engine.submit(*_start(ckpt, "fm-euler", 30, None, 2, 7, {}))
+        return await asyncio.gather(*accepted), refused.value
+
+    done, refused = asyncio.run(main())
+    assert len(done) == 3 and all(r.samples.shape == (2, 2) for r in done)
+    assert refused.retry_after >= 1
+
+
+def test_cancelled_request_leaves_engine_and_others_continue(ckpts) -> None:
+    ckpt = ckpts["moons-fm"]
+    net = ckpt.net("ema")
+    fwd = RecordingForward(net)
+    keep_case = ("moons-fm", "fm-euler", 40, None, None, 3, 11, {})
+
+    async def main():
+        engine = Engine(fwd, ckpt.null_label)
+        gone = asyncio.create_task(engine.submit(*_start(ckpt, "fm-euler", 10_000, None, 5, 0, {})))
+        keep = asyncio.create_task(engine.submit(*_start(ckpt, *keep_case[1:3], None, 3, 11, {})))
+        while engine.stats().ticks < 3:
+            await asyncio.sleep(0.001)
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        res = await keep
+        return res, engine.stats()
+
+    res, stats = asyncio.run(main())
+    assert stats.in_flight == 0 and stats.queued == 0
+    assert len(fwd.rows) == 40 and fwd.rows[-1] == 3  # the cancelled request's rows are gone
+    torch.testing.assert_close(res.samples, _alone(ckpt, net, keep_case), atol=1e-5, rtol=1e-5)
+
+
+def test_backend_failure_fails_that_tick_only(ckpts) -> None:
+    ckpt = ckpts["moons-fm"]
+    net = ckpt.net("ema")
+    calls = {"n": 0}
+
+    def flaky(x, t, y):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("device lost")
+        with torch.no_grad():
+            return net(x, t, y)
+
+    async def main():
+        engine = Engine(flaky, ckpt.null_label)
+        with pytest.raises(RuntimeError, match="device lost"):
+            await engine.submit(*_start(ckpt, "fm-euler", 5, None, 2, 0, {}))
+        return await engine.submit(*_start(ckpt, "fm-euler", 5, None, 2, 1, {}))
+
+    assert asyncio.run(main()).samples.shape == (2, 2)
+
+
+def test_limits_are_checked() -> None:
+    with pytest.raises(ValueError):
+        EngineLimits(max_rows_per_tick=0)
