@@ -1,0 +1,138 @@
+"""onnxruntime backend: runs the ONNX file that `python -m export --format onnx` recorded in the manifest.
+
+Serving never imports `export`; it finds the file through the manifest (role "onnx", matching `weights`)
+and `Checkpoint.file` re-verifies its sha256, so a tampered or stale file is refused at load.
+
+Execution providers come from what is installed, best first: TensorRT, then CUDA (both only with the
+`onnxruntime-gpu` wheel), then CPU. The CPU session is tuned for a small net called many times a second:
+all graph optimizations (constant folding, LayerNorm / Gelu / MatMul+Add fusions), a fixed intra-op
+thread count, and one inter-op thread because the graph is a single chain with nothing to overlap.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from serving.backends.base import BackendUnavailable
+from training.checkpoint import Checkpoint
+
+try:
+    import onnxruntime as ort
+except ImportError as e:  # the registry turns a missing module into BackendUnavailable
+    raise ModuleNotFoundError(f"onnxruntime is not installed ({e}); `pip install onnxruntime`") from e
+
+PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+OPTIMIZATION_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def choose_providers(requested: Sequence[str] | None, available: Sequence[str]) -> list[str]:
+    """The providers to use, best first; `requested` (if given) must all be installed."""
+    if requested:
+        missing = [p for p in requested if p not in available]
+        if missing:
+            raise BackendUnavailable(
+                f"onnxruntime: execution provider(s) {missing} not available here; installed: "
+                f"{list(available)} (CUDA / TensorRT providers come with the onnxruntime-gpu wheel, "
+                "see the `gpu` extra)"
+            )
+        return list(requested)
+    chosen = [p for p in PROVIDER_PREFERENCE if p in available]
+    if not chosen:
+        raise BackendUnavailable(
+            f"onnxruntime: none of {list(PROVIDER_PREFERENCE)} is available ({available})"
+        )
+    return chosen
+
+
+def default_threads() -> int:
+    """CPUs this process may run on (respects taskset / cgroup affinity, unlike os.cpu_count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def find_onnx_file(ckpt: Checkpoint, weights: str) -> str:
+    """Name of the manifest's ONNX file exported from `weights`; a clear error if there is none."""
+    names = [n for n in ckpt.files_with_role("onnx") if ckpt.manifest["files"][n].get("weights") == weights]
+    if not names:
+        raise BackendUnavailable(
+            f"model {ckpt.name!r} has no ONNX export of its {weights} weights; run "
+            f"`python -m export --checkpoint {ckpt.path} --format onnx --weights {weights}` first"
+        )
+    return sorted(names)[0]
+
+
+class OrtBackend:
+    """forward(x (B, *shape) f32, t (B,) f32, y (B,) i64) -> (B, *shape) f32 on the CPU, any B >= 1."""
+
+    name = "onnxruntime"
+    max_batch: int | None = None
+
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        weights: str = "ema",
+        num_threads: int | None = None,
+        providers: Sequence[str] | None = None,
+        optimization_level: str = "all",
+        trt_cache_dir: str | None = None,
+    ) -> None:
+        if optimization_level not in OPTIMIZATION_LEVELS:
+            raise ValueError(
+                f"optimization_level: unknown {optimization_level!r}; "
+                f"expected one of {list(OPTIMIZATION_LEVELS)}"
+            )
+        if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
+            raise ValueError(f"num_threads must be a positive integer, got {num_threads!r}")
+        self.file_name = find_onnx_file(checkpoint, weights)
+        path: Path = checkpoint.file(self.file_name)  # re-verifies the sha256 (CheckpointError if tampered)
+        self.info: dict[str, Any] = checkpoint.manifest["files"][self.file_name]
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = OPTIMIZATION_LEVELS[optimization_level]
+        so.intra_op_num_threads = num_threads or default_threads()
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.providers = choose_providers(providers, ort.get_available_providers())
+        provider_options = [self._provider_options(p, trt_cache_dir) for p in self.providers]
+        self.session = ort.InferenceSession(
+            str(path), so, providers=self.providers, provider_options=provider_options
+        )
+        names = [i.name for i in self.session.get_inputs()]
+        if names != ["x", "t", "y"]:
+            raise BackendUnavailable(f"{path}: graph inputs are {names}, expected ['x', 't', 'y']")
+        self.output_name = self.session.get_outputs()[0].name
+        self.num_threads = so.intra_op_num_threads
+
+    @staticmethod
+    def _provider_options(provider: str, trt_cache_dir: str | None) -> dict[str, str]:
+        if provider == "TensorrtExecutionProvider" and trt_cache_dir:
+            # Without a cache the TensorRT EP rebuilds its engines on every process start (minutes).
+            return {
+                "trt_engine_cache_enable": "True",
+                "trt_engine_cache_path": trt_cache_dir,
+                "trt_timing_cache_enable": "True",
+                "trt_timing_cache_path": trt_cache_dir,
+            }
+        return {}
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
+        feeds = {
+            "x": np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32),
+            "t": np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float32),
+            "y": np.ascontiguousarray(y.detach().cpu().numpy(), dtype=np.int64),
+        }
+        (out,) = self.session.run([self.output_name], feeds)
+        return torch.from_numpy(out)
+
+    __call__ = forward
