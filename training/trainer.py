@@ -97,7 +97,12 @@ def train(
                 "num_classes": data.num_classes,
                 **({"n": cfg.data.n} if data.kind == "moons" else {}),
             },
-            training={**asdict(tc), "steps": step, "planned_steps": tc.steps, "wall_time_s": round(elapsed, 2)},
+            training={
+                **asdict(tc),
+                "steps": step,
+                "planned_steps": tc.steps,
+                "wall_time_s": round(elapsed, 2),
+            },
             train_state=state,
         )
 

@@ -90,10 +90,13 @@ def test_ddim_eta0_converges_to_the_probability_flow_map(target):
     assert errs[2] < 0.02, errs
 
 
-@pytest.mark.parametrize("name, objective, oracle", [
-    ("ddim", DDPMObjective("cosine", "eps"), FinitePointsDDPM(POINTS, DDPMSchedule.create("cosine"))),
-    ("fm-rk4", FMObjective(), FinitePointsFM(POINTS)),
-])
+@pytest.mark.parametrize(
+    "name, objective, oracle",
+    [
+        ("ddim", DDPMObjective("cosine", "eps"), FinitePointsDDPM(POINTS, DDPMSchedule.create("cosine"))),
+        ("fm-rk4", FMObjective(), FinitePointsFM(POINTS)),
+    ],
+)
 def test_finite_set_samplers_land_on_the_points_evenly(name, objective, oracle):
     """The exact denoiser of a finite set: as K grows samples collapse onto the points, each point
     chosen with probability 1/4."""
@@ -175,10 +178,15 @@ def test_same_seed_same_samples_and_ddim_eta0_is_deterministic():
     assert not torch.allclose(stoch[0], stoch[1])
 
 
-@pytest.mark.parametrize("name, objective, per_step", [
-    ("ddpm", DDPMObjective(), 1), ("ddim", DDPMObjective(), 1), ("fm-euler", FMObjective(), 1),
-    ("fm-rk4", FMObjective(), 4),
-])
+@pytest.mark.parametrize(
+    "name, objective, per_step",
+    [
+        ("ddpm", DDPMObjective(), 1),
+        ("ddim", DDPMObjective(), 1),
+        ("fm-euler", FMObjective(), 1),
+        ("fm-rk4", FMObjective(), 4),
+    ],
+)
 def test_evaluations_per_step(name, objective, per_step):
     noise, gen = samplers.initial_noise((2,), 4, 0)
     it = samplers.start(name, objective, noise, 7, gen)
