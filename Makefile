@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install pinned dependencies (CPU torch)
 
+serve: install  ## serve the default models on http://127.0.0.1:8000 (local Ray; trains missing models first)
+	scripts/serve.sh
+
 test: install  ## the whole test suite, slow end-to-end tests included
 	$(BIN)/pytest -q tests
 

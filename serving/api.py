@@ -56,9 +56,7 @@ class SampleRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     model: str = Field(description="model id, as listed by GET /v1/models")
-    sampler: str = Field(
-        description="one of the model's samplers: ddpm / ddim (DDPM models), fm-euler / fm-rk4"
-    )
+    sampler: str = Field(description="one of the model's samplers: ddpm / ddim (DDPM models), fm-euler / fm-rk4")
     steps: StrictInt = Field(ge=1, description="step budget K (rk4 runs 4 net evaluations a step)")
     num_samples: StrictInt = Field(1, ge=1, description="samples to draw, up to the model's max_num_samples")
     guidance: FiniteFloat | None = Field(
@@ -201,9 +199,7 @@ def error_from_pydantic(errors: list[dict[str, Any]]) -> RequestError:
     loc = [str(p) for p in err.get("loc", ()) if p != "body"]
     field = ".".join(loc) if loc and err.get("type") != "json_invalid" else "body"
     if err.get("type") == "json_invalid":
-        return RequestError(
-            "body", f"body is not valid JSON: {err.get('ctx', {}).get('error', err['msg'])}", 400
-        )
+        return RequestError("body", f"body is not valid JSON: {err.get('ctx', {}).get('error', err['msg'])}", 400)
     if err.get("type") == "extra_forbidden":
         return RequestError(field, f"unknown field {field!r}")
     if err.get("type") == "model_attributes_type" or field == "body":

@@ -103,9 +103,7 @@ class ModelReplica:
             options.setdefault("num_threads", replica_cpus())
         self.backend = load_backend(backend, self.ckpt, **options)
         self.metrics = ModelMetrics(name)
-        self.engine = Engine(
-            self.backend, self.ckpt.null_label, EngineLimits(**(engine or {})), self.metrics.on_tick
-        )
+        self.engine = Engine(self.backend, self.ckpt.null_label, EngineLimits(**(engine or {})), self.metrics.on_tick)
 
     async def sample(self, req: dict[str, Any]) -> dict[str, Any]:
         """req: a validated SampleRequest as a dict (seed set) -> {samples (N, *shape) float32 numpy in data
@@ -311,9 +309,7 @@ class Ingress:
         """One model's metadata (kind, net, data shape, classes, samplers, limits) and one replica's load."""
         info = self.infos.get(model_id)
         if info is None:
-            return _error(
-                RequestError("model_id", f"unknown model {model_id!r}; served: {sorted(self.infos)}", 404)
-            )
+            return _error(RequestError("model_id", f"unknown model {model_id!r}; served: {sorted(self.infos)}", 404))
         return {**info.to_json(), "replica_load": await self.handles[model_id].load.remote()}
 
     @api.get("/healthz")
@@ -345,9 +341,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
             )
         infos[name] = dataclasses.asdict(model_info(name, path, m.backend, limits))
         opts = a.deployment_options.get(name, {})
-        handles[name] = server.options(name=name, **opts).bind(
-            name, path, m.backend, m.backend_options, a.engine
-        )
+        handles[name] = server.options(name=name, **opts).bind(name, path, m.backend, m.backend_options, a.engine)
     ingress = Ingress.options(name="Ingress", **a.deployment_options.get("Ingress", {}))
     return ingress.bind(handles, infos, a.max_body_bytes)
 

@@ -221,10 +221,7 @@ class Engine:
                     await self._wake.wait()
                 continue
             batch = list(self._active)
-            parts = [
-                cfg.expand(j.pending.x, j.pending.t, j.y, j.guidance is not None, self.null_label)
-                for j in batch
-            ]
+            parts = [cfg.expand(j.pending.x, j.pending.t, j.y, j.guidance is not None, self.null_label) for j in batch]
             x = torch.cat([p[0] for p in parts])
             t = torch.cat([p[1] for p in parts])
             y = torch.cat([p[2] for p in parts])

@@ -46,9 +46,7 @@ def ckpts(tiny_checkpoints: dict[str, Path]):
 
 def _start(ckpt, sampler, steps, label, n, seed, options):
     noise, gen = samplers.initial_noise(ckpt.data_shape, n, seed)
-    return samplers.start(sampler, ckpt.objective, noise, steps, gen, **options), cfg.labels(
-        n, label, ckpt.null_label
-    )
+    return samplers.start(sampler, ckpt.objective, noise, steps, gen, **options), cfg.labels(n, label, ckpt.null_label)
 
 
 def _alone(ckpt, net, case) -> torch.Tensor:
@@ -150,10 +148,7 @@ def test_overload_refuses_at_once_and_accepted_requests_finish(ckpts) -> None:
 
     async def main():
         engine = Engine(RecordingForward(ckpt.net("ema")), ckpt.null_label, limits)
-        accepted = [
-            asyncio.create_task(engine.submit(*_start(ckpt, "fm-euler", 30, None, 2, s, {})))
-            for s in range(3)
-        ]
+        accepted = [asyncio.create_task(engine.submit(*_start(ckpt, "fm-euler", 30, None, 2, s, {}))) for s in range(3)]
         await asyncio.sleep(0)
         with pytest.raises(Overloaded) as refused:
             await engine.submit(*_start(ckpt, "fm-euler", 30, None, 2, 7, {}))

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# What `make serve` runs: make sure the four default models exist (training any that is missing, with
+# a progress bar), then serve them on a local Ray: deploy/serve.yaml through Ray's `serve run`, started
+# by serving/serve_cli.py, which waits until the service answers and prints a curl example and the
+# metrics URL. Ctrl-C stops everything.
+#
+# Environment (all optional): STEPSERVE_MODELS_DIR (default models), STEPSERVE_PORT (8000),
+# STEPSERVE_METRICS_PORT (8080), STEPSERVE_TRAIN_MAX_STEPS (cap training of missing models: quick runs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-.venv/bin/python}
+MODELS_DIR=${STEPSERVE_MODELS_DIR:-models}
+
+for m in moons-ddpm moons-fm digits-ddpm digits-fm; do
+  if [ ! -f "$MODELS_DIR/$m/manifest.json" ]; then
+    echo "model $m is missing from $MODELS_DIR: training it now (configs/$m.yaml)"
+    "$PYTHON" -m training --config "configs/$m.yaml" --out "$MODELS_DIR/$m" \
+      ${STEPSERVE_TRAIN_MAX_STEPS:+--max-steps "$STEPSERVE_TRAIN_MAX_STEPS"}
+  fi
+done
+
+exec "$PYTHON" -m serving.serve_cli --config deploy/serve.yaml --models-dir "$MODELS_DIR" \
+  --port "${STEPSERVE_PORT:-8000}" --metrics-port "${STEPSERVE_METRICS_PORT:-8080}"

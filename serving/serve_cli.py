@@ -1,0 +1,150 @@
+"""`serve`: start an embedded local Ray, run a Serve config with Ray's own `serve run`, wait until the
+application answers, print a working curl example and the metrics URL, then serve until Ctrl-C.
+
+Ray is started here rather than by `serve run` because only `ray.init` can fix the Prometheus metrics
+export port (`_metrics_export_port`); `serve run` then finds Ray initialised and uses it. Run as
+`python -m serving.serve_cli` (what `make serve` does) or wire `add_serve_parser` into a CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+DEFAULT_CONFIG = "deploy/serve.yaml"
+READY_TIMEOUT_S = 600.0
+# Logical CPUs are Ray's scheduling tokens, not threads: deploy/serve.yaml asks 0.5 per model replica
+# (up to 2 replicas each) and 0.25 for the ingress, and each replica runs torch with one thread, so a
+# 2-core laptop still schedules every replica (sharing the cores) instead of leaving some pending.
+MIN_LOGICAL_CPUS = 5
+
+
+def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("serve", help="serve the models of a Ray Serve config on a local Ray")
+    _add_arguments(p)
+    p.set_defaults(func=main_serve)
+    return p
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=DEFAULT_CONFIG, help=f"Ray Serve config (default {DEFAULT_CONFIG})")
+    p.add_argument("--host", help="HTTP host (default: the config's http_options.host)")
+    p.add_argument("--port", type=int, help="HTTP port (default: the config's http_options.port)")
+    p.add_argument("--metrics-port", type=int, default=8080, help="Prometheus export port (default 8080)")
+    p.add_argument("--models-dir", help="checkpoint directory (default: the config's models_dir)")
+    p.add_argument(
+        "--num-cpus",
+        type=int,
+        default=max(os.cpu_count() or 1, MIN_LOGICAL_CPUS),
+        help=f"logical CPUs the local Ray schedules with (default: the cores, at least {MIN_LOGICAL_CPUS})",
+    )
+
+
+def patched_config(path: Path, host: str | None, port: int | None, models_dir: str | None) -> dict[str, Any]:
+    """The config with command-line overrides applied to http_options and every app's models_dir."""
+    config = yaml.safe_load(path.read_text())
+    http = config.setdefault("http_options", {})
+    if host is not None:
+        http["host"] = host
+    if port is not None:
+        http["port"] = port
+    if models_dir is not None:
+        for app in config.get("applications", []):
+            app.setdefault("args", {})["models_dir"] = str(Path(models_dir).resolve())
+    return config
+
+
+def curl_example(base: str, model: str = "moons-fm") -> str:
+    body = json.dumps({"model": model, "sampler": "fm-euler", "steps": 10, "num_samples": 4, "seed": 0})
+    return f"curl -s -X POST {base}/v1/samples -H 'content-type: application/json' -d '{body}'"
+
+
+def wait_ready(base: str, stop: threading.Event, timeout_s: float = READY_TIMEOUT_S) -> bool:
+    """Until GET /healthz answers 200 (every model deployment up): True, or False if `stop` is set."""
+    deadline = time.monotonic() + timeout_s
+    while not stop.is_set():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the application did not answer {base}/healthz within {timeout_s:.0f} s")
+        try:
+            if httpx.get(f"{base}/healthz", timeout=10).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        stop.wait(1.0)
+    return False
+
+
+def main_serve(args: argparse.Namespace) -> int:
+    import ray
+    from ray.serve.scripts import run as serve_run
+
+    config_path = Path(args.config)
+    if not config_path.is_file():
+        print(f"error: serve config not found: {config_path}", file=sys.stderr)
+        return 2
+    config = patched_config(config_path, args.host, args.port, args.models_dir)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="stepserve-", delete=False) as tmp:
+        yaml.safe_dump(config, tmp, sort_keys=False)
+    host = config["http_options"].get("host", "127.0.0.1")
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    base = f"http://{host}:{config['http_options'].get('port', 8000)}"
+    metrics_url = f"http://127.0.0.1:{args.metrics_port}/metrics"
+
+    print(f"starting a local Ray (metrics export port {args.metrics_port}) ...", flush=True)
+    ray.init(
+        address="local",  # always a fresh embedded Ray, never a cluster that happens to run already
+        namespace="serve",
+        num_cpus=args.num_cpus,
+        include_dashboard=False,
+        _metrics_export_port=args.metrics_port,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        print(f"serve run {config_path} (starting the application; it loads every model) ...", flush=True)
+        serve_run.main([tmp.name, "--non-blocking"], standalone_mode=False)
+        if not wait_ready(base, stop):
+            return 130
+        print(
+            "\nstepserve is ready.\n"
+            f"  try:     {curl_example(base)}\n"
+            f"  models:  {base}/v1/models\n"
+            f"  API doc: {base}/docs\n"
+            f"  metrics: {metrics_url}  (Prometheus text; series ray_stepserve_*)\n"
+            "Ctrl-C stops it.",
+            flush=True,
+        )
+        while not stop.wait(1.0):
+            pass
+        return 0
+    except TimeoutError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
+        Path(tmp.name).unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m serving.serve_cli", description=__doc__.splitlines()[0])
+    _add_arguments(p)
+    return main_serve(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

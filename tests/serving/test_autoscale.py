@@ -1,0 +1,76 @@
+"""Autoscaling on the local Ray: load takes a model deployment from 1 to 2 replicas, and it returns to
+1 after the load stops. Short autoscaling delays in this test's config only."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.serving.conftest import SMALL_REPLICA, ServeCluster, app_args
+
+pytestmark = pytest.mark.slow
+
+AUTOSCALING = {
+    "min_replicas": 1,
+    "max_replicas": 2,
+    "target_ongoing_requests": 2,
+    "upscale_delay_s": 1.0,
+    "downscale_delay_s": 3.0,
+    "look_back_period_s": 2.0,
+    "metrics_interval_s": 0.5,  # deprecated by Ray in favour of the push-interval env vars (conftest)
+}
+
+
+def running_replicas(app: str, deployment: str) -> int:
+    from ray import serve
+
+    status = serve.status().applications[app].deployments[deployment]
+    return int(status.replica_states.get("RUNNING", 0))
+
+
+def wait_for(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def test_load_scales_a_model_deployment_up_and_back_down(
+    serve_cluster: ServeCluster, tiny_checkpoints: dict[str, Path]
+) -> None:
+    options = {"moons-fm": {**SMALL_REPLICA, "autoscaling_config": AUTOSCALING}, "Ingress": SMALL_REPLICA}
+    args = app_args(tiny_checkpoints, models=("moons-fm",), deployment_options=options)
+    base = serve_cluster.deploy("auto", "/auto", args)
+    stop = threading.Event()
+    served = []
+
+    async def client(seed: int) -> None:
+        body = {"model": "moons-fm", "sampler": "fm-rk4", "steps": 100, "num_samples": 8, "seed": seed}
+        async with httpx.AsyncClient(base_url=base, timeout=120) as c:
+            while not stop.is_set():
+                r = await c.post("/v1/samples", json=body)
+                served.append(r.status_code)
+
+    def load() -> None:
+        async def main():
+            await asyncio.gather(*(client(s) for s in range(8)))
+
+        asyncio.run(main())
+
+    try:
+        wait_for(lambda: running_replicas("auto", "moons-fm") == 1, 60, "1 replica before the load")
+        worker = threading.Thread(target=load)
+        worker.start()
+        wait_for(lambda: running_replicas("auto", "moons-fm") == 2, 120, "scale-up to 2 replicas under load")
+        stop.set()
+        worker.join(timeout=120)
+        assert served and all(s == 200 for s in served)
+        wait_for(lambda: running_replicas("auto", "moons-fm") == 1, 120, "scale-down to 1 replica after the load")
+    finally:
+        stop.set()
+        serve_cluster.delete("auto")

@@ -1,0 +1,67 @@
+"""`make serve`'s script from the outside: a missing model is trained, the service comes up, the curl
+example it prints works, and Ctrl-C stops it. Tiny checkpoints and free ports keep it quick."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.serving.conftest import free_port
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_serve_script_trains_missing_models_serves_and_prints_a_working_curl(
+    tiny_checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    for name in ("moons-ddpm", "digits-ddpm", "digits-fm"):  # moons-fm is missing: the script trains it
+        shutil.copytree(tiny_checkpoints[name], models / name)
+    port, metrics_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "STEPSERVE_MODELS_DIR": str(models),
+        "STEPSERVE_PORT": str(port),
+        "STEPSERVE_METRICS_PORT": str(metrics_port),
+        "STEPSERVE_TRAIN_MAX_STEPS": "5",
+    }
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            ["scripts/serve.sh"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while "stepserve is ready." not in log.read_text():
+            assert proc.poll() is None, f"serve.sh exited early:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"not ready within 5 minutes:\n{log.read_text()[-3000:]}"
+            time.sleep(1.0)
+        text = log.read_text()
+        assert "training it now" in text and (models / "moons-fm" / "manifest.json").is_file()
+        curl = next(line.split("try:", 1)[1].strip() for line in text.splitlines() if "try:" in line)
+        assert f"127.0.0.1:{port}" in curl
+        answer = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=60, check=True)
+        assert '"nfe":10' in answer.stdout and '"shape":[4,2]' in answer.stdout
+        assert f"http://127.0.0.1:{metrics_port}/metrics" in text
+        assert httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert proc.returncode == 0
