@@ -52,8 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=DEFAULT_OPSET,
         help=(
-            f"ONNX opset {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET}; "
-            f">= {ATTENTION_MIN_OPSET} fuses attention)"
+            f"ONNX opset {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET}; >= {ATTENTION_MIN_OPSET} fuses attention)"
         ),
     )
     p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="which weights (default: ema)")
@@ -61,12 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     trt = p.add_argument_group("tensorrt")
     trt.add_argument("--fp16", action="store_true", help="build an fp16 engine (I/O stays float32)")
     trt.add_argument("--min-batch", type=int, default=1, help="smallest batch the engine accepts (default 1)")
-    trt.add_argument(
-        "--opt-batch", type=int, default=64, help="batch TensorRT tunes kernels for (default 64)"
-    )
-    trt.add_argument(
-        "--max-batch", type=int, default=512, help="largest batch the engine accepts (default 512)"
-    )
+    trt.add_argument("--opt-batch", type=int, default=64, help="batch TensorRT tunes kernels for (default 64)")
+    trt.add_argument("--max-batch", type=int, default=512, help="largest batch the engine accepts (default 512)")
     trt.add_argument(
         "--workspace-mb", type=int, default=DEFAULT_WORKSPACE_MB, help="builder workspace pool limit in MiB"
     )

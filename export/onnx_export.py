@@ -64,9 +64,7 @@ class AttentionReport:
         if self.expected == 0:
             return "no attention in this net (MLP)"
         if self.fused:
-            return (
-                f"fused attention: {self.attention_nodes} Attention node(s), no Softmax (opset {self.opset})"
-            )
+            return f"fused attention: {self.attention_nodes} Attention node(s), no Softmax (opset {self.opset})"
         return (
             f"unfused attention at opset {self.opset}: {self.attention_nodes} Attention node(s), "
             f"{self.softmax_nodes} Softmax node(s) (MatMul-Softmax-MatMul fallback; opset >= "

@@ -49,16 +49,12 @@ class BatchProfile:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{field_name}-batch must be a positive integer, got {value!r}")
         if not self.min <= self.opt <= self.max:
-            raise ValueError(
-                f"batch profile needs min <= opt <= max, got min={self.min} opt={self.opt} max={self.max}"
-            )
+            raise ValueError(f"batch profile needs min <= opt <= max, got min={self.min} opt={self.opt} max={self.max}")
 
     def shapes(self, data_shape: tuple[int, ...]) -> dict[str, tuple[tuple[int, ...], ...]]:
         """input name -> (min shape, opt shape, max shape), as `IOptimizationProfile.set_shape` takes them."""
         per_row = {"x": tuple(data_shape), "t": (), "y": ()}
-        return {
-            name: tuple((b, *per_row[name]) for b in (self.min, self.opt, self.max)) for name in INPUT_NAMES
-        }
+        return {name: tuple((b, *per_row[name]) for b in (self.min, self.opt, self.max)) for name in INPUT_NAMES}
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -84,9 +80,7 @@ def require_tensorrt() -> ModuleType:
             "`pip uninstall -y onnxruntime && pip install -e '.[gpu]'`"
         ) from e
     if not torch.cuda.is_available():
-        raise TensorRTUnavailable(
-            "TensorRT is installed but no CUDA GPU is visible; building an engine needs one"
-        )
+        raise TensorRTUnavailable("TensorRT is installed but no CUDA GPU is visible; building an engine needs one")
     return trt
 
 
@@ -103,9 +97,7 @@ def _fp16_onnx(trt: ModuleType, onnx_path: Path, out_dir: Path) -> Path | None:
         ) from e
     import onnx
 
-    model = autocast.convert_to_mixed_precision(
-        onnx_path=str(onnx_path), low_precision_type="fp16", keep_io_types=True
-    )
+    model = autocast.convert_to_mixed_precision(onnx_path=str(onnx_path), low_precision_type="fp16", keep_io_types=True)
     path = out_dir / (onnx_path.stem + "-fp16.onnx.tmp")
     onnx.save_model(model, path)
     return path

@@ -50,9 +50,7 @@ def choose_providers(requested: Sequence[str] | None, available: Sequence[str]) 
         return list(requested)
     chosen = [p for p in PROVIDER_PREFERENCE if p in available]
     if not chosen:
-        raise BackendUnavailable(
-            f"onnxruntime: none of {list(PROVIDER_PREFERENCE)} is available ({available})"
-        )
+        raise BackendUnavailable(f"onnxruntime: none of {list(PROVIDER_PREFERENCE)} is available ({available})")
     return chosen
 
 
@@ -89,8 +87,7 @@ class OrtBackend:
     ) -> None:
         if optimization_level not in OPTIMIZATION_LEVELS:
             raise ValueError(
-                f"optimization_level: unknown {optimization_level!r}; "
-                f"expected one of {list(OPTIMIZATION_LEVELS)}"
+                f"optimization_level: unknown {optimization_level!r}; expected one of {list(OPTIMIZATION_LEVELS)}"
             )
         if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
             raise ValueError(f"num_threads must be a positive integer, got {num_threads!r}")
@@ -105,9 +102,7 @@ class OrtBackend:
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self.providers = choose_providers(providers, ort.get_available_providers())
         provider_options = [self._provider_options(p, trt_cache_dir) for p in self.providers]
-        self.session = ort.InferenceSession(
-            str(path), so, providers=self.providers, provider_options=provider_options
-        )
+        self.session = ort.InferenceSession(str(path), so, providers=self.providers, provider_options=provider_options)
         names = [i.name for i in self.session.get_inputs()]
         if names != ["x", "t", "y"]:
             raise BackendUnavailable(f"{path}: graph inputs are {names}, expected ['x', 't', 'y']")

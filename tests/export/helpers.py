@@ -29,9 +29,7 @@ def perturb_ema(ckpt_dir: Path, std: float = 0.05, seed: int = 0) -> None:
     """Add N(0, std^2) to every EMA weight and re-record the file's sha256."""
     net = load_checkpoint(ckpt_dir).net("ema")
     g = torch.Generator().manual_seed(seed)
-    state = {
-        k: (v + std * torch.randn(v.shape, generator=g)).contiguous() for k, v in net.state_dict().items()
-    }
+    state = {k: (v + std * torch.randn(v.shape, generator=g)).contiguous() for k, v in net.state_dict().items()}
     save_file(state, str(ckpt_dir / WEIGHT_FILES["ema"]))
     add_file(ckpt_dir, WEIGHT_FILES["ema"], "ema")
 

@@ -70,18 +70,14 @@ def test_provider_preference():
 def test_asking_for_a_provider_that_is_not_installed(exported):
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("onnxruntime-gpu is installed here")
-    with pytest.raises(
-        BackendUnavailable, match=r"\['CUDAExecutionProvider'\] not available here.*onnxruntime-gpu"
-    ):
+    with pytest.raises(BackendUnavailable, match=r"\['CUDAExecutionProvider'\] not available here.*onnxruntime-gpu"):
         OrtBackend(load_checkpoint(exported["moons-fm"]), providers=["CUDAExecutionProvider"])
 
 
 def test_checkpoint_without_export_names_the_command(tiny_checkpoints):
     ckpt = load_checkpoint(tiny_checkpoints["moons-ddpm"])
     assert not ckpt.files_with_role("onnx")
-    with pytest.raises(
-        BackendUnavailable, match=r"python -m export --checkpoint .* --format onnx --weights ema"
-    ):
+    with pytest.raises(BackendUnavailable, match=r"python -m export --checkpoint .* --format onnx --weights ema"):
         load_backend("onnxruntime", ckpt)
 
 

@@ -26,9 +26,7 @@ def test_engine_recorded_but_tensorrt_missing(tiny_checkpoints, tmp_path, monkey
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     d = copy_checkpoint(tiny_checkpoints["moons-fm"], tmp_path)
     (d / "net-ema.plan").write_bytes(b"engine built elsewhere")
-    add_file(
-        d, "net-ema.plan", "tensorrt", weights="ema", fp16=False, profile={"min": 1, "opt": 8, "max": 64}
-    )
+    add_file(d, "net-ema.plan", "tensorrt", weights="ema", fp16=False, profile={"min": 1, "opt": 8, "max": 64})
     ckpt = load_checkpoint(d)
     assert find_plan_file(ckpt, "ema", None) == "net-ema.plan"
     assert find_plan_file(ckpt, "ema", False) == "net-ema.plan"
