@@ -1,0 +1,48 @@
+"""`make bench`: run every benchmark section and write JSON into --out (default bench-results/).
+
+    python scripts/bench.py [--out DIR] [--quick] [--only quality,export,serving]
+
+Sections: quality (serving.bench_quality: quality against K, sampler overhead, training speed),
+export (export.bench: onnxruntime against torch), serving (serving.bench_serving: served throughput,
+step-level against request-level batching, lone-request overhead). Each writes its own JSON file;
+`summary.json` lists what ran and how long it took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+
+SECTIONS = {"quality": "serving.bench_quality", "export": "export.bench", "serving": "serving.bench_serving"}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description="Run stepserve's benchmarks; JSON results into --out.")
+    p.add_argument("--out", default="bench-results", help="output directory (default bench-results)")
+    p.add_argument("--quick", action="store_true", help="smaller grids and fewer repeats")
+    p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {list(SECTIONS)}")
+    args = p.parse_args()
+    wanted = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in SECTIONS]
+    if unknown:
+        print(f"error: unknown section(s) {unknown}; expected some of {list(SECTIONS)}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {}
+    for name in wanted:
+        print(f"== {name} ==", flush=True)
+        t0 = time.perf_counter()
+        importlib.import_module(SECTIONS[name]).run(out, quick=args.quick)
+        summary[name] = {"seconds": round(time.perf_counter() - t0, 1)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"results in {out}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
