@@ -12,6 +12,8 @@ import pytest
 
 from serving.app import AppArgs, build_app
 
+ROOT = Path(__file__).resolve().parents[2]
+
 GOOD_FM = {"model": "moons-fm", "sampler": "fm-euler", "steps": 5, "num_samples": 2, "seed": 1}
 GOOD_DDPM = {"model": "moons-ddpm", "sampler": "ddim", "steps": 5, "num_samples": 2, "seed": 1}
 GOOD_DIGITS = {"model": "digits-fm", "sampler": "fm-euler", "steps": 5, "num_samples": 2, "seed": 1}
@@ -127,3 +129,32 @@ def test_config_refuses_a_max_request_that_cannot_fit_one_tick(tiny_checkpoints:
         build_app(args)
     with pytest.raises(ValueError, match="extra"):
         AppArgs.model_validate({**args, "modles": {}})
+
+
+@pytest.mark.parametrize("name", ["serve.yaml", "serve-gpu.yaml"])
+def test_deploy_configs_are_valid_serve_configs(name: str) -> None:
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from serving.api import Limits
+    from serving.engine import EngineLimits
+
+    config = yaml.safe_load((ROOT / "deploy" / name).read_text())
+    ServeDeploySchema.model_validate(config)
+    (app,) = config["applications"]
+    args = AppArgs.model_validate(app["args"])
+    assert set(args.models) == {"moons-ddpm", "moons-fm", "digits-ddpm", "digits-fm"}
+    engine, limits = EngineLimits(**args.engine), Limits(**args.limits)
+    assert 2 * limits.max_num_samples <= engine.max_rows_per_tick
+    for dep in app["deployments"]:
+        if dep["name"] in args.models:
+            assert dep["max_ongoing_requests"] == engine.max_in_flight + engine.max_queue
+            assert dep["autoscaling_config"]["min_replicas"] == 1
+
+
+def test_kuberay_service_carries_the_gpu_config() -> None:
+    import yaml
+
+    service = yaml.safe_load((ROOT / "deploy" / "kuberay-rayservice.yaml").read_text())
+    gpu = yaml.safe_load((ROOT / "deploy" / "serve-gpu.yaml").read_text())
+    assert yaml.safe_load(service["spec"]["serveConfigV2"]) == gpu
