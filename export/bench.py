@@ -1,7 +1,8 @@
 """Per-evaluation latency: onnxruntime against torch eager, side by side in one process, on the CPU.
 
 Method (docs/architecture.md, "Performance method"): both runtimes get the same inputs and the same
-number of intra-op threads; each repeat times a block of calls of A, then of B (interleaved A B A B, so
+number of intra-op threads (1, as a serve replica with num_cpus < 2 runs, and in the full run also
+every core of the machine); each repeat times a block of calls of A, then of B (interleaved A B A B, so
 drift on a shared machine hits both alike); the figure is the median per-call time over repeats, and
 the ratio torch / onnxruntime is taken of the medians. Weights do not change latency, so the nets come
 from models/ where trained, else from a one-step checkpoint; exports go to a temporary copy.
@@ -12,6 +13,7 @@ from models/ where trained, else from a one-step checkpoint; exports go to a tem
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -78,6 +80,7 @@ def _time_block(fn: Callable[[], Any], n: int) -> float:
 
 def compare(ckpt: Checkpoint, batch: int, repeats: int, threads: int) -> dict[str, float]:
     """Median seconds per call of torch eager and onnxruntime at `batch`, interleaved."""
+    torch.set_num_threads(threads)
     net = ckpt.net()
     session = _session(ckpt.file("net-ema.onnx"), threads)
     x, t, y = random_inputs(ckpt, batch)
@@ -98,6 +101,7 @@ def compare(ckpt: Checkpoint, batch: int, repeats: int, threads: int) -> dict[st
     med = {k: statistics.median(v) for k, v in times.items()}
     return {
         "batch": batch,
+        "threads": threads,
         "torch_ms": med["torch"] * 1e3,
         "onnxruntime_ms": med["onnxruntime"] * 1e3,
         "speedup": med["torch"] / med["onnxruntime"],
@@ -107,12 +111,13 @@ def compare(ckpt: Checkpoint, batch: int, repeats: int, threads: int) -> dict[st
 
 def run(out_dir: Path, quick: bool) -> dict:
     """Latency tables for the moons MLP and the digits DiT; writes out_dir/export-latency.json."""
-    threads = torch.get_num_threads()
+    cores = torch.get_num_threads()
+    thread_counts = (1,) if quick or cores == 1 else (1, cores)
     repeats = 5 if quick else 15
     sweep = BATCHES if quick else SWEEP
     result: dict[str, Any] = {
         "what": "per-evaluation latency, torch eager vs onnxruntime (CPU), interleaved, median of repeats",
-        "threads": threads,
+        "load_average_before": os.getloadavg(),
         "torch": torch.__version__,
         "onnxruntime": ort.__version__,
         "cpu": platform.processor() or platform.machine(),
@@ -121,14 +126,19 @@ def run(out_dir: Path, quick: bool) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         for name, label in MODELS.items():
             ckpt = _checkpoint(name, Path(scratch))
-            rows = [compare(ckpt, b, repeats, threads) for b in sweep]
-            catch_up = next((r["batch"] for r in rows if r["speedup"] <= 1.0), None)
+            rows = [compare(ckpt, b, repeats, n) for n in thread_counts for b in sweep]
+            catch_up = {
+                n: next((r["batch"] for r in rows if r["threads"] == n and r["speedup"] <= 1.0), None)
+                for n in thread_counts
+            }
             result["models"][name] = {
                 "net": label,
                 "weights": "trained" if (ROOT / "models" / name).is_dir() else "one-step (latency only)",
                 "rows": rows,
-                "torch_catches_up_at_batch": catch_up,
+                "torch_catches_up_at_batch": catch_up,  # threads -> first batch with ratio <= 1 (None: never)
             }
+    torch.set_num_threads(cores)
+    result["load_average_after"] = os.getloadavg()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "export-latency.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -136,11 +146,15 @@ def run(out_dir: Path, quick: bool) -> dict:
 
 def table(result: dict) -> str:
     """Markdown table of a `run` result."""
-    lines = ["| net | batch | torch eager ms | onnxruntime ms | torch / ort |", "|---|---:|---:|---:|---:|"]
+    lines = [
+        "| net | threads | batch | torch eager ms | onnxruntime ms | torch / ort |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for m in result["models"].values():
         for r in m["rows"]:
             lines.append(
-                f"| {m['net']} | {r['batch']} | {r['torch_ms']:.3f} | {r['onnxruntime_ms']:.3f} | {r['speedup']:.2f}x |"
+                f"| {m['net']} | {r['threads']} | {r['batch']} | {r['torch_ms']:.3f} | "
+                f"{r['onnxruntime_ms']:.3f} | {r['speedup']:.2f}x |"
             )
     return "\n".join(lines)
 

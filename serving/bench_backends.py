@@ -1,0 +1,154 @@
+"""Served throughput of one model with the onnxruntime backend against the torch backend, same load.
+
+Both backends serve moons-fm as two applications on one local Ray, each replica with 1 CPU and 1
+intra-op thread; a closed loop of 64 clients sends the same fm-euler requests (K = 100, 64 samples) to
+each in turn, windows interleaved A B A B with medians. Throughput counts net rows: sum over finished
+requests of num_samples x nfe, per second. Beside it, each backend's raw batched forward throughput in
+this process (the ceiling the served figure is held against).
+
+The ONNX file is made by running `python -m export` on a scratch copy of the checkpoint (serving does
+not import export, and models/ is left as committed).
+
+    python -m serving.bench_backends --out bench-results [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+
+from serving.backends import load_backend
+from training.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "moons-fm"
+BACKENDS = ("torch", "onnxruntime")
+REQUEST = {"model": MODEL, "sampler": "fm-euler", "steps": 100, "num_samples": 64}
+CONCURRENCY = 64
+
+
+def scratch_checkpoint(scratch: Path) -> Path:
+    """models/moons-fm (or a 20-step one if not trained) copied to `scratch`, with its ONNX export."""
+    src, dst = ROOT / "models" / MODEL, scratch / MODEL
+    if (src / "manifest.json").is_file():
+        shutil.copytree(src, dst)
+    else:
+        from training.config import load_config
+        from training.trainer import train
+
+        train(load_config(ROOT / "configs" / f"{MODEL}.yaml"), dst, max_steps=20, progress=False)
+    cmd = [sys.executable, "-m", "export", "--checkpoint", str(dst), "--format", "onnx", "--no-parity"]
+    subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True)
+    return dst
+
+
+def forward_ceilings(ckpt_dir: Path, batch: int = 4096, seconds: float = 4.0) -> dict[str, float]:
+    """Rows per second of each backend's forward at `batch` (a full tick of the load below), 1 thread,
+    windows interleaved A B A B, median of 5 each."""
+    nets = {b: load_backend(b, load_checkpoint(ckpt_dir), num_threads=1) for b in BACKENDS}
+    x, t, y = torch.randn(batch, 2), torch.rand(batch), torch.full((batch,), 2, dtype=torch.long)
+    rates: dict[str, list[float]] = {b: [] for b in BACKENDS}
+    for net in nets.values():
+        net(x, t, y)
+    for _ in range(5):
+        for b, net in nets.items():
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds / 5:
+                net(x, t, y)
+                n += 1
+            rates[b].append(n * batch / (time.perf_counter() - t0))
+    return {b: statistics.median(r) for b, r in rates.items()}
+
+
+async def closed_loop(base: str, seconds: float) -> float:
+    """CONCURRENCY clients posting REQUEST back to back for `seconds`; finished rows per second."""
+    rows, t0 = 0, time.perf_counter()
+    last = t0
+    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    async with httpx.AsyncClient(base_url=base, timeout=300, limits=limits) as client:
+
+        async def worker(i: int) -> None:
+            nonlocal rows, last
+            k = i
+            while time.perf_counter() - t0 < seconds:
+                r = await client.post("/v1/samples", json={**REQUEST, "seed": k})
+                k += CONCURRENCY
+                if r.status_code == 200:
+                    rows += REQUEST["num_samples"] * r.json()["nfe"]
+                    last = time.perf_counter()
+
+        await asyncio.gather(*(worker(i) for i in range(CONCURRENCY)))
+    return rows / (last - t0)
+
+
+def run(out_dir: Path, quick: bool) -> dict[str, Any]:
+    """Writes out_dir/served-backends.json and returns the same dict."""
+    import ray
+    from ray import serve
+
+    from serving.app import build_app
+
+    window, rounds = (6.0, 2) if quick else (15.0, 3)
+    result: dict[str, Any] = {"model": MODEL, "request": REQUEST, "concurrency": CONCURRENCY, "window_s": window}
+    with tempfile.TemporaryDirectory() as scratch:
+        ckpt_dir = scratch_checkpoint(Path(scratch))
+        result["forward_rows_per_s_at_4096"] = forward_ceilings(ckpt_dir)
+        ray.init(address="local", num_cpus=8, include_dashboard=False, namespace="serve", log_to_driver=False)
+        port = 19000 + os.getpid() % 1000
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        try:
+            for b in BACKENDS:
+                args = {
+                    "models": {MODEL: {"path": str(ckpt_dir), "backend": b, "backend_options": {"num_threads": 1}}},
+                    "limits": {"max_num_samples": 64},
+                    "engine": {"max_rows_per_tick": 4096, "max_in_flight": 64, "max_queue": 1024},
+                    "deployment_options": {
+                        MODEL: {"ray_actor_options": {"num_cpus": 1}},
+                        "Ingress": {"ray_actor_options": {"num_cpus": 0.5}},
+                    },
+                }
+                serve.run(build_app(args), name=b, route_prefix=f"/{b}")
+            urls = {b: f"http://127.0.0.1:{port}/{b}" for b in BACKENDS}
+            for b in BACKENDS:
+                asyncio.run(closed_loop(urls[b], 2.0))  # warm-up
+            served: dict[str, list[float]] = {b: [] for b in BACKENDS}
+            for _ in range(rounds):  # A B A B ...
+                for b in BACKENDS:
+                    served[b].append(asyncio.run(closed_loop(urls[b], window)))
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+    med = {b: statistics.median(v) for b, v in served.items()}
+    result["served_rows_per_s"] = served
+    result["served_median_rows_per_s"] = med
+    result["onnxruntime_over_torch"] = med["onnxruntime"] / med["torch"]
+    result["served_over_forward_ceiling"] = {b: med[b] / result["forward_rows_per_s_at_4096"][b] for b in BACKENDS}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "served-backends.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m serving.bench_backends", description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=Path("bench-results"))
+    p.add_argument("--quick", action="store_true", help="shorter windows, fewer rounds")
+    args = p.parse_args(argv)
+    print(json.dumps(run(args.out, args.quick), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
