@@ -83,9 +83,7 @@ def add_service_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", required=True, help="service base URL, e.g. http://127.0.0.1:8000")
     p.add_argument("--model", required=True, help="model id as listed by GET /v1/models")
     p.add_argument("--sampler", required=True, type=name_list, help="sampler name(s), comma-separated")
-    p.add_argument(
-        "--guidance", type=float, help="classifier-free guidance weight w (class-conditional models)"
-    )
+    p.add_argument("--guidance", type=float, help="classifier-free guidance weight w (class-conditional models)")
     p.add_argument(
         "--class-label",
         default="cycle",
@@ -126,33 +124,21 @@ def build_parser() -> argparse.ArgumentParser:
         "ramps load up and down and traces replicas.",
     )
     add_service_args(p)
-    p.add_argument(
-        "--steps", required=True, type=int_list, help="step budgets K, comma-separated, e.g. 5,10,20,50"
-    )
+    p.add_argument("--steps", required=True, type=int_list, help="step budgets K, comma-separated, e.g. 5,10,20,50")
     load = p.add_mutually_exclusive_group(required=True)
     load.add_argument("--concurrency", type=int_list, help="closed loop: concurrent clients, e.g. 1,4,16")
-    load.add_argument(
-        "--rate", type=float_list, help="open loop: Poisson arrival rates in requests/s, e.g. 2,8,32"
-    )
+    load.add_argument("--rate", type=float_list, help="open loop: Poisson arrival rates in requests/s, e.g. 2,8,32")
     p.add_argument("--duration", required=True, type=positive, help="measured seconds per cell")
-    p.add_argument(
-        "--warmup", type=non_negative, default=1.0, help="unmeasured seconds before each cell (default 1)"
-    )
-    p.add_argument(
-        "--slo", type=float_list, help="latency budgets in ms for the SLO table (default 50..5000)"
-    )
+    p.add_argument("--warmup", type=non_negative, default=1.0, help="unmeasured seconds before each cell (default 1)")
+    p.add_argument("--slo", type=float_list, help="latency budgets in ms for the SLO table (default 50..5000)")
     p.add_argument(
         "--quality",
         action="store_true",
         help="also fetch samples for each sampler and K and score them (moons: sliced-Wasserstein "
         "ratio; digits: classifier accuracy and Frechet distance); plots quality against latency",
     )
-    p.add_argument(
-        "--quality-samples", type=int, default=2000, help="samples per sampler and K for --quality"
-    )
-    p.add_argument(
-        "--scrape-interval", type=positive, default=2.0, help="seconds between replica-count scrapes"
-    )
+    p.add_argument("--quality-samples", type=int, default=2000, help="samples per sampler and K for --quality")
+    p.add_argument("--scrape-interval", type=positive, default=2.0, help="seconds between replica-count scrapes")
     return p
 
 
@@ -195,17 +181,14 @@ def preflight(args: argparse.Namespace) -> tuple[dict[str, Any], tuple[int, ...]
     bad = [s for s in args.sampler if accepted is not None and s not in accepted]
     if bad:
         raise LoadTestError(
-            f"model {args.model} does not accept sampler(s) {', '.join(bad)}; "
-            f"it accepts {', '.join(accepted or [])}"
+            f"model {args.model} does not accept sampler(s) {', '.join(bad)}; it accepts {', '.join(accepted or [])}"
         )
     return info, resolve_labels(args.class_label, num_classes(info))
 
 
 def run(args: argparse.Namespace) -> int:
     info, labels = preflight(args)
-    mode, loads = (
-        ("closed", [float(c) for c in args.concurrency]) if args.concurrency else ("open", args.rate)
-    )
+    mode, loads = ("closed", [float(c) for c in args.concurrency]) if args.concurrency else ("open", args.rate)
     cfg = SweepConfig(
         url=args.url,
         model=args.model,

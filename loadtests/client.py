@@ -145,11 +145,7 @@ def _error_detail(resp: httpx.Response) -> str:
         body = resp.json()
     except ValueError:
         return resp.text[:200]
-    return (
-        str(body.get("detail") or body.get("error") or body)[:200]
-        if isinstance(body, dict)
-        else str(body)[:200]
-    )
+    return str(body.get("detail") or body.get("error") or body)[:200] if isinstance(body, dict) else str(body)[:200]
 
 
 def list_models(url: str, timeout: float = 10.0) -> list[str]:
@@ -169,9 +165,7 @@ def model_info(url: str, model: str, timeout: float = 10.0) -> dict[str, Any]:
     """GET /v1/models/{model} after checking that the model is listed; LoadTestError otherwise."""
     known = list_models(url, timeout)
     if model not in known:
-        raise LoadTestError(
-            f"unknown model {model!r} at {url}; the service has: {', '.join(known) or 'none'}"
-        )
+        raise LoadTestError(f"unknown model {model!r} at {url}; the service has: {', '.join(known) or 'none'}")
     try:
         resp = httpx.get(f"{url}/v1/models/{model}", timeout=timeout)
     except httpx.HTTPError as e:

@@ -76,9 +76,7 @@ def slo_table(
             k_model = None
             fit = fits.get((sampler, load), {}).get("p95")
             if fit and fit["b_s_per_nfe"] > 0:
-                k = math.floor(
-                    (budget - fit["a_s"]) / (fit["b_s_per_nfe"] * fits[(sampler, load)]["nfe_per_step"])
-                )
+                k = math.floor((budget - fit["a_s"]) / (fit["b_s_per_nfe"] * fits[(sampler, load)]["nfe_per_step"]))
                 k_model = k if k >= 1 else None
             rows.append(
                 {

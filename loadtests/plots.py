@@ -87,9 +87,7 @@ def latency_cdf(records: list[Record], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4))
     for (sampler, steps, load), lat in sorted(groups.items()):
         x = np.sort(lat)
-        ax.step(
-            x, np.arange(1, len(x) + 1) / len(x), where="post", label=f"{sampler} K={steps} load={load:g}"
-        )
+        ax.step(x, np.arange(1, len(x) + 1) / len(x), where="post", label=f"{sampler} K={steps} load={load:g}")
     ax.set(xlabel="latency (ms)", ylabel="fraction of requests", xscale="log", ylim=(0, 1.01))
     ax.grid(alpha=0.3)
     if len(groups) <= 16:
@@ -114,4 +112,37 @@ def quality_frontier(rows: list[dict[str, Any]], metric: str, path: Path) -> Pat
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def autoscale_trace(
+    series: list[dict[str, Any]],
+    trace: list[dict[str, Any]],
+    model: str,
+    rates: list[float],
+    stage: float,
+    width: float,
+    path: Path,
+) -> Path:
+    """Three panels over time: offered (per stage) and measured request rates, latency p50 / p95 of the
+    requests started in each window (points at window centres), and replicas of `model`."""
+    fig, axes = plt.subplots(3, 1, figsize=(8, 7), sharex=True)
+    t = [w["t"] + width / 2 for w in series]
+    edges = [i * stage for i in range(len(rates) + 1)]
+    axes[0].stairs(rates, edges, label="offered", color="grey")
+    axes[0].plot(t, [w["start_rate"] for w in series], marker=".", label="sent")
+    axes[0].plot(t, [w["answer_rate"] for w in series], marker=".", label="answered")
+    axes[0].set_ylabel("requests/s")
+    for key, style in (("latency_p50_s", "-"), ("latency_p95_s", "--")):
+        ys = [np.nan if w[key] is None else 1e3 * w[key] for w in series]
+        axes[1].plot(t, ys, style, marker=".", label=key.split("_")[1])
+    axes[1].set(ylabel="latency (ms)", yscale="log")
+    rt = [s["t"] for s in trace]
+    for key, style in (("running", "-"), ("target", "--")):
+        ys = [s["replicas"].get(model, {}).get(key, np.nan) for s in trace]
+        axes[2].step(rt, ys, style, where="post", label=key)
+    axes[2].set(ylabel=f"{model} replicas", xlabel="time (s)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left")
     return _save(fig, path)

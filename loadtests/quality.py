@@ -52,9 +52,7 @@ def fetch_samples(
                 body["class_label"] = class_labels[i % len(class_labels)]
             resp = client.post("/v1/samples", json=body)
             if resp.status_code != 200:
-                raise LoadTestError(
-                    f"quality samples for {sampler} K={steps}: {resp.status_code} {resp.text[:200]}"
-                )
+                raise LoadTestError(f"quality samples for {sampler} K={steps}: {resp.status_code} {resp.text[:200]}")
             data = resp.json()
             out.append(np.asarray(data["samples"], dtype=np.float32).reshape(data["shape"]))
             if class_labels:
@@ -69,9 +67,7 @@ def score(kind: str, samples: np.ndarray, labels: np.ndarray | None) -> dict[str
         return {"sw_ratio": metrics.sw_ratio(samples, n=len(samples))}
     if kind == "digits":
         if labels is None:
-            raise LoadTestError(
-                "digits quality needs class-conditional samples (the model reports no classes)"
-            )
+            raise LoadTestError("digits quality needs class-conditional samples (the model reports no classes)")
         return metrics.digits_quality(samples, labels)
     raise LoadTestError(f"no quality metric for data kind {kind!r}")
 

@@ -101,9 +101,7 @@ def cost_table(models: list[dict[str, Any]]) -> str:
             row += ["-", "-", "-"] if fit is None else [_ms(fit["a_s"]), f"{1e3 * fit['b_s_per_nfe']:.3f}"]
             row += [] if fit is None else [f"{fit['r2']:.3f}"]
         rows.append(row)
-    return table(
-        ["sampler", "load", "pts", "p50 a ms", "p50 b ms/NFE", "r2", "p95 a ms", "p95 b ms/NFE", "r2"], rows
-    )
+    return table(["sampler", "load", "pts", "p50 a ms", "p50 b ms/NFE", "r2", "p95 a ms", "p95 b ms/NFE", "r2"], rows)
 
 
 def slo_text(rows: list[dict[str, Any]]) -> str:
@@ -129,8 +127,11 @@ def server_text(server: dict[str, Any] | None, sent: int, error: str | None) -> 
         f"{_num(server['rows_per_tick_mean'], '.1f')}, "
         f"mean request latency {_ms(server['request_latency_mean'])} ms",
     ]
-    replicas = ", ".join(f"{d}={v.get('healthy', 0):g}" for d, v in server["replicas_after"].items())
-    lines.append(f"  healthy replicas after the run: {replicas or '-'}")
+    replicas = ", ".join(
+        f"{d}={v.get('running', v.get('healthy', 0)):g}/{v.get('target', 0):g}"
+        for d, v in server["replicas_after"].items()
+    )
+    lines.append(f"  replicas after the run (running/target): {replicas or '-'}")
     return "\n".join(lines)
 
 

@@ -73,9 +73,7 @@ async def _probe(client: httpx.AsyncClient, spec: RequestSpec) -> None:
     sweep with the service's own message, and first-call costs (lazy loading) stay out of the cells."""
     rec = await send(client, spec, 0, 0.0, 0.0, time.perf_counter(), warmup=True)
     if not rec.ok:
-        raise LoadTestError(
-            f"the service refused {spec.sampler} K={spec.steps}: {rec.status} {rec.detail or ''}"
-        )
+        raise LoadTestError(f"the service refused {spec.sampler} K={spec.steps}: {rec.status} {rec.detail or ''}")
 
 
 def _fmt_load(mode: str, load: float) -> str:

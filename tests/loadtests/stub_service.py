@@ -38,9 +38,7 @@ class StubService:
 
     def app(self) -> FastAPI:
         registry = CollectorRegistry()
-        requests = Counter(
-            "ray_stepserve_requests", "requests", ["model", "sampler", "status"], registry=registry
-        )
+        requests = Counter("ray_stepserve_requests", "requests", ["model", "sampler", "status"], registry=registry)
         nfe = Counter("ray_stepserve_nfe", "nfe", ["model", "sampler"], registry=registry)
         app = FastAPI()
         info = {
@@ -72,9 +70,7 @@ class StubService:
             sampler, steps, n = body["sampler"], body["steps"], body.get("num_samples", 1)
             if sampler not in SAMPLERS or body.get("model") != MODEL:
                 requests.labels(body.get("model", ""), sampler, "422").inc()
-                return JSONResponse(
-                    {"error": {"field": "sampler", "message": "unknown sampler"}}, status_code=422
-                )
+                return JSONResponse({"error": {"field": "sampler", "message": "unknown sampler"}}, status_code=422)
             t0 = time.perf_counter()
             await asyncio.sleep(self.base_s + self.per_step_s * steps)
             x, _ = moons_raw(n, body.get("seed", 0))

@@ -41,9 +41,7 @@ def assert_ordered(cell: dict) -> None:
     assert 0 < lat["p50"] <= lat["p90"] <= lat["p95"] <= lat["p99"] <= lat["max"]
 
 
-def test_sweep_writes_every_output_and_counts_what_the_server_counts(
-    stub: StubService, tmp_path: Path
-) -> None:
+def test_sweep_writes_every_output_and_counts_what_the_server_counts(stub: StubService, tmp_path: Path) -> None:
     metrics = f"{stub.url}/metrics"
     before = prom.scrape(metrics)
     out = tmp_path / "run"
@@ -145,9 +143,7 @@ def one_line_error(proc: subprocess.CompletedProcess, fragment: str) -> None:
         (["--steps", "5", "--duration", "-1"], "--duration"),
     ],
 )
-def test_bad_arguments_end_in_one_line(
-    stub: StubService, tmp_path: Path, args: list[str], fragment: str
-) -> None:
+def test_bad_arguments_end_in_one_line(stub: StubService, tmp_path: Path, args: list[str], fragment: str) -> None:
     base = {"--url": stub.url, "--model": MODEL, "--sampler": "fm-euler", "--rate": "1", "--duration": "1"}
     for i in range(0, len(args), 2):
         base[args[i]] = args[i + 1]
@@ -161,9 +157,7 @@ def test_missing_load_mode_and_unknown_model_and_sampler(stub: StubService, tmp_
     one_line_error(
         loadtests(*common, "--model", "nope", "--sampler", "fm-euler", "--rate", "1"), "unknown model 'nope'"
     )
-    one_line_error(
-        loadtests(*common, "--model", MODEL, "--sampler", "ddim", "--rate", "1"), "does not accept sampler"
-    )
+    one_line_error(loadtests(*common, "--model", MODEL, "--sampler", "ddim", "--rate", "1"), "does not accept sampler")
     assert not (tmp_path / "results.json").exists()
 
 

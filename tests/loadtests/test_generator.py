@@ -38,13 +38,15 @@ def test_open_loop_keeps_its_rate_when_the_server_is_slow(slow: StubService) -> 
     assert all(r.ok for r in records) and min(r.latency for r in records) >= 1.0
     starts = np.array(sorted(r.start for r in records))
     lag = starts - scheduled
-    assert np.max(np.abs(lag)) < 0.1
+    # Generous bounds: this machine is shared and the server runs in this process (the GIL); a generator
+    # paced by answers would be seconds late by the end.
+    assert np.median(np.abs(lag)) < 0.03 and np.max(np.abs(lag)) < 0.5, lag
     s = summarize(records)
     planned_rate = (len(scheduled) - 1) / (scheduled[-1] - scheduled[0])
     assert s["arrival_rate"] == pytest.approx(planned_rate, rel=0.05)
     # The server agrees: its own receive times arrive at the planned rate.
     seen = np.array(slow.start_times[-len(records) :])
-    assert (len(seen) - 1) / (seen[-1] - seen[0]) == pytest.approx(planned_rate, rel=0.1)
+    assert (len(seen) - 1) / (seen[-1] - seen[0]) == pytest.approx(planned_rate, rel=0.15)
 
 
 def test_closed_loop_is_paced_by_answers(slow: StubService) -> None:

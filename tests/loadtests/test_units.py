@@ -91,9 +91,7 @@ def test_cost_model_recovers_a_line() -> None:
 
 
 def test_slo_table_measured_and_model() -> None:
-    cells = cells_on_a_line(
-        0.02, 0.001, per_step=4
-    )  # p95 = 0.03 + 0.008 K: K=5 0.07, 10 0.11, 20 0.19, 50 0.43
+    cells = cells_on_a_line(0.02, 0.001, per_step=4)  # p95 = 0.03 + 0.008 K: K=5 0.07, 10 0.11, 20 0.19, 50 0.43
     cells[2]["errors"] = {"503": 1}  # K=20 had errors: it does not meet any budget
     rows = costmodel.slo_table(cells, costmodel.fit_cost_models(cells), budgets=(0.05, 0.2, 0.5))
     by = {r["budget_s"]: r for r in rows}
@@ -132,10 +130,15 @@ ray_stepserve_nfe_total{model="m",sampler="fm-rk4"} 160
 ray_stepserve_queue_wait_seconds_bucket{model="m",le="+Inf"} 30
 ray_stepserve_queue_wait_seconds_sum{model="m"} 5.0
 ray_stepserve_queue_wait_seconds_count{model="m"} 30
+# TYPE ray_serve_replica_processing_queries gauge
+ray_serve_replica_processing_queries{deployment="Model",replica="a",WorkerId="1"} 3
+ray_serve_replica_processing_queries{deployment="Model",replica="b",WorkerId="2"} 0
+ray_serve_replica_processing_queries{deployment="Ingress",replica="c",WorkerId="3"} 1
+# TYPE ray_serve_autoscaling_target_replicas gauge
+ray_serve_autoscaling_target_replicas{deployment="Model"} 3
 # TYPE ray_serve_deployment_replica_healthy gauge
 ray_serve_deployment_replica_healthy{deployment="Model",replica="a"} 1
 ray_serve_deployment_replica_healthy{deployment="Model",replica="b"} 1
-ray_serve_deployment_replica_healthy{deployment="Ingress",replica="c"} 1
 """
 
 
@@ -145,7 +148,10 @@ def test_server_view_is_the_counter_difference() -> None:
     assert s["requests_by_status"] == {"200": 19, "503": 2}
     assert s["nfe"] == 160 and s["steps"] is None
     assert s["queue_wait_mean"] == pytest.approx(4.0 / 20)
-    assert s["replicas_after"] == {"Ingress": {"healthy": 1.0}, "Model": {"healthy": 2.0}}
+    assert s["replicas_after"] == {
+        "Ingress": {"running": 1.0},
+        "Model": {"running": 2.0, "target": 3.0, "healthy": 2.0},
+    }
 
 
 def test_plots_write_pngs(tmp_path) -> None:
@@ -156,10 +162,7 @@ def test_plots_write_pngs(tmp_path) -> None:
             samples_per_s=2 * c["load"] / c["latency_s"]["p50"],
         )
     recs = [record(i, 0.1 * i, 0.01 * (1 + i % 7)) for i in range(50)]
-    rows = [
-        {"sampler": "fm-rk4", "steps": k, "latency_p50_s": 0.01 * k, "sw_ratio": 1 + 10 / k}
-        for k in (5, 10, 20)
-    ]
+    rows = [{"sampler": "fm-rk4", "steps": k, "latency_p50_s": 0.01 * k, "sw_ratio": 1 + 10 / k} for k in (5, 10, 20)]
     paths = [
         plots.latency_vs_k(cells, tmp_path / "a.png"),
         plots.throughput_vs_load(cells, tmp_path / "b.png"),
