@@ -33,6 +33,7 @@ class StubService:
     url: str = ""
     received: int = 0
     start_times: list[float] = field(default_factory=list)
+    bodies: list[dict] = field(default_factory=list)
     _server: uvicorn.Server | None = None
     _thread: threading.Thread | None = None
 
@@ -67,6 +68,7 @@ class StubService:
             self.received += 1
             self.start_times.append(time.perf_counter())
             body = await request.json()
+            self.bodies.append(body)
             sampler, steps, n = body["sampler"], body["steps"], body.get("num_samples", 1)
             if sampler not in SAMPLERS or body.get("model") != MODEL:
                 requests.labels(body.get("model", ""), sampler, "422").inc()
