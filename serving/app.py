@@ -22,6 +22,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from serving import guidance as cfg
@@ -266,7 +268,11 @@ class Ingress:
             check_request(req, info)
             payload = req.model_dump()
             payload["seed"] = req.seed if req.seed is not None else secrets.randbits(63)
-            out = await self.handles[req.model].sample.remote(payload)
+            try:
+                out = await self.handles[req.model].sample.remote(payload)
+            except (BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError, RayActorError) as e:
+                # The model deployment is saturated at Serve's level or has no live replica right now.
+                raise RequestError("model", f"{req.model} is unavailable right now ({type(e).__name__})", 503) from e
             if "error" in out:
                 e = out["error"]
                 status = e["status"]
@@ -295,7 +301,7 @@ class Ingress:
             )
         except RequestError as err:
             status = err.status
-            return _error(err)
+            return _error(err, {"Retry-After": "1"} if err.status == 503 else None)
         finally:
             self.record(req.model, req.sampler, status, time.perf_counter() - t0)
 
