@@ -6,7 +6,7 @@ PYTHON  := $(BIN)/python
 STAMP   := $(VENV)/.installed
 MODELS  := moons-ddpm moons-fm digits-ddpm digits-fm
 
-.PHONY: install test test-fast bench train lint format serve clean help
+.PHONY: install test test-fast bench train export lint format serve clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -27,6 +27,9 @@ test: install  ## the whole test suite, slow end-to-end tests included
 
 test-fast: install  ## unit tests only (no Ray, no long training)
 	$(BIN)/pytest -q -m "not slow" tests
+
+export: install  ## export the four default models to ONNX (net-ema.onnx in models/<name>, hash in its manifest)
+	@for m in $(MODELS); do $(PYTHON) -m export --checkpoint models/$$m --format onnx || exit 1; done
 
 lint: install  ## ruff lint and format check
 	$(BIN)/ruff check .
