@@ -1,4 +1,4 @@
-"""python -m serving sample ...  (offline sampling); see --help."""
+"""python -m serving sample ... (offline sampling) | python -m serving serve ... (the HTTP service); see --help."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from serving.offline import sample_to_file
+from serving.serve_cli import add_serve_parser
 
 
 def _add_sample_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,7 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving", description="stepserve sampling and serving.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_sample_parser(sub)
+    add_serve_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        return args.func(args)
     if args.command == "sample":
         try:
             out = sample_to_file(
