@@ -17,7 +17,12 @@ import sys
 import time
 from pathlib import Path
 
-SECTIONS = {"quality": "serving.bench_quality", "export": "export.bench", "serving": "serving.bench_serving"}
+SECTIONS = {
+    "quality": "serving.bench_quality",
+    "export": "export.bench",
+    "serving": "serving.bench_serving",
+    "backends": "serving.bench_backends",
+}
 
 
 def main() -> int:

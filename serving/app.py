@@ -101,7 +101,7 @@ class ModelReplica:
         self.name = name
         self.ckpt = load_checkpoint(path)
         options = dict(backend_options or {})
-        if backend == "torch":
+        if backend in ("torch", "onnxruntime"):  # both would otherwise size their pools to every core
             options.setdefault("num_threads", replica_cpus())
         self.backend = load_backend(backend, self.ckpt, **options)
         self.metrics = ModelMetrics(name)
