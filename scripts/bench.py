@@ -1,10 +1,11 @@
 """`make bench`: run every benchmark section and write JSON into --out (default bench-results/).
 
-    python scripts/bench.py [--out DIR] [--quick] [--only quality,export,serving]
+    python scripts/bench.py [--out DIR] [--quick] [--only quality,export,serving,backends]
 
 Sections: quality (serving.bench_quality: quality against K, sampler overhead, training speed),
 export (export.bench: onnxruntime against torch), serving (serving.bench_serving: served throughput,
-step-level against request-level batching, lone-request overhead). Each writes its own JSON file;
+step-level against request-level batching, lone-request overhead), backends (serving.bench_backends:
+served throughput with onnxruntime against torch). Each writes its own JSON file;
 `summary.json` lists what ran and how long it took.
 """
 
