@@ -137,9 +137,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="also fetch samples for each sampler and K and score them (moons: sliced-Wasserstein "
         "ratio; digits: classifier accuracy and Frechet distance); plots quality against latency",
     )
+    p.add_argument(
+        "--quality-guidance",
+        type=str,
+        help="with --quality: guidance weights w to score, comma-separated ('none' for unguided), e.g. "
+        "none,1,3 (default: --guidance); digits report accuracy against w",
+    )
     p.add_argument("--quality-samples", type=int, default=2000, help="samples per sampler and K for --quality")
     p.add_argument("--scrape-interval", type=positive, default=2.0, help="seconds between replica-count scrapes")
     return p
+
+
+def parse_guidances(text: str) -> list[float | None]:
+    """'none,1,3' -> [None, 1.0, 3.0]."""
+    out: list[float | None] = []
+    for item in (s.strip() for s in text.split(",") if s.strip()):
+        try:
+            out.append(None if item == "none" else float(item))
+        except ValueError:
+            raise LoadTestError(f"--quality-guidance: {item!r} is neither a number nor 'none'") from None
+    if not out:
+        raise LoadTestError("--quality-guidance: empty list")
+    return out
 
 
 def resolve_labels(arg: str, classes: int) -> tuple[int, ...] | None:
@@ -188,6 +207,7 @@ def preflight(args: argparse.Namespace) -> tuple[dict[str, Any], tuple[int, ...]
 
 def run(args: argparse.Namespace) -> int:
     info, labels = preflight(args)
+    guidances = parse_guidances(args.quality_guidance) if args.quality_guidance else [args.guidance]
     mode, loads = ("closed", [float(c) for c in args.concurrency]) if args.concurrency else ("open", args.rate)
     cfg = SweepConfig(
         url=args.url,
@@ -214,22 +234,6 @@ def run(args: argparse.Namespace) -> int:
     models = costmodel.fit_cost_models(result.cells)
     budgets = tuple(b / 1e3 for b in args.slo) if args.slo else costmodel.DEFAULT_BUDGETS_S
     slo = costmodel.slo_table(result.cells, models, budgets)
-    quality_rows = None
-    if args.quality:
-        from loadtests.quality import primary_metric, quality_sweep
-
-        quality_rows = quality_sweep(
-            args.url,
-            args.model,
-            info,
-            args.sampler,
-            args.steps,
-            result.cells,
-            args.quality_samples,
-            args.guidance,
-            num_classes(info),
-            args.seed,
-        )
     results = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"},
         "mode": mode,
@@ -245,25 +249,43 @@ def run(args: argparse.Namespace) -> int:
         "server": result.server,
         "server_error": result.metrics_error,
         "replica_trace": result.replica_trace,
-        "quality": quality_rows,
+        "quality": None,
     }
     from loadtests import plots  # matplotlib loads in ~1 s: not before the arguments are known to be good
 
     out: Path = args.out
+    # Written before the quality step, so that a failure there keeps the sweep's results.
     written = report.write_results(out, results, result.records)
     written.append(plots.latency_vs_k(result.cells, out / "latency_vs_k.png"))
     written.append(plots.throughput_vs_load(result.cells, out / "throughput_vs_load.png"))
     written.append(plots.latency_cdf(result.records, out / "latency_cdf.png"))
-    if quality_rows:
-        metric = primary_metric(quality_rows[0]["kind"])
-        written.append(plots.quality_frontier(quality_rows, metric, out / "quality_vs_latency.png"))
     print(report.cells_table(result.cells))
     print("\ncost model: latency = a + b * NFE")
     print(report.cost_table(models))
     print("\nlargest K meeting p95 <= budget (measured in the sweep / from the p95 line; * extrapolated)")
     print(report.slo_text(slo))
     print("\n" + report.server_text(result.server, result.requests_sent, result.metrics_error))
-    if quality_rows:
+    if args.quality:
+        from loadtests.quality import primary_metric, quality_sweep
+
+        quality_rows = quality_sweep(
+            args.url,
+            args.model,
+            info,
+            args.sampler,
+            args.steps,
+            result.cells,
+            args.quality_samples,
+            guidances,
+            num_classes(info),
+            args.seed,
+        )
+        results["quality"] = quality_rows
+        report.write_results(out, results, result.records)
+        metric = primary_metric(quality_rows[0]["kind"])
+        written.append(plots.quality_frontier(quality_rows, metric, out / "quality_vs_latency.png"))
+        if len(guidances) > 1:
+            written.append(plots.quality_vs_guidance(quality_rows, out / "quality_vs_guidance.png"))
         print("\nquality against K")
         print(report.quality_text(quality_rows))
     print(f"\nwrote {', '.join(p.name for p in written)} to {out}")

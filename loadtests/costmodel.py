@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 DEFAULT_BUDGETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+# Below this r^2 the p95 line explains too little of the sweep to be read off: k_model is left empty.
+MIN_R2 = 0.5
 
 
 def fit_line(x: list[float], y: list[float]) -> dict[str, float] | None:
@@ -65,7 +67,8 @@ def slo_table(
 ) -> list[dict[str, Any]]:
     """For each budget L, sampler and load: the largest swept K whose p95 <= L with no errors
     (k_measured), and the largest K the p95 line allows, floor((L - a) / (b * nfe_per_step)) (k_model;
-    `extrapolated` when beyond the swept range). None where no K meets the budget."""
+    `extrapolated` when beyond the swept range; only from a line with b > 0 and r^2 >= MIN_R2). None
+    where no K meets the budget."""
     groups = _groups(cells)
     fits = {(m["sampler"], m["load"]): m for m in models}
     rows = []
@@ -75,7 +78,7 @@ def slo_table(
             meets = [c["steps"] for c in group if c["latency_s"]["p95"] <= budget and not c["errors"]]
             k_model = None
             fit = fits.get((sampler, load), {}).get("p95")
-            if fit and fit["b_s_per_nfe"] > 0:
+            if fit and fit["b_s_per_nfe"] > 0 and fit["r2"] >= MIN_R2:
                 k = math.floor((budget - fit["a_s"]) / (fit["b_s_per_nfe"] * fits[(sampler, load)]["nfe_per_step"]))
                 k_model = k if k >= 1 else None
             rows.append(

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot loads)
@@ -19,6 +20,12 @@ STYLES = {"p50": "-", "p95": "--", "p99": ":"}
 
 def _load_label(mode: str) -> str:
     return "concurrency" if mode == "closed" else "arrival rate (req/s)"
+
+
+def _k_ticks(ax: plt.Axes, ks: list[int]) -> None:
+    """Label a log K axis with the swept K themselves (not powers of ten)."""
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -45,6 +52,7 @@ def latency_vs_k(cells: list[dict[str, Any]], path: Path) -> Path:
                 label = f"{_load_label(group[0]['mode']).split()[0]} {load:g}" if p == "p50" else None
                 ax.plot(ks, ys, style, marker="o", ms=3, color=colours[load], label=label)
         ax.set(title=f"{sampler} (solid p50, dashed p95, dotted p99)", xlabel="steps K", xscale="log")
+        _k_ticks(ax, sorted({c["steps"] for c in cells}))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("latency (ms)")
@@ -95,16 +103,21 @@ def latency_cdf(records: list[Record], path: Path) -> Path:
     return _save(fig, path)
 
 
+def _w(w: float | None) -> str:
+    return "unguided" if w is None else f"w={w:g}"
+
+
 def quality_frontier(rows: list[dict[str, Any]], metric: str, path: Path) -> Path:
-    """The step-budget frontier: quality `metric` against p50 latency, one line per sampler, K annotated."""
+    """The step-budget frontier: quality `metric` against p50 latency, one line per sampler (and guidance
+    weight, when several were scored), K annotated."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    for sampler in sorted({r["sampler"] for r in rows}):
-        group = sorted(
-            (r for r in rows if r["sampler"] == sampler and r.get("latency_p50_s")), key=lambda r: r["steps"]
-        )
+    several_w = len({r["guidance"] for r in rows}) > 1
+    for sampler, w in sorted({(r["sampler"], r["guidance"]) for r in rows}, key=lambda p: (p[0], p[1] or -1.0)):
+        group = [r for r in rows if r["sampler"] == sampler and r["guidance"] == w and r.get("latency_p50_s")]
+        group.sort(key=lambda r: r["steps"])
         xs = [1e3 * r["latency_p50_s"] for r in group]
         ys = [r[metric] for r in group]
-        ax.plot(xs, ys, marker="o", label=sampler)
+        ax.plot(xs, ys, marker="o", label=f"{sampler} {_w(w)}" if several_w else sampler)
         for x, y, r in zip(xs, ys, group, strict=True):
             ax.annotate(f"K={r['steps']}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set(xlabel="p50 latency at the lowest load (ms)", ylabel=metric, xscale="log")
@@ -112,6 +125,24 @@ def quality_frontier(rows: list[dict[str, Any]], metric: str, path: Path) -> Pat
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def quality_vs_guidance(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Quality against the guidance weight w at the largest K, one line per sampler: classifier accuracy
+    and Frechet distance for digits, the SW ratio for moons (unguided drawn at w = 0 for reference)."""
+    metrics = ["accuracy", "frechet"] if "accuracy" in rows[0] else ["sw_ratio"]
+    k_max = max(r["steps"] for r in rows)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for sampler in sorted({r["sampler"] for r in rows}):
+            group = sorted(
+                (r for r in rows if r["sampler"] == sampler and r["steps"] == k_max), key=lambda r: r["guidance"] or 0.0
+            )
+            ax.plot([r["guidance"] or 0.0 for r in group], [r[metric] for r in group], marker="o", label=sampler)
+        ax.set(xlabel="guidance weight w", ylabel=metric, title=f"K={k_max}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     return _save(fig, path)
 
 

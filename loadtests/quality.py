@@ -95,36 +95,29 @@ def quality_sweep(
     steps: list[int],
     cells: list[dict[str, Any]],
     n: int,
-    guidance: float | None,
+    guidances: list[float | None],
     classes: int,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """One row per sampler and K: quality metrics plus that cell's p50 / p95 latency at the lowest load."""
+    """One row per guidance w, sampler and K: quality metrics plus that (sampler, K) cell's p50 / p95
+    latency and NFE at the sweep's lowest load (cells were measured at the sweep's own guidance)."""
     kind = data_kind(info)
     per_request = max_samples_per_request(info)
-    labels = list(range(classes)) if kind == "digits" and classes else None
-    if kind == "digits" and labels:
-        # Chunks carry one label each: size them so that every class gets the same number of samples.
-        per_request = max(1, min(per_request, n // len(labels)))
     lowest = min(c["load"] for c in cells) if cells else None
     rows = []
-    for sampler in samplers:
-        for k in steps:
-            x, y = fetch_samples(url, model, sampler, k, n, per_request, guidance, labels, seed)
-            row: dict[str, Any] = {
-                "sampler": sampler,
-                "steps": k,
-                "kind": kind,
-                "n": len(x),
-                "guidance": guidance,
-            }
-            row.update(score(kind, x, y))
-            cell = next(
-                (c for c in cells if c["sampler"] == sampler and c["steps"] == k and c["load"] == lowest),
-                None,
-            )
-            row["latency_p50_s"] = cell["latency_s"]["p50"] if cell else None
-            row["latency_p95_s"] = cell["latency_s"]["p95"] if cell else None
-            row["nfe"] = cell["nfe"] if cell else None
-            rows.append(row)
+    for w in guidances:
+        # Digits are scored per requested class, and guidance needs a class: then chunks carry one label
+        # each, cycling over the classes, sized so that every class gets the same number of samples.
+        labels = list(range(classes)) if classes and (kind == "digits" or w is not None) else None
+        size = max(1, min(per_request, n // len(labels))) if labels else per_request
+        for sampler in samplers:
+            for k in steps:
+                x, y = fetch_samples(url, model, sampler, k, n, size, w, labels, seed)
+                row: dict[str, Any] = {"sampler": sampler, "steps": k, "kind": kind, "n": len(x), "guidance": w}
+                row.update(score(kind, x, y))
+                cell = next((c for c in cells if (c["sampler"], c["steps"], c["load"]) == (sampler, k, lowest)), None)
+                row["latency_p50_s"] = cell["latency_s"]["p50"] if cell else None
+                row["latency_p95_s"] = cell["latency_s"]["p95"] if cell else None
+                row["nfe"] = cell["nfe"] if cell else None
+                rows.append(row)
     return rows

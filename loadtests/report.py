@@ -75,10 +75,11 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def cells_table(cells: list[dict[str, Any]]) -> str:
-    """The sweep at a glance: one line per cell, latencies in milliseconds."""
+    """The sweep at a glance: one line per cell, latencies in milliseconds; srv: the means of the service's
+    own timing fields (engine queue, engine compute, ingress receive to response)."""
     load_name = "conc" if cells and cells[0]["mode"] == "closed" else "rate/s"
     headers = ["sampler", "K", load_name, "NFE", "req", "err", "req/s", "smp/s", "p50 ms", "p95 ms", "p99 ms"]
-    headers += ["max ms", "queue ms", "compute ms"]
+    headers += ["max ms", "srv queue ms", "srv compute ms", "srv total ms"]
     rows = []
     for c in cells:
         lat = c["latency_s"]
@@ -86,7 +87,7 @@ def cells_table(cells: list[dict[str, Any]]) -> str:
             [c["sampler"], str(c["steps"]), f"{c['load']:g}", _num(c["nfe"], "d"), str(c["requests"])]
             + [str(c["requests"] - c["ok"]), _num(c["throughput_rps"]), _num(c["samples_per_s"], ".1f")]
             + [_ms(lat["p50"]), _ms(lat["p95"]), _ms(lat["p99"]), _ms(lat["max"])]
-            + [_ms((c["server_queue_s"] or {}).get("mean")), _ms((c["server_compute_s"] or {}).get("mean"))]
+            + [_ms((c[f"server_{k}_s"] or {}).get("mean")) for k in ("queue", "compute", "total")]
         )
     return table(headers, rows)
 

@@ -158,6 +158,8 @@ def test_missing_load_mode_and_unknown_model_and_sampler(stub: StubService, tmp_
         loadtests(*common, "--model", "nope", "--sampler", "fm-euler", "--rate", "1"), "unknown model 'nope'"
     )
     one_line_error(loadtests(*common, "--model", MODEL, "--sampler", "ddim", "--rate", "1"), "does not accept sampler")
+    bad_w = ["--model", MODEL, "--sampler", "fm-euler", "--rate", "1", "--quality", "--quality-guidance", "1,x"]
+    one_line_error(loadtests(*common, *bad_w), "--quality-guidance: 'x'")
     assert not (tmp_path / "results.json").exists()
 
 

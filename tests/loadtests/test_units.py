@@ -101,6 +101,15 @@ def test_slo_table_measured_and_model() -> None:
     assert not by[0.2]["extrapolated"]
 
 
+def test_slo_model_needs_a_line_that_fits() -> None:
+    cells = cells_on_a_line(0.02, 0.001, per_step=1)
+    for c, noise in zip(cells, (0.5, -0.4, 0.45, -0.3), strict=True):  # p95 swamped by noise: r^2 < 0.5
+        c["latency_s"]["p95"] += noise
+    models = costmodel.fit_cost_models(cells)
+    assert models[0]["p95"]["r2"] < costmodel.MIN_R2
+    assert all(r["k_model"] is None for r in costmodel.slo_table(cells, models, budgets=(0.5, 1.0)))
+
+
 def test_cost_model_needs_two_distinct_nfe() -> None:
     cells = cells_on_a_line(0.02, 0.001, per_step=1)[:1]
     (m,) = costmodel.fit_cost_models(cells)
@@ -162,12 +171,24 @@ def test_plots_write_pngs(tmp_path) -> None:
             samples_per_s=2 * c["load"] / c["latency_s"]["p50"],
         )
     recs = [record(i, 0.1 * i, 0.01 * (1 + i % 7)) for i in range(50)]
-    rows = [{"sampler": "fm-rk4", "steps": k, "latency_p50_s": 0.01 * k, "sw_ratio": 1 + 10 / k} for k in (5, 10, 20)]
+    rows = [
+        {
+            "sampler": "fm-rk4",
+            "steps": k,
+            "guidance": w,
+            "latency_p50_s": 0.01 * k,
+            "accuracy": 0.5 + k / 50,
+            "frechet": 10 / k,
+        }
+        for k in (5, 10, 20)
+        for w in (None, 1.0, 3.0)
+    ]
     paths = [
         plots.latency_vs_k(cells, tmp_path / "a.png"),
         plots.throughput_vs_load(cells, tmp_path / "b.png"),
         plots.latency_cdf(recs, tmp_path / "c.png"),
-        plots.quality_frontier(rows, "sw_ratio", tmp_path / "d.png"),
+        plots.quality_frontier(rows, "frechet", tmp_path / "d.png"),
+        plots.quality_vs_guidance(rows, tmp_path / "e.png"),
     ]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
