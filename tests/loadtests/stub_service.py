@@ -3,7 +3,8 @@
 It speaks the documented contract (GET /v1/models, /v1/models/{id}, POST /v1/samples, GET /metrics) and
 answers each sample request after `base_s + per_step_s * steps` seconds of asyncio sleep, so that any
 number of requests wait at once: the load generator's timing is tested against a server whose latency
-is known, with no model or Ray behind it. Samples are real two-moons draws.
+is known, with no model or Ray behind it. Samples are real data: two-moons draws (stub-moons) and
+scikit-learn digits of the requested class (stub-digits, 10 classes).
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
-from training.data import moons_raw
+from training.data import digits_raw, moons_raw
 
 MODEL = "stub-moons"
+DIGITS = "stub-digits"
 SAMPLERS = {"fm-euler": 1, "fm-rk4": 4}
 
 
@@ -42,26 +45,24 @@ class StubService:
         requests = Counter("ray_stepserve_requests", "requests", ["model", "sampler", "status"], registry=registry)
         nfe = Counter("ray_stepserve_nfe", "nfe", ["model", "sampler"], registry=registry)
         app = FastAPI()
-        info = {
-            "id": MODEL,
-            "kind": "fm",
-            "data_kind": "moons",
-            "data_shape": [2],
-            "num_classes": 0,
-            "classes": [],
-            "samplers": list(SAMPLERS),
-            "limits": {"max_steps": 1000, "max_num_samples": self.max_num_samples},
+        limits = {"max_steps": 1000, "max_num_samples": self.max_num_samples}
+        infos = {
+            MODEL: {"id": MODEL, "kind": "fm", "data_kind": "moons", "data_shape": [2], "num_classes": 0},
+            DIGITS: {"id": DIGITS, "kind": "fm", "data_kind": "digits", "data_shape": [1, 8, 8], "num_classes": 10},
         }
+        for info in infos.values():
+            info.update(classes=list(range(info["num_classes"])), samplers=list(SAMPLERS), limits=limits)
+        digits, digit_labels = digits_raw()
 
         @app.get("/v1/models")
         async def models() -> dict:
-            return {"models": [info]}
+            return {"models": list(infos.values())}
 
         @app.get("/v1/models/{model}")
         async def model(model: str) -> Response:
-            if model != MODEL:
+            if model not in infos:
                 return JSONResponse({"error": {"field": "model", "message": "unknown"}}, status_code=404)
-            return JSONResponse(info)
+            return JSONResponse(infos[model])
 
         @app.post("/v1/samples")
         async def samples(request: Request) -> Response:
@@ -70,24 +71,29 @@ class StubService:
             body = await request.json()
             self.bodies.append(body)
             sampler, steps, n = body["sampler"], body["steps"], body.get("num_samples", 1)
-            if sampler not in SAMPLERS or body.get("model") != MODEL:
+            if sampler not in SAMPLERS or body.get("model") not in infos:
                 requests.labels(body.get("model", ""), sampler, "422").inc()
                 return JSONResponse({"error": {"field": "sampler", "message": "unknown sampler"}}, status_code=422)
             t0 = time.perf_counter()
             await asyncio.sleep(self.base_s + self.per_step_s * steps)
-            x, _ = moons_raw(n, body.get("seed", 0))
-            requests.labels(MODEL, sampler, "200").inc()
-            nfe.labels(MODEL, sampler).inc(steps * SAMPLERS[sampler])
+            if body["model"] == MODEL:
+                x, _ = moons_raw(n, body.get("seed", 0))
+            else:  # real digits of the requested class (any class without one)
+                label = body.get("class_label")
+                pool = np.flatnonzero(digit_labels == label) if label is not None else np.arange(len(digits))
+                x = digits[np.random.default_rng(body.get("seed", 0)).choice(pool, n)]
+            requests.labels(body["model"], sampler, "200").inc()
+            nfe.labels(body["model"], sampler).inc(steps * SAMPLERS[sampler])
             elapsed_ms = 1e3 * (time.perf_counter() - t0)
             return JSONResponse(
                 {
-                    "model": MODEL,
+                    "model": body["model"],
                     "sampler": sampler,
                     "steps": steps,
                     "num_samples": n,
                     "seed": body.get("seed", 0),
                     "nfe": steps * SAMPLERS[sampler],
-                    "shape": [n, 2],
+                    "shape": list(x.shape),
                     "samples": x.tolist(),
                     "timing": {"queue_ms": 0.0, "compute_ms": elapsed_ms, "total_ms": elapsed_ms},
                 }

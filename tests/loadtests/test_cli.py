@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from loadtests import prom
-from tests.loadtests.stub_service import MODEL, StubService
+from tests.loadtests.stub_service import DIGITS, MODEL, StubService
 
 ROOT = Path(__file__).resolve().parents[2]
 OUTPUTS = (
@@ -124,6 +124,48 @@ def test_closed_loop_cli_runs(stub: StubService, tmp_path: Path) -> None:
     assert res["mode"] == "closed" and res["server"] is None
     for cell in res["cells"]:
         assert_ordered(cell)
+
+
+def test_digits_quality_against_guidance(stub: StubService, tmp_path: Path) -> None:
+    proc = loadtests(
+        "--url",
+        stub.url,
+        "--model",
+        DIGITS,
+        "--sampler",
+        "fm-euler",
+        "--steps",
+        "3",
+        "--rate",
+        "5",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0",
+        "--metrics-url",
+        "none",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+        "--quality",
+        "--quality-guidance",
+        "none,2",
+        "--quality-samples",
+        "200",
+    )
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads((tmp_path / "results.json").read_text())
+    # The stand-in returns real digits of each requested class: the classifier agrees with the labels and
+    # the Frechet distance sits at the floor of two real draws.
+    assert [q["guidance"] for q in res["quality"]] == [None, 2.0]
+    for q in res["quality"]:
+        assert q["n"] == 200 and q["accuracy"] > 0.9
+        assert q["frechet"] < 3 * q["frechet_data"]
+    quality_bodies = stub.bodies[-20:]  # per w: 200 samples in 10 chunks of 20, one class each
+    for chunk, w in ((quality_bodies[:10], None), (quality_bodies[10:], 2.0)):
+        assert sorted(b["class_label"] for b in chunk) == list(range(10))
+        assert {b.get("guidance") for b in chunk} == {w} and {b["num_samples"] for b in chunk} == {20}
+    assert (tmp_path / "quality_vs_guidance.png").stat().st_size > 0
 
 
 def one_line_error(proc: subprocess.CompletedProcess, fragment: str) -> None:
