@@ -95,15 +95,8 @@ def frechet_distance(feat_a: np.ndarray, feat_b: np.ndarray) -> float:
     """Frechet distance between Gaussians fitted to features feat_a (N, H) and feat_b (M, H)."""
     feat_a = np.asarray(feat_a, dtype=np.float64)
     feat_b = np.asarray(feat_b, dtype=np.float64)
-    if (
-        feat_a.ndim != 2
-        or feat_b.ndim != 2
-        or feat_a.shape[1] != feat_b.shape[1]
-        or min(len(feat_a), len(feat_b)) < 2
-    ):
-        raise ValueError(
-            f"frechet_distance needs (N>=2, H) and (M>=2, H), got {feat_a.shape} and {feat_b.shape}"
-        )
+    if feat_a.ndim != 2 or feat_b.ndim != 2 or feat_a.shape[1] != feat_b.shape[1] or min(len(feat_a), len(feat_b)) < 2:
+        raise ValueError(f"frechet_distance needs (N>=2, H) and (M>=2, H), got {feat_a.shape} and {feat_b.shape}")
     stats = [(f.mean(0), np.atleast_2d(np.cov(f, rowvar=False))) for f in (feat_a, feat_b)]
     return frechet_from_stats(stats[0][0], stats[0][1], stats[1][0], stats[1][1])
 
@@ -112,9 +105,7 @@ def frechet_distance(feat_a: np.ndarray, feat_b: np.ndarray) -> float:
 def _fit_digits_mlp(hidden: int, seed: int) -> tuple[MLPClassifier, float]:
     """(classifier, held-out accuracy): fit on 80 % of load_digits, scored on the other 20 %."""
     x, y = digits_raw()
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x.reshape(len(x), -1), y, test_size=0.2, random_state=seed, stratify=y
-    )
+    x_tr, x_te, y_tr, y_te = train_test_split(x.reshape(len(x), -1), y, test_size=0.2, random_state=seed, stratify=y)
     clf = MLPClassifier(hidden_layer_sizes=(hidden,), max_iter=500, random_state=seed, alpha=1e-3)
     clf.fit(x_tr, y_tr)
     return clf, float(clf.score(x_te, y_te))

@@ -28,9 +28,7 @@ def test_sw_of_a_shift_is_norm_over_sqrt_dim() -> None:
     delta = np.array([1.0, -2.0, 0.5])
     # E[(theta . delta)^2] = |delta|^2 / D for theta uniform on the sphere.
     expected = np.linalg.norm(delta) / np.sqrt(3)
-    assert metrics.sliced_wasserstein(a, a + delta, num_projections=20000) == pytest.approx(
-        expected, rel=0.02
-    )
+    assert metrics.sliced_wasserstein(a, a + delta, num_projections=20000) == pytest.approx(expected, rel=0.02)
 
 
 def test_sw_of_identical_distributions_is_near_zero() -> None:
@@ -59,9 +57,7 @@ def test_moons_draw_is_not_the_make_moons_grid() -> None:
     # sit as far apart as two samples of a continuous distribution do (SW ~ n^-1/2, not the noise alone).
     from training.data import reference_samples
 
-    grid = metrics.sliced_wasserstein(
-        reference_samples("moons", 2000, 0)[0], reference_samples("moons", 2000, 1)[0]
-    )
+    grid = metrics.sliced_wasserstein(reference_samples("moons", 2000, 0)[0], reference_samples("moons", 2000, 1)[0])
     iid = metrics.sliced_wasserstein(metrics.moons_draw(2000, 0), metrics.moons_draw(2000, 1))
     assert iid > 2 * grid
 
