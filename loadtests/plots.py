@@ -130,16 +130,18 @@ def quality_frontier(rows: list[dict[str, Any]], metric: str, path: Path) -> Pat
 
 def quality_vs_guidance(rows: list[dict[str, Any]], path: Path) -> Path:
     """Quality against the guidance weight w at the largest K, one line per sampler: classifier accuracy
-    and Frechet distance for digits, the SW ratio for moons (unguided drawn at w = 0 for reference)."""
+    and Frechet distance for digits, the SW ratio for moons. Unguided rows are left out: with a class
+    label, unguided sampling is w = 1 (uncond + 1 * (cond - uncond) = cond), not w = 0."""
     metrics = ["accuracy", "frechet"] if "accuracy" in rows[0] else ["sw_ratio"]
     k_max = max(r["steps"] for r in rows)
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
         for sampler in sorted({r["sampler"] for r in rows}):
             group = sorted(
-                (r for r in rows if r["sampler"] == sampler and r["steps"] == k_max), key=lambda r: r["guidance"] or 0.0
+                (r for r in rows if r["sampler"] == sampler and r["steps"] == k_max and r["guidance"] is not None),
+                key=lambda r: r["guidance"],
             )
-            ax.plot([r["guidance"] or 0.0 for r in group], [r[metric] for r in group], marker="o", label=sampler)
+            ax.plot([r["guidance"] for r in group], [r[metric] for r in group], marker="o", label=sampler)
         ax.set(xlabel="guidance weight w", ylabel=metric, title=f"K={k_max}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

@@ -137,11 +137,13 @@ def server_text(server: dict[str, Any] | None, sent: int, error: str | None) -> 
 
 
 def quality_text(rows: list[dict[str, Any]]) -> str:
-    """Quality metrics per sampler and K beside the p50 latency at the lowest load."""
+    """Quality metrics per guidance w, sampler and K beside the sweep's p50 latency and NFE at its lowest
+    load (measured at the sweep's own --guidance)."""
     keys = [k for k in ("sw_ratio", "accuracy", "frechet", "frechet_data") if k in rows[0]]
     out = [
-        [r["sampler"], str(r["steps"]), _num(r["nfe"], "d"), _ms(r["latency_p50_s"])]
+        [r["sampler"], "-" if r["guidance"] is None else f"{r['guidance']:g}", str(r["steps"])]
+        + [_num(r["nfe"], "d"), _ms(r["latency_p50_s"])]
         + [_num(r[k], ".3f") for k in keys]
         for r in rows
     ]
-    return table(["sampler", "K", "NFE", "p50 ms", *keys], out)
+    return table(["sampler", "w", "K", "NFE", "p50 ms", *keys], out)

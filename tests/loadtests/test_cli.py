@@ -166,6 +166,8 @@ def test_digits_quality_against_guidance(stub: StubService, tmp_path: Path) -> N
         assert sorted(b["class_label"] for b in chunk) == list(range(10))
         assert {b.get("guidance") for b in chunk} == {w} and {b["num_samples"] for b in chunk} == {20}
     assert (tmp_path / "quality_vs_guidance.png").stat().st_size > 0
+    header = next(line for line in proc.stdout.splitlines() if "frechet_data" in line)
+    assert header.split()[:3] == ["sampler", "w", "K"]
 
 
 def one_line_error(proc: subprocess.CompletedProcess, fragment: str) -> None:
