@@ -19,9 +19,7 @@ def _add_sample_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint directory, e.g. models/moons-fm")
     p.add_argument("--sampler", required=True, help="ddpm, ddim (DDPM models); fm-euler, fm-rk4 (FM models)")
-    p.add_argument(
-        "--steps", type=int, required=True, help="step budget K (fm-rk4 runs 4 net evaluations a step)"
-    )
+    p.add_argument("--steps", type=int, required=True, help="step budget K (fm-rk4 runs 4 net evaluations a step)")
     p.add_argument("--num-samples", type=int, default=1000, help="number of samples (default 1000)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance weight w (needs --class-label)")
     p.add_argument("--class-label", type=int, help="class to sample; omitted: unconditional (null label)")

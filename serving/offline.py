@@ -43,9 +43,7 @@ def validate(spec: SampleSpec, ckpt: Checkpoint) -> None:
     if spec.num_samples < 1:
         raise ValueError(f"num-samples must be >= 1, got {spec.num_samples}")
     if spec.class_label is not None and not 0 <= spec.class_label < ckpt.num_classes:
-        raise ValueError(
-            f"class-label must be in [0, {ckpt.num_classes - 1}] or omitted, got {spec.class_label}"
-        )
+        raise ValueError(f"class-label must be in [0, {ckpt.num_classes - 1}] or omitted, got {spec.class_label}")
     if spec.guidance is not None:
         if not math.isfinite(spec.guidance):
             raise ValueError(f"guidance must be finite, got {spec.guidance}")

@@ -20,9 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="checkpoint directory (default: models/<config name>)")
     p.add_argument("--max-steps", type=int, help="stop after this many steps (quick runs)")
     p.add_argument("--seed", type=int, help="override the config's seed")
-    p.add_argument(
-        "--resume", action="store_true", help="continue the checkpoint in --out to the config's steps"
-    )
+    p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out to the config's steps")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     try:

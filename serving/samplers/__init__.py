@@ -61,9 +61,7 @@ def start(
     spec = get_spec(name, objective)
     extra = {k for k, v in options.items() if v is not None} - set(spec.options)
     if extra:
-        raise ValueError(
-            f"sampler {name!r} takes no option(s) {sorted(extra)}; it takes {list(spec.options)}"
-        )
+        raise ValueError(f"sampler {name!r} takes no option(s) {sorted(extra)}; it takes {list(spec.options)}")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     return spec.fn(objective, noise, steps, generator, **{k: v for k, v in options.items() if v is not None})

@@ -24,9 +24,7 @@ EXPECTED = {
 @pytest.mark.parametrize("name", DEFAULT_MODELS)
 def test_tiny_training_run_of_each_default_config_loads_and_samples(name, tmp_path):
     # Its duration is measured by the training benchmark, not asserted here (shared, noisy machines).
-    ckpt_dir = train(
-        load_config(ROOT / "configs" / f"{name}.yaml"), tmp_path / name, max_steps=15, progress=False
-    )
+    ckpt_dir = train(load_config(ROOT / "configs" / f"{name}.yaml"), tmp_path / name, max_steps=15, progress=False)
     ckpt = load_checkpoint(ckpt_dir)
     net_kind, obj_kind, shape, classes = EXPECTED[name]
     assert ckpt.manifest["net"]["kind"] == net_kind and ckpt.objective.kind == obj_kind
@@ -63,9 +61,7 @@ def test_data_sets_and_normalization():
     digits = load_dataset("digits")
     assert digits.x.shape == (1797, 1, 8, 8) and digits.x.min() >= -1 and digits.x.max() <= 1
     back = digits.normalization.denormalize(digits.x)
-    assert (
-        back.min() >= 0 and back.max() <= 1 and torch.allclose(digits.normalization.normalize(back), digits.x)
-    )
+    assert back.min() >= 0 and back.max() <= 1 and torch.allclose(digits.normalization.normalize(back), digits.x)
     with pytest.raises(ValueError, match="data.kind"):
         load_dataset("cifar")
 
@@ -96,9 +92,7 @@ def test_training_cli_errors_are_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nnet: {kind: mlp}\nobjective: {kind: fm}\ntrain: {stepz: 3}\n")
     for args in (["--config", str(bad)], ["--config", str(tmp_path / "missing.yaml")]):
-        r = subprocess.run(
-            [sys.executable, "-m", "training", *args], capture_output=True, text=True, cwd=ROOT
-        )
+        r = subprocess.run([sys.executable, "-m", "training", *args], capture_output=True, text=True, cwd=ROOT)
         assert r.returncode == 2
         assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
     assert (

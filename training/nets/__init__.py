@@ -14,9 +14,7 @@ _HPARAMS = {
 }
 
 
-def build_net(
-    kind: str, hparams: dict, data_shape: tuple[int, ...], num_classes: int, t_scale: float
-) -> nn.Module:
+def build_net(kind: str, hparams: dict, data_shape: tuple[int, ...], num_classes: int, t_scale: float) -> nn.Module:
     """Build a net from its manifest description; unknown kinds or hyperparameters are refused by name."""
     if kind not in _HPARAMS:
         raise ValueError(f"net.kind: unknown {kind!r}; expected one of {NET_KINDS}")

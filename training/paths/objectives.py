@@ -34,9 +34,7 @@ class DDPMObjective:
 
     def __post_init__(self) -> None:
         if self.schedule_name not in SCHEDULES:
-            raise ValueError(
-                f"objective.schedule: unknown {self.schedule_name!r}; expected one of {SCHEDULES}"
-            )
+            raise ValueError(f"objective.schedule: unknown {self.schedule_name!r}; expected one of {SCHEDULES}")
         if self.target not in TARGETS:
             raise ValueError(f"objective.target: unknown {self.target!r}; expected one of {TARGETS}")
 

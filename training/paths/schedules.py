@@ -29,9 +29,7 @@ def cosine_alpha_bar(t: Tensor, num_timesteps: int = NUM_TRAIN_TIMESTEPS, s: flo
     return f(t.to(torch.float64)) / f(torch.zeros((), dtype=torch.float64))
 
 
-def cosine_betas(
-    num_timesteps: int = NUM_TRAIN_TIMESTEPS, s: float = 0.008, max_beta: float = 0.999
-) -> Tensor:
+def cosine_betas(num_timesteps: int = NUM_TRAIN_TIMESTEPS, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
     """Cosine betas, beta_t = 1 - abar(t+1)/abar(t), clipped at 0.999 as in the paper. Returns (T,) float64."""
     steps = torch.arange(num_timesteps + 1, dtype=torch.float64)
     abar = cosine_alpha_bar(steps, num_timesteps, s)
