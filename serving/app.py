@@ -302,6 +302,9 @@ class Ingress:
         except RequestError as err:
             status = err.status
             return _error(err, {"Retry-After": "1"} if err.status == 503 else None)
+        except Exception:
+            status = 500  # answered by the last-resort handler; counted as what it is
+            raise
         finally:
             self.record(req.model, req.sampler, status, time.perf_counter() - t0)
 

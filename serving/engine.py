@@ -221,19 +221,21 @@ class Engine:
                     await self._wake.wait()
                 continue
             batch = list(self._active)
-            parts = [cfg.expand(j.pending.x, j.pending.t, j.y, j.guidance is not None, self.null_label) for j in batch]
-            x = torch.cat([p[0] for p in parts])
-            t = torch.cat([p[1] for p in parts])
-            y = torch.cat([p[2] for p in parts])
             try:
-                out = await loop.run_in_executor(self._executor, self.forward, x, t, y)
-            except Exception as e:  # the backend failed: fail this tick's requests, keep serving others
+                parts = [
+                    cfg.expand(j.pending.x, j.pending.t, j.y, j.guidance is not None, self.null_label) for j in batch
+                ]
+                x = torch.cat([p[0] for p in parts])
+                t = torch.cat([p[1] for p in parts])
+                y = torch.cat([p[2] for p in parts])
+                out = await loop.run_in_executor(self._executor, self._forward_chunked, x, t, y)
+                self._ticks += 1
+                if self.on_tick is not None:
+                    self.on_tick(int(x.shape[0]), len(batch))
+            except Exception as e:  # the tick failed (backend or bookkeeping): fail its requests, keep serving
                 for j in batch:
                     self._fail(j, e)
                 continue
-            self._ticks += 1
-            if self.on_tick is not None:
-                self.on_tick(int(x.shape[0]), len(batch))
             offset = 0
             for j in batch:
                 chunk = out[offset : offset + j.rows]
@@ -241,6 +243,18 @@ class Engine:
                 if j.done:  # cancelled while the net ran
                     continue
                 self._advance(j, cfg.combine(chunk, j.guidance))
+
+    def _forward_chunked(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
+        """One backend call, or several in a row when the tick exceeds the backend's `max_batch` (a TensorRT
+        profile's maximum); requests are unaffected since rows are independent."""
+        max_batch = getattr(self.forward, "max_batch", None)
+        if not max_batch or x.shape[0] <= max_batch:
+            return self.forward(x, t, y)
+        outs = [
+            self.forward(x[i : i + max_batch], t[i : i + max_batch], y[i : i + max_batch])
+            for i in range(0, x.shape[0], max_batch)
+        ]
+        return torch.cat(outs)
 
     def _advance(self, job: _Job, pred: Tensor) -> None:
         job.evaluations += 1

@@ -64,6 +64,9 @@ def start(
         raise ValueError(f"sampler {name!r} takes no option(s) {sorted(extra)}; it takes {list(spec.options)}")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if spec.objective_kind == "ddpm" and steps > objective.schedule.num_timesteps:
+        # checked here, not at the generator's first step, so callers refuse the request up front
+        raise ValueError(f"steps must be at most {objective.schedule.num_timesteps} for {name!r}, got {steps}")
     return spec.fn(objective, noise, steps, generator, **{k: v for k, v in options.items() if v is not None})
 
 

@@ -11,7 +11,7 @@ import numpy as np
 SPACINGS = ("trailing", "leading", "linspace")
 
 
-def timesteps(spacing: str, steps: int, num_train_timesteps: int = 1000, steps_offset: int = 0) -> np.ndarray:
+def timesteps(spacing: str, steps: int, num_train_timesteps: int = 1000) -> np.ndarray:
     T, K = num_train_timesteps, steps
     if not 1 <= K <= T:
         raise ValueError(f"steps must be in [1, {T}], got {K}")
@@ -19,10 +19,11 @@ def timesteps(spacing: str, steps: int, num_train_timesteps: int = 1000, steps_o
         ts = np.linspace(0, T - 1, K).round()[::-1].copy().astype(np.int64)
     elif spacing == "leading":
         ratio = T // K
-        ts = (np.arange(0, K) * ratio).round()[::-1].copy().astype(np.int64) + steps_offset
+        ts = (np.arange(0, K) * ratio).round()[::-1].copy().astype(np.int64)
     elif spacing == "trailing":
-        ratio = T / K
-        ts = np.round(np.arange(T, 0, -ratio)).astype(np.int64) - 1
+        # diffusers writes np.round(np.arange(T, 0, -T / K)) - 1; a float arange can yield K + 1 values
+        # (a trailing -1) for some K (61, 103, ...), so the same values are computed from the index.
+        ts = np.round(T - np.arange(K) * (T / K)).astype(np.int64) - 1
     else:
         raise ValueError(f"unknown timestep spacing {spacing!r}; expected one of {SPACINGS}")
     return ts

@@ -207,3 +207,49 @@ def test_backend_failure_fails_that_tick_only(ckpts) -> None:
 def test_limits_are_checked() -> None:
     with pytest.raises(ValueError):
         EngineLimits(max_rows_per_tick=0)
+
+
+def test_ticks_beyond_the_backends_max_batch_are_split_and_results_unchanged(ckpts) -> None:
+    """A backend with a bounded batch (a TensorRT profile) gets every tick in chunks of at most max_batch."""
+    ckpt = ckpts["moons-fm"]
+    net = ckpt.net("ema")
+    fwd = RecordingForward(net)
+    fwd.max_batch = 5
+    fm_cases = [c for c in CASES if c[0] == "moons-fm"]
+    solo = [_alone(ckpt, net, c) for c in fm_cases]
+
+    async def main():
+        engine = Engine(fwd, ckpt.null_label)
+        jobs = [engine.submit(*_start(ckpt, c[1], c[2], c[4], c[5], c[6], c[7]), c[3]) for c in fm_cases]
+        out = await asyncio.gather(*jobs)
+        await engine.close()
+        return out
+
+    results = asyncio.run(main())
+    assert max(fwd.rows) == 5 and len(fwd.rows) > 12  # 31 rows in the first tick: 7 calls
+    for res, ref in zip(results, solo, strict=True):
+        torch.testing.assert_close(res.samples, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_a_failing_tick_fails_its_requests_and_the_engine_keeps_serving(ckpts) -> None:
+    """An error outside the backend call (here: the per-tick callback) fails that tick's requests only."""
+    ckpt = ckpts["moons-fm"]
+    net = ckpt.net("ema")
+    calls = {"n": 0}
+
+    def on_tick(rows: int, requests: int) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("metrics backend down")
+
+    async def main():
+        engine = Engine(net, ckpt.null_label, on_tick=on_tick)
+        first = engine.submit(*_start(ckpt, "fm-euler", 3, 0, 2, 1, {}), None)
+        with pytest.raises(RuntimeError, match="metrics backend down"):
+            await asyncio.wait_for(first, 30)
+        second = await asyncio.wait_for(engine.submit(*_start(ckpt, "fm-euler", 3, 0, 2, 1, {}), None), 30)
+        await engine.close()
+        return second
+
+    res = asyncio.run(main())
+    assert res.samples.shape == (2, 2) and res.evaluations == 3

@@ -45,6 +45,14 @@ def test_timestep_spacings_match_diffusers(spacing, expected):
     assert timesteps(spacing, 10).tolist() == expected
 
 
+@pytest.mark.parametrize("spacing", ["trailing", "leading", "linspace"])
+def test_every_step_count_gives_k_distinct_descending_timesteps(spacing):
+    for k in range(1, 1001):
+        ts = timesteps(spacing, k)
+        assert len(ts) == k and ts[0] <= 999 and ts[-1] >= 0, (k, ts[:3], ts[-3:])
+        assert np.all(np.diff(ts) < 0), k
+
+
 def test_spacings_at_other_step_counts():
     assert timesteps("trailing", 1).tolist() == [999]
     assert timesteps("leading", 3).tolist() == [666, 333, 0]
