@@ -188,11 +188,6 @@ def check_request(req: SampleRequest, info: ModelInfo) -> None:
         raise RequestError("spacing", f"spacing is a ddpm / ddim option; sampler {req.sampler!r} takes none")
 
 
-def nfe_per_sample(sampler: str, steps: int, guided: bool) -> int:
-    """Net evaluations per sample: steps x evals per step (rk4: 4), doubled for guidance's null rows."""
-    return steps * SAMPLERS[sampler].evals_per_step * (2 if guided else 1)
-
-
 def error_from_pydantic(errors: list[dict[str, Any]]) -> RequestError:
     """The first pydantic / FastAPI validation error as a RequestError naming its field."""
     err = errors[0] if errors else {"loc": ("body",), "msg": "invalid request", "type": "value_error"}

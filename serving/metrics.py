@@ -5,7 +5,7 @@ Ray's per-node metrics agent exports them in Prometheus format on the node's met
 (deployment, replica, application); counters carry the suffix `_total`. Values from every replica
 and node add up in Prometheus. The series (names as scraped):
 
-    ray_stepserve_requests_total{model, sampler, status}    requests answered, by HTTP status class
+    ray_stepserve_requests_total{model, sampler, status}    requests answered, by HTTP status code
     ray_stepserve_request_latency_seconds{model, sampler}   ingress receive -> response (histogram)
     ray_stepserve_queue_wait_seconds{model}                 engine queue wait (histogram)
     ray_stepserve_steps_total{model, sampler}               steps K of finished requests

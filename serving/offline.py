@@ -97,13 +97,13 @@ def sample_to_file(
     np.save(out, x)
     written = [out]
     if plot:
-        from serving.plots import save_samples_png
+        from serving.render import render_png
 
         png = out.with_suffix(".png")
         title = f"{ckpt.name} {spec.sampler} K={spec.steps}" + (
             f" w={spec.guidance:g}" if spec.guidance is not None else ""
         )
-        save_samples_png(x, ckpt.data_kind, png, title=title)
+        png.write_bytes(render_png(x, title))
         written.append(png)
     print(f"{spec.num_samples} samples in {elapsed:.2f} s ({backend})")
     return written

@@ -1,4 +1,6 @@
-"""Samples as a PNG (base64): a scatter plot for 2-D points, an image grid for images."""
+"""Samples as a PNG: a scatter plot for 2-D points, an image grid for images (at most 64 shown).
+
+Used by the HTTP API (`format: "png"`, base64) and by `python -m serving sample --plot` (a file)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,10 @@ from matplotlib.figure import Figure
 # Figure + Agg canvas directly, not pyplot: no global figure state, so requests can render in threads.
 
 
-def scatter_png(points: np.ndarray) -> bytes:
+MAX_IMAGES = 64  # a grid of more is unreadable and costs seconds of the ingress's CPU per request
+
+
+def scatter_png(points: np.ndarray, title: str = "") -> bytes:
     """points (N, 2) -> PNG bytes of a square scatter plot."""
     fig = Figure(figsize=(4, 4), dpi=100)
     ax = fig.subplots()
@@ -21,13 +26,15 @@ def scatter_png(points: np.ndarray) -> bytes:
     ax.set_aspect("equal", adjustable="datalim")
     ax.set_xlabel("x0")
     ax.set_ylabel("x1")
+    if title:
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return _to_png(fig)
 
 
-def grid_png(images: np.ndarray) -> bytes:
-    """images (N, C, H, W) in [0, 1] -> PNG bytes of a near-square grid (first channel shown)."""
-    n = images.shape[0]
+def grid_png(images: np.ndarray, title: str = "") -> bytes:
+    """images (N, C, H, W) in [0, 1] -> PNG bytes of a near-square grid of the first 64 (first channel)."""
+    n = min(images.shape[0], MAX_IMAGES)
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
     fig = Figure(figsize=(cols * 0.8, rows * 0.8), dpi=100)
@@ -36,7 +43,11 @@ def grid_png(images: np.ndarray) -> bytes:
         ax.axis("off")
         if i < n:
             ax.imshow(images[i, 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-    fig.subplots_adjust(wspace=0.05, hspace=0.05, left=0, right=1, top=1, bottom=0)
+    top = 1.0
+    if title:
+        fig.suptitle(title, fontsize=8)
+        top = 1 - 0.3 / (rows * 0.8)
+    fig.subplots_adjust(wspace=0.05, hspace=0.05, left=0, right=1, top=top, bottom=0)
     return _to_png(fig)
 
 
@@ -46,7 +57,11 @@ def _to_png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
+def render_png(samples: np.ndarray, title: str = "") -> bytes:
+    """(N, 2) points or (N, C, H, W) images -> PNG bytes."""
+    return scatter_png(samples, title) if samples.ndim == 2 else grid_png(samples, title)
+
+
 def render_base64(samples: np.ndarray) -> str:
     """(N, 2) points or (N, C, H, W) images -> base64-encoded PNG."""
-    png = scatter_png(samples) if samples.ndim == 2 else grid_png(samples)
-    return base64.b64encode(png).decode("ascii")
+    return base64.b64encode(render_png(samples)).decode("ascii")

@@ -7,7 +7,7 @@ hash and never unpickles anything.
     manifest.json
     weights.safetensors   raw weights        (role "raw")
     ema.safetensors       EMA weights        (role "ema")
-    model.onnx, ...       added by `export`  (roles "onnx", "tensorrt")
+    net-ema.onnx, ...     added by `export`  (roles "onnx", "tensorrt")
     train_state.safetensors  optimizer state for resuming, recorded under "resume" (not needed to serve)
 """
 

@@ -186,9 +186,18 @@ def test_overload_gets_503_quickly_and_accepted_requests_finish(
         serve_cluster.delete("tight")
 
 
-def test_torch_threads_follow_replica_cpus() -> None:
-    """Outside Ray the replica counts one CPU; inside, Ray's assignment (checked by the e2e config)."""
-    from serving.app import replica_cpus
+def test_replica_sets_torch_threads_to_its_cpus(stepserve_url: str, tiny_checkpoints) -> None:
+    """A model replica sizes torch's pool to the CPUs Ray gave it, whatever the process default was."""
+    import ray
 
-    assert replica_cpus() == 1
-    assert torch.get_num_threads() >= 1
+    from serving.app import ModelReplica
+
+    @ray.remote
+    def threads_after_replica_start(path: str) -> int:
+        torch.set_num_threads(7)  # a default that differs from the assignment
+        ModelReplica("moons-fm", path)
+        return torch.get_num_threads()
+
+    path = str(tiny_checkpoints["moons-fm"])
+    assert ray.get(threads_after_replica_start.options(num_cpus=2).remote(path)) == 2
+    assert ray.get(threads_after_replica_start.options(num_cpus=0.5).remote(path)) == 1

@@ -36,7 +36,7 @@ def test_tiny_training_run_of_each_default_config_loads_and_samples(name, tmp_pa
 
 
 def test_training_reduces_the_loss():
-    """A short moons-fm run: the EMA model's loss on fixed noise falls well below the initial one."""
+    """A short moons-fm run: the trained (raw) weights' loss on fixed noise falls well below the initial one."""
     cfg = load_config(ROOT / "configs" / "moons-fm.yaml")
     data = load_dataset("moons", n=4000, seed=1)
     import tempfile
@@ -91,7 +91,9 @@ def test_dit_is_adaln_zero_and_norms_have_no_affine():
 def test_training_cli_errors_are_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nnet: {kind: mlp}\nobjective: {kind: fm}\ntrain: {stepz: 3}\n")
-    for args in (["--config", str(bad)], ["--config", str(tmp_path / "missing.yaml")]):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed\n")
+    for args in (["--config", str(bad)], ["--config", str(tmp_path / "missing.yaml")], ["--config", str(broken)]):
         r = subprocess.run([sys.executable, "-m", "training", *args], capture_output=True, text=True, cwd=ROOT)
         assert r.returncode == 2
         assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
