@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from torch import Tensor
 
 from serving import samplers
+from serving.api import Limits, SampleRequest, check_request, error_from_pydantic, model_info
 from serving.backends import load_backend
 from serving.driver import run_sampler
 from serving.guidance import Forward, labels
 from training.checkpoint import Checkpoint, load_checkpoint
 
-MAX_STEPS = 1000
-SEED_MAX = 2**63 - 1
+# In-process sampling has no per-model sample cap and takes any finite guidance weight; everything else is
+# checked exactly as the HTTP API checks it.
+OFFLINE_LIMITS = Limits(max_steps=1000, max_num_samples=10**9, guidance_min=-1e9, guidance_max=1e9)
 
 
 @dataclass(frozen=True)
@@ -36,25 +38,12 @@ class SampleSpec:
 
 
 def validate(spec: SampleSpec, ckpt: Checkpoint) -> None:
-    """Refuse a request that does not fit the model, naming the field."""
-    samplers.get_spec(spec.sampler, ckpt.objective)
-    if not 1 <= spec.steps <= MAX_STEPS:
-        raise ValueError(f"steps must be in [1, {MAX_STEPS}], got {spec.steps}")
-    if spec.num_samples < 1:
-        raise ValueError(f"num-samples must be >= 1, got {spec.num_samples}")
-    if spec.class_label is not None and not 0 <= spec.class_label < ckpt.num_classes:
-        raise ValueError(f"class-label must be in [0, {ckpt.num_classes - 1}] or omitted, got {spec.class_label}")
-    if spec.guidance is not None:
-        if not math.isfinite(spec.guidance):
-            raise ValueError(f"guidance must be finite, got {spec.guidance}")
-        if spec.class_label is None:
-            raise ValueError("guidance needs a class-label (guidance without a class has nothing to amplify)")
-    if not 0 <= spec.seed <= SEED_MAX:
-        raise ValueError(f"seed must be in [0, 2^63 - 1], got {spec.seed}")
-    if spec.eta is not None and (spec.sampler != "ddim" or not 0.0 <= spec.eta <= 1.0):
-        raise ValueError(f"eta applies to ddim only and must be in [0, 1], got {spec.eta} for {spec.sampler}")
-    if spec.spacing is not None and spec.spacing not in samplers.SPACINGS:
-        raise ValueError(f"spacing must be one of {samplers.SPACINGS}, got {spec.spacing!r}")
+    """Refuse a request that does not fit the model, naming the field (the HTTP API's own checks)."""
+    try:
+        req = SampleRequest(model=ckpt.name, **asdict(spec))
+    except ValidationError as e:
+        raise error_from_pydantic(e.errors()) from None
+    check_request(req, model_info(ckpt.name, ckpt.path, "offline", OFFLINE_LIMITS))
 
 
 def sample(ckpt: Checkpoint, forward: Forward, spec: SampleSpec) -> Tensor:
