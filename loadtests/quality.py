@@ -17,12 +17,9 @@ from training import metrics
 
 
 def max_samples_per_request(info: dict[str, Any], default: int = 256) -> int:
-    """The model's num_samples limit from its metadata (any `limits` key naming num_samples)."""
-    limits = info.get("limits") or {}
-    for key, value in limits.items():
-        if "num_samples" in key and isinstance(value, int) and value > 0:
-            return value
-    return default
+    """The model's `limits.max_num_samples` from GET /v1/models/{id}."""
+    value = (info.get("limits") or {}).get("max_num_samples")
+    return value if isinstance(value, int) and value > 0 else default
 
 
 def fetch_samples(
@@ -73,14 +70,11 @@ def score(kind: str, samples: np.ndarray, labels: np.ndarray | None) -> dict[str
 
 
 def data_kind(info: dict[str, Any]) -> str:
-    """'moons' or 'digits' from model metadata (its data kind, or failing that its data shape)."""
-    kind = info.get("data_kind") or info.get("kind_of_data") or (info.get("data") or {}).get("kind")
+    """'moons' or 'digits': the `data_kind` of GET /v1/models/{id}."""
+    kind = info.get("data_kind")
     if kind in ("moons", "digits"):
         return kind
-    shape = info.get("data_shape") or info.get("shape") or (info.get("data") or {}).get("shape")
-    if shape is not None:
-        return "moons" if list(shape) == [2] else "digits"
-    raise LoadTestError("cannot tell the model's data kind from GET /v1/models/{id}")
+    raise LoadTestError(f"no quality metric for data kind {kind!r} (GET /v1/models/{{id}} data_kind)")
 
 
 def primary_metric(kind: str) -> str:
