@@ -156,9 +156,10 @@ def list_models(url: str, timeout: float = 10.0) -> list[str]:
         raise LoadTestError(f"cannot reach {url}/v1/models: {type(e).__name__}: {e}") from None
     if resp.status_code != 200:
         raise LoadTestError(f"GET {url}/v1/models answered {resp.status_code}: {_error_detail(resp)}")
-    body = resp.json()
-    entries = body.get("models", body.get("data", [])) if isinstance(body, dict) else body
-    return [e if isinstance(e, str) else str(e.get("id") or e.get("name")) for e in entries]
+    try:
+        return [str(entry["id"]) for entry in resp.json()["models"]]
+    except (ValueError, KeyError, TypeError):
+        raise LoadTestError(f"GET {url}/v1/models did not answer {{'models': [{{'id': ...}}]}}") from None
 
 
 def model_info(url: str, model: str, timeout: float = 10.0) -> dict[str, Any]:
