@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from serving.samplers import SAMPLERS, SPACINGS
+from sampling.samplers import SAMPLERS, SPACINGS
 from training.checkpoint import read_manifest
 
 MAX_SEED = 2**63 - 1

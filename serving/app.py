@@ -26,8 +26,8 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from serving import guidance as cfg
-from serving import samplers
+from sampling import guidance as cfg
+from sampling import samplers
 from serving.api import (
     SAMPLERS,
     Limits,
@@ -42,7 +42,7 @@ from serving.api import (
 from serving.backends import load_backend
 from serving.engine import Engine, EngineLimits, Overloaded
 from serving.metrics import IngressMetrics, ModelMetrics
-from serving.render import render_base64
+from sampling.render import render_base64
 from training.checkpoint import load_checkpoint
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from serving import samplers
-from serving.offline import SampleSpec, sample, to_data_space
+from sampling import samplers
+from sampling.driver import sample
+from sampling.request import SampleSpec, to_data_space
 from training.checkpoint import Checkpoint, load_checkpoint
 from training.config import load_config
 from training.data import load_dataset

@@ -32,10 +32,10 @@ from typing import Any
 import httpx
 import torch
 
-from serving import guidance as cfg
-from serving import samplers
+from sampling import guidance as cfg
+from sampling import samplers
 from serving.backends import load_backend
-from serving.driver import run_sampler
+from sampling.driver import run_sampler
 from training.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
 """Step-level (continuous) batching: one net call per tick for every request in flight.
 
-Each request holds its sampler generator (`serving.samplers.start`). Every tick the engine gathers
+Each request holds its sampler generator (`sampling.samplers.start`). Every tick the engine gathers
 the pending `Evaluation` of every in-flight request, doubles the rows of guided ones
 (`guidance.expand`), concatenates them along the batch axis, runs ONE backend call off the event loop,
 splits the output, folds guided rows (`guidance.combine`) and sends each request its prediction. A
@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from serving import guidance as cfg
-from serving.samplers import Evaluation, SamplerGen
+from sampling import guidance as cfg
+from sampling.samplers import Evaluation, SamplerGen
 
 Forward = Callable[[Tensor, Tensor, Tensor], Tensor]
 

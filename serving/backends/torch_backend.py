@@ -15,7 +15,7 @@ class TorchBackend:
     """forward(x (B, *shape), t (B,), y (B,)) -> (B, *shape) float32 on the CPU.
 
     GPU options (the CPU default is plain eager): `compile` wraps the net in torch.compile;
-    `cuda_graphs` replays per-bucket CUDA graphs (serving.cuda_graphs), `buckets` their batch sizes.
+    `cuda_graphs` replays per-bucket CUDA graphs (serving.backends.cuda_graphs), `buckets` their batch sizes.
     """
 
     name = "torch"
@@ -43,7 +43,7 @@ class TorchBackend:
         self.net = checkpoint.net(weights).to(self.device)
         self._fn = torch.compile(self.net) if compile else self.net
         if cuda_graphs:
-            from serving.cuda_graphs import DEFAULT_BUCKETS, GraphedForward
+            from serving.backends.cuda_graphs import DEFAULT_BUCKETS, GraphedForward
 
             self._fn = GraphedForward(self._fn, checkpoint.data_shape, self.device, buckets or DEFAULT_BUCKETS)
 

@@ -17,9 +17,10 @@ import torch
 from safetensors.torch import save_file
 
 from export.onnx_export import export_onnx
-from serving import samplers
-from serving.driver import run_sampler
-from serving.guidance import labels
+from sampling import samplers
+from sampling.driver import run_sampler
+from sampling.request import initial_noise
+from sampling.guidance import labels
 from training.checkpoint import WEIGHT_FILES, Checkpoint, add_file, load_checkpoint
 
 _CACHE: dict[str, dict[str, Path]] = {}
@@ -64,6 +65,6 @@ def sampler_run(
 ) -> torch.Tensor:
     """Samples from one seeded, guided run (class 1 and null-label rows) of ddim-20 / fm-rk4-5 (20 NFE)."""
     name, steps = ("ddim", 20) if ckpt.objective.kind == "ddpm" else ("fm-rk4", 5)
-    noise, gen = samplers.initial_noise(ckpt.data_shape, num_samples, seed)
+    noise, gen = initial_noise(ckpt.data_shape, num_samples, seed)
     it = samplers.start(name, ckpt.objective, noise, steps, gen)
     return run_sampler(it, forward, labels(num_samples, 1, ckpt.null_label), guidance, ckpt.null_label)

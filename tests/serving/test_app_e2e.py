@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from serving import guidance as cfg
-from serving import samplers
-from serving.driver import run_sampler
+from sampling import guidance
+from sampling import samplers
+from sampling.driver import run_sampler
+from sampling.request import initial_noise
 from tests.serving.conftest import ServeCluster, app_args
 from training.checkpoint import load_checkpoint
 
@@ -77,10 +78,10 @@ def test_samples_alone_equal_samples_amid_twenty_others(stepserve_url: str, tiny
     # Independent reference: the bare sampler driven in-process, denormalized, for two of them.
     for body, solo in zip(DISTINCT[1:2] + DISTINCT[4:5], alone[1:2] + alone[4:5], strict=True):
         ckpt = load_checkpoint(tiny_checkpoints[body["model"]])
-        noise, gen = samplers.initial_noise(ckpt.data_shape, body["num_samples"], body["seed"])
+        noise, gen = initial_noise(ckpt.data_shape, body["num_samples"], body["seed"])
         opts = {"eta": body.get("eta")}
         sampler = samplers.start(body["sampler"], ckpt.objective, noise, body["steps"], gen, **opts)
-        y = cfg.labels(body["num_samples"], body.get("class_label"), ckpt.null_label)
+        y = guidance.labels(body["num_samples"], body.get("class_label"), ckpt.null_label)
         x = run_sampler(sampler, ckpt.net("ema"), y, body.get("guidance"), ckpt.null_label)
         _close(solo["samples"], ckpt.normalization.denormalize(x).numpy())
         evals = body["steps"] * samplers.SAMPLERS[body["sampler"]].evals_per_step

@@ -15,7 +15,7 @@ import torch
 
 from serving.backends import BackendUnavailable, load_backend
 from serving.backends.torch_backend import TorchBackend
-from serving.cuda_graphs import bucket_for, chunks, validate_buckets
+from serving.backends.cuda_graphs import bucket_for, chunks, validate_buckets
 from tests.export.helpers import exported_checkpoints, sampler_run
 from training.checkpoint import load_checkpoint
 

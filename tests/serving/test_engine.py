@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from serving import guidance as cfg
-from serving import samplers
-from serving.driver import run_sampler
+from sampling import guidance
+from sampling import samplers
+from sampling.driver import run_sampler
+from sampling.request import initial_noise
 from serving.engine import Engine, EngineLimits, Overloaded
 from training.checkpoint import load_checkpoint
 
@@ -45,8 +46,8 @@ def ckpts(tiny_checkpoints: dict[str, Path]):
 
 
 def _start(ckpt, sampler, steps, label, n, seed, options):
-    noise, gen = samplers.initial_noise(ckpt.data_shape, n, seed)
-    return samplers.start(sampler, ckpt.objective, noise, steps, gen, **options), cfg.labels(n, label, ckpt.null_label)
+    noise, gen = initial_noise(ckpt.data_shape, n, seed)
+    return samplers.start(sampler, ckpt.objective, noise, steps, gen, **options), guidance.labels(n, label, ckpt.null_label)
 
 
 def _alone(ckpt, net, case) -> torch.Tensor:

@@ -29,11 +29,11 @@ def test_sample_cli_writes_data_space_npy_and_png(tiny_checkpoints, tmp_path):
     "args, message",
     [
         (["--sampler", "fm-euler", "--steps", "3"], "does not fit a ddpm model"),
-        (["--sampler", "ddim", "--steps", "0"], "steps: Input should be greater than or equal to 1"),
+        (["--sampler", "ddim", "--steps", "0"], "steps must be in [1, 1000], got 0"),
         (["--sampler", "ddim", "--steps", "3", "--guidance", "2"], "guidance needs a class_label"),
         (["--sampler", "ddim", "--steps", "3", "--class-label", "7"], "class_label must be in [0, 1]"),
-        (["--sampler", "ddpm", "--steps", "3", "--eta", "0.5"], "eta is a ddim option"),
-        (["--sampler", "ddim", "--steps", "3", "--spacing", "cosine"], "spacing: Input should be 'trailing'"),
+        (["--sampler", "ddpm", "--steps", "3", "--eta", "0.5"], "eta is not an option of 'ddpm'"),
+        (["--sampler", "ddim", "--steps", "3", "--spacing", "cosine"], "spacing must be one of ['trailing', 'leading', 'linspace'], got 'cosine'"),
         (["--sampler", "ddim", "--steps", "3", "--backend", "tpu"], "unknown backend"),
     ],
 )

@@ -4,7 +4,8 @@ import sys
 import pytest
 import torch
 
-from serving.offline import SampleSpec, sample
+from sampling.driver import sample
+from sampling.request import SampleSpec
 from tests.conftest import DEFAULT_MODELS, ROOT
 from training.checkpoint import load_checkpoint
 from training.config import load_config

@@ -7,12 +7,10 @@ rows through unchanged (class label, or the null label when it has none).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 
-Forward = Callable[[Tensor, Tensor, Tensor], Tensor]
+from sampling.samplers.base import Forward
 
 
 def labels(num_rows: int, class_label: int | None, null_label: int) -> Tensor:

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from serving import samplers
-from serving.driver import run_sampler
-from serving.guidance import labels
-from serving.samplers.spacing import timesteps
+from sampling import samplers
+from sampling.driver import run_sampler
+from sampling.request import InvalidRequest, Limits, SampleSpec, initial_noise, validate
+from sampling.guidance import labels
+from sampling.samplers.spacing import timesteps
 from tests.oracles import (
     ClassGaussiansFM,
     FinitePointsDDPM,
@@ -26,7 +27,7 @@ POINTS = torch.tensor([[-1.0, 0.0], [1.0, 0.5], [0.0, -1.2], [0.6, 1.4]])
 
 
 def _run(name, objective, oracle, steps, n=512, seed=0, **options):
-    noise, gen = samplers.initial_noise((2,), n, seed)
+    noise, gen = initial_noise((2,), n, seed)
     gen_ = samplers.start(name, objective, noise, steps, gen, **options)
     return noise, run_sampler(gen_, oracle, torch.zeros(n, dtype=torch.long))
 
@@ -68,7 +69,7 @@ def test_fm_euler_converges_at_order_1_and_rk4_at_order_4():
     """Gaussian data: the velocity is affine in x and the exact flow map is x1 = m + C^(1/2) z."""
     cov = torch.diag(torch.tensor([0.2, 2.0]))  # anisotropic: the field changes along the path
     oracle = GaussianFM(MEAN, cov)
-    noise, _ = samplers.initial_noise((2,), 256, 0)
+    noise, _ = initial_noise((2,), 256, 0)
     exact = oracle.flow_map(noise)
 
     def err(name, k):
@@ -133,7 +134,7 @@ def test_ddpm_step_is_ho_et_al_algorithm_2():
     sched = DDPMSchedule.create("linear")
     obj = DDPMObjective("linear", "eps")
     oracle = GaussianDDPM(MEAN, COV, sched, "eps")
-    noise, gen = samplers.initial_noise((2,), 64, 7)
+    noise, gen = initial_noise((2,), 64, 7)
     ref_gen = torch.Generator().set_state(gen.get_state())
     it = samplers.start("ddpm", obj, noise, 1000, gen)
     ev = next(it)
@@ -154,7 +155,7 @@ def test_cfg_at_w1_is_conditional_and_at_w0_unconditional():
     null = oracle.null_label
 
     def run(class_label, guidance):
-        noise, gen = samplers.initial_noise((2,), 300, 3)
+        noise, gen = initial_noise((2,), 300, 3)
         it = samplers.start("fm-rk4", FMObjective(), noise, 8, gen)
         return run_sampler(it, oracle, labels(300, class_label, null), guidance, null)
 
@@ -175,7 +176,7 @@ def test_same_seed_same_samples_and_ddim_eta0_is_deterministic():
     _, b = _run("ddpm", obj, oracle, 20, seed=11)
     _, c = _run("ddpm", obj, oracle, 20, seed=12)
     assert torch.equal(a, b) and not torch.allclose(a, c)
-    noise, _ = samplers.initial_noise((2,), 64, 5)
+    noise, _ = initial_noise((2,), 64, 5)
     outs = []
     for gen_seed in (1, 2):  # eta = 0 never draws from the generator: only the starting noise matters
         it = samplers.start("ddim", obj, noise, 10, torch.Generator().manual_seed(gen_seed), eta=0.0)
@@ -196,7 +197,7 @@ def test_same_seed_same_samples_and_ddim_eta0_is_deterministic():
     ],
 )
 def test_evaluations_per_step(name, objective, per_step):
-    noise, gen = samplers.initial_noise((2,), 4, 0)
+    noise, gen = initial_noise((2,), 4, 0)
     it = samplers.start(name, objective, noise, 7, gen)
     calls = 0
     try:
@@ -210,10 +211,20 @@ def test_evaluations_per_step(name, objective, per_step):
 
 
 def test_sampler_objective_mismatch_and_bad_options_are_refused():
-    noise, gen = samplers.initial_noise((2,), 4, 0)
-    with pytest.raises(ValueError, match="needs a fm model"):
-        samplers.start("fm-euler", DDPMObjective(), noise, 5, gen)
-    with pytest.raises(ValueError, match="unknown sampler"):
-        samplers.start("heun", FMObjective(), noise, 5, gen)
-    with pytest.raises(ValueError, match="eta"):
-        samplers.start("fm-rk4", FMObjective(), noise, 5, gen, eta=0.5)
+    def check(name, objective, **options):
+        validate(SampleSpec(name, 5, 4, **options), objective, 2, Limits())
+
+    with pytest.raises(InvalidRequest, match="does not fit a ddpm model") as e:
+        check("fm-euler", DDPMObjective())
+    assert e.value.field == "sampler"
+    with pytest.raises(InvalidRequest, match="unknown sampler"):
+        check("heun", FMObjective())
+    with pytest.raises(InvalidRequest, match="eta is not an option of 'fm-rk4'") as e:
+        check("fm-rk4", FMObjective(), eta=0.5)
+    assert e.value.field == "eta"
+
+
+def test_steps_beyond_the_ddpm_training_timesteps_are_refused():
+    with pytest.raises(InvalidRequest, match=r"steps must be in \[1, 1000\], got 1001"):
+        validate(SampleSpec("ddim", 1001, 4), DDPMObjective(), 2, Limits(max_steps=5000))
+    validate(SampleSpec("fm-euler", 1001, 4), FMObjective(), 2, Limits(max_steps=5000))

@@ -31,6 +31,8 @@ class Evaluation:
 
 SamplerGen = Generator[Evaluation, Tensor, Tensor]
 SamplerFn = Callable[..., SamplerGen]
+# The net as samplers' drivers call it: x (B, *shape), t (B,), y (B,) long -> prediction (B, *shape).
+Forward = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
 def full_t(value: float, batch: int) -> Tensor:

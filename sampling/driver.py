@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from serving.guidance import Forward, guided_forward
-from serving.samplers import SamplerGen
+from sampling.guidance import guided_forward
+from sampling.request import SampleSpec, prepare
+from sampling.samplers import Forward, SamplerGen
+from training.checkpoint import Checkpoint
 
 
 @torch.no_grad()
@@ -20,3 +22,9 @@ def run_sampler(
             ev = gen.send(guided_forward(forward, ev.x, ev.t, y, guidance, null_label))
     except StopIteration as stop:
         return stop.value
+
+
+def sample(ckpt: Checkpoint, forward: Forward, spec: SampleSpec) -> Tensor:
+    """Samples (N, *shape) in the net's normalized space for a validated `spec`, in this process."""
+    p = prepare(ckpt, spec)
+    return run_sampler(p.sampler, forward, p.labels, spec.guidance, ckpt.null_label)

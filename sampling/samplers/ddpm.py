@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from serving.samplers.base import Evaluation, SamplerGen
-from serving.samplers.spacing import timesteps
+from sampling.samplers.base import Evaluation, SamplerGen
+from sampling.samplers.spacing import timesteps
 from training.paths import DDPMObjective, to_eps_x0
 
 

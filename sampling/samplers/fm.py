@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from serving.samplers.base import Evaluation, SamplerGen, full_t
+from sampling.samplers.base import Evaluation, SamplerGen, full_t
 from training.paths import FMObjective
 
 

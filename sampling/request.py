@@ -1,0 +1,148 @@
+"""One sampling request, checked once and prepared once, for the HTTP service and offline sampling alike.
+
+`validate(spec, objective, num_classes, limits)` is the only place a request is checked against a model:
+sampler fits the objective, its options, steps, sample count, class label and guidance. The HTTP edge and
+the offline CLI call it; everything behind them (the replica, the engine, `prepare`) trusts a validated
+spec. `prepare` turns a spec into the sampler generator and labels the engine or the driver runs, and
+`to_data_space` undoes the normalization of what comes out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sampling.guidance import labels
+from sampling.samplers import SAMPLERS, SPACINGS, SamplerGen, samplers_for, start
+from training.checkpoint import Checkpoint
+from training.paths import Objective
+
+MAX_SEED = 2**63 - 1
+
+
+class InvalidRequest(ValueError):
+    """A request that does not fit its model; `field` names the offending field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(field, message)  # both in args, so the exception pickles across processes
+        self.field = field
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-model request limits (the serve config's `limits`, per model or for all)."""
+
+    max_steps: int = 1000
+    max_num_samples: int = 256
+    guidance_min: float = 0.0
+    guidance_max: float = 20.0
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1 or self.max_num_samples < 1 or not self.guidance_min <= self.guidance_max:
+            raise ValueError(f"invalid limits {self}")
+
+
+# In-process sampling has no per-model sample cap and takes any finite guidance weight.
+OFFLINE_LIMITS = Limits(max_steps=1000, max_num_samples=10**9, guidance_min=-1e9, guidance_max=1e9)
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """What to draw: `num_samples` samples with `sampler` in `steps` steps, guidance w for `class_label`."""
+
+    sampler: str
+    steps: int
+    num_samples: int = 1
+    guidance: float | None = None
+    class_label: int | None = None
+    seed: int = 0
+    eta: float | None = None
+    spacing: str | None = None
+
+    @property
+    def options(self) -> dict[str, float | str]:
+        """The sampler options that are set."""
+        return {k: v for k, v in (("eta", self.eta), ("spacing", self.spacing)) if v is not None}
+
+
+def max_steps(objective: Objective, limits: Limits) -> int:
+    """The largest K a request may ask: the limit, and for DDPM at most its T training timesteps."""
+    if objective.kind == "ddpm":
+        return min(limits.max_steps, objective.schedule.num_timesteps)
+    return limits.max_steps
+
+
+def validate(spec: SampleSpec, objective: Objective, num_classes: int, limits: Limits) -> None:
+    """Refuse what the model and its limits do not allow; each failure names its field."""
+    fits = samplers_for(objective)
+    if spec.sampler not in SAMPLERS:
+        raise InvalidRequest("sampler", f"unknown sampler {spec.sampler!r}; this model takes {fits}")
+    if spec.sampler not in fits:
+        raise InvalidRequest(
+            "sampler", f"sampler {spec.sampler!r} does not fit a {objective.kind} model; use one of {fits}"
+        )
+    top = max_steps(objective, limits)
+    if not 1 <= spec.steps <= top:
+        raise InvalidRequest("steps", f"steps must be in [1, {top}], got {spec.steps}")
+    if not 1 <= spec.num_samples <= limits.max_num_samples:
+        raise InvalidRequest(
+            "num_samples", f"num_samples must be in [1, {limits.max_num_samples}], got {spec.num_samples}"
+        )
+    if not 0 <= spec.seed <= MAX_SEED:
+        raise InvalidRequest("seed", f"seed must be in [0, 2^63 - 1], got {spec.seed}")
+    if spec.class_label is not None and not 0 <= spec.class_label < num_classes:
+        raise InvalidRequest(
+            "class_label", f"class_label must be in [0, {num_classes - 1}] or null, got {spec.class_label}"
+        )
+    if spec.guidance is not None:
+        if spec.class_label is None:
+            raise InvalidRequest("guidance", "guidance needs a class_label (it contrasts that class with none)")
+        if not math.isfinite(spec.guidance) or not limits.guidance_min <= spec.guidance <= limits.guidance_max:
+            raise InvalidRequest(
+                "guidance", f"guidance must be in [{limits.guidance_min}, {limits.guidance_max}], got {spec.guidance}"
+            )
+    takes = SAMPLERS[spec.sampler].options
+    for option in spec.options:
+        if option not in takes:
+            raise InvalidRequest(option, f"{option} is not an option of {spec.sampler!r}; it takes {list(takes)}")
+    if spec.eta is not None and not (math.isfinite(spec.eta) and 0.0 <= spec.eta <= 1.0):
+        raise InvalidRequest("eta", f"eta must be in [0, 1], got {spec.eta}")
+    if spec.spacing is not None and spec.spacing not in SPACINGS:
+        raise InvalidRequest("spacing", f"spacing must be one of {list(SPACINGS)}, got {spec.spacing!r}")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated request ready to run: its sampler generator and its labels y (N,)."""
+
+    sampler: SamplerGen
+    labels: Tensor
+
+
+def initial_noise(shape: tuple[int, ...], num_samples: int, seed: int) -> tuple[Tensor, torch.Generator]:
+    """The request's own generator (seeded from the request) and its starting noise (N, *shape)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn((num_samples, *shape), generator=gen), gen
+
+
+def prepare(ckpt: Checkpoint, spec: SampleSpec) -> Prepared:
+    """Noise from the request's seed, the sampler over it and the labels; `spec` must be validated."""
+    noise, gen = initial_noise(ckpt.data_shape, spec.num_samples, spec.seed)
+    sampler = start(spec.sampler, ckpt.objective, noise, spec.steps, gen, **spec.options)
+    return Prepared(sampler, labels(spec.num_samples, spec.class_label, ckpt.null_label))
+
+
+def to_data_space(ckpt: Checkpoint, x: Tensor) -> np.ndarray:
+    """Samples (N, *shape) from the net's normalized space to data space (float32); images clipped to [0, 1]."""
+    out = ckpt.normalization.denormalize(x.float())
+    if ckpt.data_kind == "digits":
+        out = out.clamp(0.0, 1.0)
+    return out.numpy()
