@@ -43,7 +43,7 @@ train: install  ## train the four default models into models/
 	@for m in $(MODELS); do $(PYTHON) -m training --config configs/$$m.yaml --out models/$$m || exit 1; done
 
 bench: install  ## benchmarks; JSON into bench-results/
-	$(PYTHON) scripts/bench.py --out bench-results
+	$(PYTHON) -m bench --out bench-results
 
 clean:
 	rm -rf bench-results .pytest_cache

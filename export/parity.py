@@ -55,13 +55,10 @@ def random_inputs(ckpt: Checkpoint, batch: int, seed: int = 0) -> tuple[Tensor, 
 def ort_forward(path: Path, num_threads: int | None = None) -> Forward:
     """A plain onnxruntime CPU session on `path` as a forward function (no serving machinery)."""
     import numpy as np
-    import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if num_threads:
-        so.intra_op_num_threads = num_threads
-    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    from sampling.ort_session import cpu_session
+
+    session = cpu_session(path, num_threads)
 
     def forward(x: Tensor, t: Tensor, y: Tensor) -> Tensor:
         feeds = {"x": x.numpy().astype(np.float32), "t": t.numpy().astype(np.float32), "y": y.numpy()}

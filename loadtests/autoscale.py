@@ -19,14 +19,13 @@ from typing import Any
 import numpy as np
 
 from loadtests import prom
+from loadtests.cli import OneLineParser, add_service_args, float_list, non_negative, positive, preflight
 from loadtests.client import LoadTestError, Record, RequestSpec
 from loadtests.runner import fire_at, make_client, poisson_arrivals
 from loadtests.stats import percentiles
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from loadtests.__main__ import OneLineParser, add_service_args, float_list, non_negative, positive
-
     p = OneLineParser(
         prog="python -m loadtests autoscale",
         description="Offer Poisson load in stages (--rates r1,r2,... each for --stage seconds), record every "
@@ -89,8 +88,6 @@ async def trace(args: argparse.Namespace, spec: RequestSpec) -> tuple[list[Recor
 
 
 def main(argv: list[str]) -> int:
-    from loadtests.__main__ import preflight
-
     args = build_parser().parse_args(argv)
     try:
         if len(args.sampler) != 1:

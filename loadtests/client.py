@@ -53,14 +53,10 @@ class Record:
         return asdict(self)
 
 
-def _timing_field(timing: dict[str, Any], prefix: str) -> float | None:
-    """Seconds from the response's timing object: `<prefix>_ms` (the API's fields: queue_ms, compute_ms,
-    total_ms) or `<prefix>_s`; None when absent."""
-    for key, scale in ((f"{prefix}_ms", 1e-3), (f"{prefix}_s", 1.0)):
-        value = timing.get(key)
-        if isinstance(value, int | float):
-            return float(value) * scale
-    return None
+def _ms(timing: dict[str, Any], key: str) -> float | None:
+    """Seconds from one of the response's timing fields (queue_ms, compute_ms, total_ms)."""
+    value = timing.get(key)
+    return float(value) * 1e-3 if isinstance(value, int | float) else None
 
 
 @dataclass(frozen=True)
@@ -129,13 +125,12 @@ async def send(
             rec.detail = _error_detail(resp)
         else:
             body = resp.json()
-            shape = body.get("shape") or [spec.num_samples]
-            rec.num_samples = int(shape[0])
-            rec.nfe = body.get("nfe")
-            timing = body.get("timing") or {}
-            rec.server_queue_s = _timing_field(timing, "queue")
-            rec.server_compute_s = _timing_field(timing, "compute")
-            rec.server_total_s = _timing_field(timing, "total")
+            rec.num_samples = int(body["shape"][0])
+            rec.nfe = body["nfe"]
+            timing = body["timing"]
+            rec.server_queue_s = _ms(timing, "queue_ms")
+            rec.server_compute_s = _ms(timing, "compute_ms")
+            rec.server_total_s = _ms(timing, "total_ms")
     rec.end = time.perf_counter() - t0
     return rec
 
@@ -145,7 +140,8 @@ def _error_detail(resp: httpx.Response) -> str:
         body = resp.json()
     except ValueError:
         return resp.text[:200]
-    return str(body.get("detail") or body.get("error") or body)[:200] if isinstance(body, dict) else str(body)[:200]
+    err = body.get("error") if isinstance(body, dict) else None
+    return str(err.get("message") if isinstance(err, dict) else body)[:200]
 
 
 def list_models(url: str, timeout: float = 10.0) -> list[str]:
@@ -176,15 +172,11 @@ def model_info(url: str, model: str, timeout: float = 10.0) -> dict[str, Any]:
     return resp.json()
 
 
-def accepted_samplers(info: dict[str, Any]) -> list[str] | None:
-    """Sampler names from model metadata (a list of names or of objects with a name); None if not stated."""
-    samplers = info.get("samplers")
-    if samplers is None:
-        return None
-    return [s if isinstance(s, str) else str(s.get("name")) for s in samplers]
+def accepted_samplers(info: dict[str, Any]) -> list[str]:
+    """Sampler names the model takes (GET /v1/models/{id}: samplers)."""
+    return [str(s) for s in info["samplers"]]
 
 
 def num_classes(info: dict[str, Any]) -> int:
     """Number of classes from model metadata (0 for unconditional models)."""
-    classes = info.get("num_classes", info.get("classes", 0))
-    return len(classes) if isinstance(classes, list) else int(classes or 0)
+    return int(info["num_classes"])

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sampling.offline import sample_to_file
+from serving.offline import sample_to_file
 from serving.serve_cli import add_serve_parser
 
 

@@ -1,9 +1,9 @@
 """Step-level (continuous) batching: one net call per tick for every request in flight.
 
-Each request holds its sampler generator (`sampling.samplers.start`). Every tick the engine gathers
+Each request holds its sampler generator (`sampling.request.prepare`). Every tick the engine gathers
 the pending `Evaluation` of every in-flight request, doubles the rows of guided ones
-(`guidance.expand`), concatenates them along the batch axis, runs ONE backend call off the event loop,
-splits the output, folds guided rows (`guidance.combine`) and sends each request its prediction. A
+(`sampling.guidance.expand`), concatenates them along the batch axis, runs ONE backend call off the event
+loop, splits the output, folds guided rows (`sampling.guidance.combine`) and sends each request its prediction. A
 request that finishes leaves at once; a new one joins at the next tick, so a K = 5 request never waits
 behind a K = 500 one.
 
@@ -30,10 +30,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from sampling import guidance as cfg
+from sampling.guidance import combine, expand
 from sampling.samplers import Evaluation, SamplerGen
-
-Forward = Callable[[Tensor, Tensor, Tensor], Tensor]
+from serving.backends.base import Backend
 
 
 @dataclass(frozen=True)
@@ -54,8 +53,12 @@ class Overloaded(RuntimeError):
     """The engine is full; the client should retry after `retry_after` seconds."""
 
     def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
+        super().__init__(message, retry_after)  # both in args: it crosses a Ray handle pickled
+        self.message = message
         self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,6 @@ class EngineResult:
     nfe: int
     queue_s: float
     compute_s: float
-    ticks: int
 
 
 @dataclass(eq=False)
@@ -82,7 +84,6 @@ class _Job:
     admitted: float = 0.0
     pending: Evaluation | None = None
     evaluations: int = 0
-    ticks: int = 0
     done: bool = field(default=False)
 
 
@@ -98,18 +99,18 @@ class Engine:
     """Step-level batching over one backend. Create it inside the event loop's thread; call `submit`
     from coroutines on that loop.
 
-    forward(x (B, *shape), t (B,), y (B,)) -> (B, *shape) runs on a single worker thread, so the loop
+    backend(x (B, *shape), t (B,), y (B,)) -> (B, *shape) runs on a single worker thread, so the loop
     keeps admitting requests while the net runs. on_tick(rows, requests) is called after each tick.
     """
 
     def __init__(
         self,
-        forward: Forward,
+        backend: Backend,
         null_label: int,
         limits: EngineLimits | None = None,
         on_tick: Callable[[int, int], None] | None = None,
     ) -> None:
-        self.forward = forward
+        self.backend = backend
         self.null_label = null_label
         self.limits = limits or EngineLimits()
         self.on_tick = on_tick
@@ -222,9 +223,7 @@ class Engine:
                 continue
             batch = list(self._active)
             try:
-                parts = [
-                    cfg.expand(j.pending.x, j.pending.t, j.y, j.guidance is not None, self.null_label) for j in batch
-                ]
+                parts = [expand(j.pending.x, j.pending.t, j.y, j.guidance is not None, self.null_label) for j in batch]
                 x = torch.cat([p[0] for p in parts])
                 t = torch.cat([p[1] for p in parts])
                 y = torch.cat([p[2] for p in parts])
@@ -242,23 +241,22 @@ class Engine:
                 offset += j.rows
                 if j.done:  # cancelled while the net ran
                     continue
-                self._advance(j, cfg.combine(chunk, j.guidance))
+                self._advance(j, combine(chunk, j.guidance))
 
     def _forward_chunked(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
         """One backend call, or several in a row when the tick exceeds the backend's `max_batch` (a TensorRT
         profile's maximum); requests are unaffected since rows are independent."""
-        max_batch = getattr(self.forward, "max_batch", None)
+        max_batch = self.backend.max_batch
         if not max_batch or x.shape[0] <= max_batch:
-            return self.forward(x, t, y)
+            return self.backend(x, t, y)
         outs = [
-            self.forward(x[i : i + max_batch], t[i : i + max_batch], y[i : i + max_batch])
+            self.backend(x[i : i + max_batch], t[i : i + max_batch], y[i : i + max_batch])
             for i in range(0, x.shape[0], max_batch)
         ]
         return torch.cat(outs)
 
     def _advance(self, job: _Job, pred: Tensor) -> None:
         job.evaluations += 1
-        job.ticks += 1
         try:
             job.pending = job.gen.send(pred)
         except StopIteration as stop:
@@ -284,7 +282,6 @@ class Engine:
                     nfe=job.evaluations * (2 if job.guidance is not None else 1),
                     queue_s=job.admitted - job.submitted,
                     compute_s=compute,
-                    ticks=job.ticks,
                 )
             )
 

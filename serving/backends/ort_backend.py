@@ -11,7 +11,6 @@ thread count, and one inter-op thread because the graph is a single chain with n
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,13 +27,9 @@ try:
 except ImportError as e:  # the registry turns a missing module into BackendUnavailable
     raise ModuleNotFoundError(f"onnxruntime is not installed ({e}); `pip install onnxruntime`") from e
 
+from sampling.ort_session import session_options  # noqa: E402  (needs onnxruntime)
+
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-OPTIMIZATION_LEVELS = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
 
 
 def choose_providers(requested: Sequence[str] | None, available: Sequence[str]) -> list[str]:
@@ -52,11 +47,6 @@ def choose_providers(requested: Sequence[str] | None, available: Sequence[str]) 
     if not chosen:
         raise BackendUnavailable(f"onnxruntime: none of {list(PROVIDER_PREFERENCE)} is available ({available})")
     return chosen
-
-
-def default_threads() -> int:
-    """CPUs this process may run on (respects taskset / cgroup affinity, unlike os.cpu_count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def find_onnx_file(ckpt: Checkpoint, weights: str) -> str:
@@ -85,21 +75,11 @@ class OrtBackend:
         optimization_level: str = "all",
         trt_cache_dir: str | None = None,
     ) -> None:
-        if optimization_level not in OPTIMIZATION_LEVELS:
-            raise ValueError(
-                f"optimization_level: unknown {optimization_level!r}; expected one of {list(OPTIMIZATION_LEVELS)}"
-            )
-        if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
-            raise ValueError(f"num_threads must be a positive integer, got {num_threads!r}")
+        so = session_options(num_threads, optimization_level)  # refuses bad values before any file is read
         self.file_name = find_onnx_file(checkpoint, weights)
         path: Path = checkpoint.file(self.file_name)  # re-verifies the sha256 (CheckpointError if tampered)
         self.info: dict[str, Any] = checkpoint.manifest["files"][self.file_name]
 
-        so = ort.SessionOptions()
-        so.graph_optimization_level = OPTIMIZATION_LEVELS[optimization_level]
-        so.intra_op_num_threads = num_threads or default_threads()
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self.providers = choose_providers(providers, ort.get_available_providers())
         provider_options = [self._provider_options(p, trt_cache_dir) for p in self.providers]
         self.session = ort.InferenceSession(str(path), so, providers=self.providers, provider_options=provider_options)

@@ -19,8 +19,8 @@ from safetensors.torch import save_file
 from export.onnx_export import export_onnx
 from sampling import samplers
 from sampling.driver import run_sampler
-from sampling.request import initial_noise
 from sampling.guidance import labels
+from sampling.request import initial_noise
 from training.checkpoint import WEIGHT_FILES, Checkpoint, add_file, load_checkpoint
 
 _CACHE: dict[str, dict[str, Path]] = {}

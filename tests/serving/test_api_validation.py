@@ -136,7 +136,7 @@ def test_deploy_configs_are_valid_serve_configs(name: str) -> None:
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
-    from serving.api import Limits
+    from sampling.request import Limits
     from serving.engine import EngineLimits
 
     config = yaml.safe_load((ROOT / "deploy" / name).read_text())

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from sampling import guidance
-from sampling import samplers
+from sampling import guidance, samplers
 from sampling.driver import run_sampler
 from sampling.request import initial_noise
 from tests.serving.conftest import ServeCluster, app_args
@@ -79,7 +78,7 @@ def test_samples_alone_equal_samples_amid_twenty_others(stepserve_url: str, tiny
     for body, solo in zip(DISTINCT[1:2] + DISTINCT[4:5], alone[1:2] + alone[4:5], strict=True):
         ckpt = load_checkpoint(tiny_checkpoints[body["model"]])
         noise, gen = initial_noise(ckpt.data_shape, body["num_samples"], body["seed"])
-        opts = {"eta": body.get("eta")}
+        opts = {"eta": body["eta"]} if "eta" in body else {}
         sampler = samplers.start(body["sampler"], ckpt.objective, noise, body["steps"], gen, **opts)
         y = guidance.labels(body["num_samples"], body.get("class_label"), ckpt.null_label)
         x = run_sampler(sampler, ckpt.net("ema"), y, body.get("guidance"), ckpt.null_label)
@@ -191,7 +190,7 @@ def test_replica_sets_torch_threads_to_its_cpus(stepserve_url: str, tiny_checkpo
     """A model replica sizes torch's pool to the CPUs Ray gave it, whatever the process default was."""
     import ray
 
-    from serving.app import ModelReplica
+    from serving.replica import ModelReplica
 
     @ray.remote
     def threads_after_replica_start(path: str) -> int:

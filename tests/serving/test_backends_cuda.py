@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from serving.backends import BackendUnavailable, load_backend
-from serving.backends.torch_backend import TorchBackend
 from serving.backends.cuda_graphs import bucket_for, chunks, validate_buckets
+from serving.backends.torch_backend import TorchBackend
 from tests.export.helpers import exported_checkpoints, sampler_run
 from training.checkpoint import load_checkpoint
 

@@ -8,8 +8,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from sampling.ort_session import default_threads
 from serving.backends import BackendUnavailable, load_backend
-from serving.backends.ort_backend import PROVIDER_PREFERENCE, OrtBackend, choose_providers, default_threads
+from serving.backends.ort_backend import PROVIDER_PREFERENCE, OrtBackend, choose_providers
 from tests.export.helpers import exported_checkpoints
 from training.checkpoint import load_checkpoint
 

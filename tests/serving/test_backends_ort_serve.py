@@ -10,9 +10,9 @@ import httpx
 import numpy as np
 import pytest
 
-from serving.__main__ import main as serving_main
 from sampling.driver import sample
 from sampling.request import SampleSpec, to_data_space
+from serving.__main__ import main as serving_main
 from tests.export.helpers import exported_checkpoints
 from tests.serving.conftest import ServeCluster, app_args
 from training.checkpoint import load_checkpoint

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sampling import guidance
-from sampling import samplers
+from sampling import guidance, samplers
 from sampling.driver import run_sampler
 from sampling.request import initial_noise
 from serving.engine import Engine, EngineLimits, Overloaded
@@ -28,10 +27,13 @@ CASES = [
 
 
 class RecordingForward:
-    """The net's forward, recording the rows of every call."""
+    """A backend over the net's forward, recording the rows of every call."""
 
-    def __init__(self, net: torch.nn.Module) -> None:
+    name = "recording"
+
+    def __init__(self, net: torch.nn.Module, max_batch: int | None = None) -> None:
         self.net = net
+        self.max_batch = max_batch
         self.rows: list[int] = []
 
     @torch.no_grad()
@@ -47,7 +49,9 @@ def ckpts(tiny_checkpoints: dict[str, Path]):
 
 def _start(ckpt, sampler, steps, label, n, seed, options):
     noise, gen = initial_noise(ckpt.data_shape, n, seed)
-    return samplers.start(sampler, ckpt.objective, noise, steps, gen, **options), guidance.labels(n, label, ckpt.null_label)
+    return samplers.start(sampler, ckpt.objective, noise, steps, gen, **options), guidance.labels(
+        n, label, ckpt.null_label
+    )
 
 
 def _alone(ckpt, net, case) -> torch.Tensor:
@@ -117,7 +121,7 @@ def test_short_request_leaves_while_long_one_runs(ckpts) -> None:
         return short, ticks_when_short_done
 
     short, ticks_then = asyncio.run(main())
-    assert short.ticks == 5
+    assert short.evaluations == 5
     assert ticks_then <= 6  # joined at the next tick, left right after its 5th
     assert len(fwd.rows) == 200
     assert fwd.rows.count(8 + 3) == 5 and fwd.rows.count(8) == 195
@@ -189,12 +193,14 @@ def test_backend_failure_fails_that_tick_only(ckpts) -> None:
     net = ckpt.net("ema")
     calls = {"n": 0}
 
-    def flaky(x, t, y):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("device lost")
-        with torch.no_grad():
-            return net(x, t, y)
+    class Flaky(RecordingForward):
+        def __call__(self, x, t, y):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise RuntimeError("device lost")
+            return super().__call__(x, t, y)
+
+    flaky = Flaky(net)
 
     async def main():
         engine = Engine(flaky, ckpt.null_label)
@@ -214,8 +220,7 @@ def test_ticks_beyond_the_backends_max_batch_are_split_and_results_unchanged(ckp
     """A backend with a bounded batch (a TensorRT profile) gets every tick in chunks of at most max_batch."""
     ckpt = ckpts["moons-fm"]
     net = ckpt.net("ema")
-    fwd = RecordingForward(net)
-    fwd.max_batch = 5
+    fwd = RecordingForward(net, max_batch=5)
     fm_cases = [c for c in CASES if c[0] == "moons-fm"]
     solo = [_alone(ckpt, net, c) for c in fm_cases]
 
@@ -244,7 +249,7 @@ def test_a_failing_tick_fails_its_requests_and_the_engine_keeps_serving(ckpts) -
             raise RuntimeError("metrics backend down")
 
     async def main():
-        engine = Engine(net, ckpt.null_label, on_tick=on_tick)
+        engine = Engine(RecordingForward(net), ckpt.null_label, on_tick=on_tick)
         first = engine.submit(*_start(ckpt, "fm-euler", 3, 0, 2, 1, {}), None)
         with pytest.raises(RuntimeError, match="metrics backend down"):
             await asyncio.wait_for(first, 30)

@@ -54,9 +54,5 @@ class LabelEmbedder(nn.Module):
         self.num_classes = num_classes
         self.table = nn.Embedding(num_classes + 1, hidden)
 
-    @property
-    def null_label(self) -> int:
-        return self.num_classes
-
     def forward(self, y: Tensor) -> Tensor:
         return self.table(y.long())  # (B, hidden)

@@ -1,12 +1,12 @@
 """`make bench`: run every benchmark section and write JSON into --out (default bench-results/).
 
-    python scripts/bench.py [--out DIR] [--quick] [--only quality,export,serving,backends]
+    python -m bench [--out DIR] [--quick] [--only quality,export,serving,backends]
 
-Sections: quality (serving.bench_quality: quality against K, sampler overhead, training speed),
-export (export.bench: onnxruntime against torch), serving (serving.bench_serving: served throughput,
-step-level against request-level batching, lone-request overhead), backends (serving.bench_backends:
-served throughput with onnxruntime against torch). Each writes its own JSON file;
-`summary.json` lists what ran and how long it took.
+Sections: quality (bench.quality: quality against K, sampler overhead, training speed), export
+(bench.export: onnxruntime against torch per evaluation), serving (bench.serving: served throughput,
+step-level against request-level batching, lone-request overhead), backends (bench.backends: served
+throughput with onnxruntime against torch). Each writes its own JSON file; `summary.json` lists what ran
+and how long it took. On a GPU machine, `python -m bench.gpu` (run by scripts/gpu_check.sh).
 """
 
 from __future__ import annotations
@@ -19,19 +19,19 @@ import time
 from pathlib import Path
 
 SECTIONS = {
-    "quality": "serving.bench_quality",
-    "export": "export.bench",
-    "serving": "serving.bench_serving",
-    "backends": "serving.bench_backends",
+    "quality": "bench.quality",
+    "export": "bench.export",
+    "serving": "bench.serving",
+    "backends": "bench.backends",
 }
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description="Run stepserve's benchmarks; JSON results into --out.")
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description="Run stepserve's benchmarks; JSON into --out.")
     p.add_argument("--out", default="bench-results", help="output directory (default bench-results)")
     p.add_argument("--quick", action="store_true", help="smaller grids and fewer repeats")
     p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {list(SECTIONS)}")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     wanted = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in wanted if s not in SECTIONS]
     if unknown:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from export.bench import compare, table
+from bench.export import compare, table
 from tests.export.helpers import exported_checkpoints
 from training.checkpoint import load_checkpoint
 
@@ -16,7 +16,7 @@ def exported(tiny_checkpoints, tmp_path_factory):
 
 
 def test_compare_reports_medians_and_their_ratio(exported, monkeypatch):
-    monkeypatch.setattr("export.bench.BLOCK_SECONDS", 0.005)
+    monkeypatch.setattr("bench.export.BLOCK_SECONDS", 0.005)
     threads = torch.get_num_threads()
     try:
         row = compare(load_checkpoint(exported["moons-fm"]), batch=3, repeats=3, threads=1)

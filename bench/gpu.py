@@ -5,7 +5,7 @@ CUDA graphs with batch buckets, compile + CUDA graphs, onnxruntime's CUDA provid
 Every call goes through the serving backend (CPU tensors in, CPU tensors out, as served). Method: per
 repeat, a timed block of each variant in turn (interleaved), median per-call time over repeats.
 
-    python scripts/gpu_bench.py --out bench-results/gpu/gpu-bench.json
+    python -m bench.gpu --out bench-results/gpu/gpu-bench.json
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import shutil
 import statistics
 import sys
 import tempfile
@@ -24,31 +23,15 @@ from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from export.onnx_export import export_onnx  # noqa: E402
-from export.parity import random_inputs  # noqa: E402
-from export.tensorrt_build import BatchProfile, build_engine  # noqa: E402
-from serving.backends import load_backend  # noqa: E402
-from training.checkpoint import Checkpoint, load_checkpoint  # noqa: E402
+from bench.common import scratch_checkpoint
+from export.parity import random_inputs
+from export.tensorrt_build import BatchProfile, build_engine
+from serving.backends import load_backend
+from training.checkpoint import Checkpoint, load_checkpoint
 
 MODELS = ("moons-fm", "digits-fm")
 BATCHES = (1, 16, 256)
 BLOCK_SECONDS = 0.05
-
-
-def _checkpoint(name: str, scratch: Path) -> Checkpoint:
-    src, dst = ROOT / "models" / name, scratch / name
-    if (src / "manifest.json").is_file():
-        shutil.copytree(src, dst)
-    else:  # latency does not depend on the weights' values
-        from training.config import load_config
-        from training.trainer import train
-
-        train(load_config(ROOT / "configs" / f"{name}.yaml"), dst, max_steps=1, progress=False)
-    export_onnx(load_checkpoint(dst))
-    return load_checkpoint(dst)
 
 
 def _variants(ckpt: Checkpoint, scratch: Path) -> dict[str, Callable[[], Any] | str]:
@@ -125,7 +108,7 @@ def main() -> int:
     }
     with tempfile.TemporaryDirectory() as scratch, torch.inference_mode():
         for name in MODELS:
-            ckpt = _checkpoint(name, Path(scratch))
+            ckpt = load_checkpoint(scratch_checkpoint(name, Path(scratch), onnx=True))
             variants = _variants(ckpt, Path(scratch))
             result["models"][name] = {
                 "unavailable": {k: v for k, v in variants.items() if isinstance(v, str)},

@@ -9,50 +9,31 @@ this process (the ceiling the served figure is held against).
 The ONNX file is made by running `python -m export` on a scratch copy of the checkpoint (serving does
 not import export, and models/ is left as committed).
 
-    python -m serving.bench_backends --out bench-results [--quick]
+    python -m bench --only backends [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import os
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import torch
 
+from bench.common import deploy, load, local_serve, machine, scratch_checkpoint
+from serving.app import build_app
 from serving.backends import load_backend
 from training.checkpoint import load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = "moons-fm"
 BACKENDS = ("torch", "onnxruntime")
 REQUEST = {"model": MODEL, "sampler": "fm-euler", "steps": 100, "num_samples": 64}
 CONCURRENCY = 64
-
-
-def scratch_checkpoint(scratch: Path) -> Path:
-    """models/moons-fm (or a 20-step one if not trained) copied to `scratch`, with its ONNX export."""
-    src, dst = ROOT / "models" / MODEL, scratch / MODEL
-    if (src / "manifest.json").is_file():
-        shutil.copytree(src, dst)
-    else:
-        from training.config import load_config
-        from training.trainer import train
-
-        train(load_config(ROOT / "configs" / f"{MODEL}.yaml"), dst, max_steps=20, progress=False)
-    cmd = [sys.executable, "-m", "export", "--checkpoint", str(dst), "--format", "onnx", "--no-parity"]
-    subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True)
-    return dst
 
 
 def forward_rate(net: Any, batch: int = 4096, seconds: float = 2.0) -> float:
@@ -66,45 +47,23 @@ def forward_rate(net: Any, batch: int = 4096, seconds: float = 2.0) -> float:
     return n * batch / (time.perf_counter() - t0)
 
 
-async def closed_loop(base: str, seconds: float) -> float:
-    """CONCURRENCY clients posting REQUEST back to back for `seconds`; finished rows per second."""
-    rows, t0 = 0, time.perf_counter()
-    last = t0
-    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
-    async with httpx.AsyncClient(base_url=base, timeout=300, limits=limits) as client:
-
-        async def worker(i: int) -> None:
-            nonlocal rows, last
-            k = i
-            while time.perf_counter() - t0 < seconds:
-                r = await client.post("/v1/samples", json={**REQUEST, "seed": k})
-                k += CONCURRENCY
-                if r.status_code == 200:
-                    rows += REQUEST["num_samples"] * r.json()["nfe"]
-                    last = time.perf_counter()
-
-        await asyncio.gather(*(worker(i) for i in range(CONCURRENCY)))
-    return rows / (last - t0)
-
-
 def run(out_dir: Path, quick: bool) -> dict[str, Any]:
     """Writes out_dir/served-backends.json and returns the same dict."""
-    import ray
-    from ray import serve
-
-    from serving.app import build_app
-
     window, rounds = (6.0, 2) if quick else (15.0, 3)
-    result: dict[str, Any] = {"model": MODEL, "request": REQUEST, "concurrency": CONCURRENCY, "window_s": window}
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "model": MODEL,
+        "request": REQUEST,
+        "concurrency": CONCURRENCY,
+        "window_s": window,
+    }
     with tempfile.TemporaryDirectory() as scratch:
-        ckpt_dir = scratch_checkpoint(Path(scratch))
+        ckpt_dir = scratch_checkpoint(MODEL, Path(scratch), onnx=True)
         # In-process forwards at 1 thread, measured inside each round beside the served windows, so that
         # served / ceiling compares figures from the same moments of a shared machine.
         nets = {b: load_backend(b, load_checkpoint(ckpt_dir), num_threads=1) for b in BACKENDS}
-        ray.init(address="local", num_cpus=8, include_dashboard=False, namespace="serve", log_to_driver=False)
-        port = 19000 + os.getpid() % 1000
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        try:
+        with local_serve() as base:
+            urls = {}
             for b in BACKENDS:
                 args = {
                     "models": {MODEL: {"path": str(ckpt_dir), "backend": b, "backend_options": {"num_threads": 1}}},
@@ -115,19 +74,15 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
                         "Ingress": {"ray_actor_options": {"num_cpus": 0.5}},
                     },
                 }
-                serve.run(build_app(args), name=b, route_prefix=f"/{b}")
-            urls = {b: f"http://127.0.0.1:{port}/{b}" for b in BACKENDS}
+                urls[b] = deploy(build_app(args), b, base)
             for b in BACKENDS:
-                asyncio.run(closed_loop(urls[b], 2.0))  # warm-up
+                load(urls[b], [REQUEST], CONCURRENCY, 2.0)  # warm-up
             served: dict[str, list[float]] = {b: [] for b in BACKENDS}
             ceiling: dict[str, list[float]] = {b: [] for b in BACKENDS}
             for _ in range(rounds):  # A B A B ...
                 for b in BACKENDS:
                     ceiling[b].append(forward_rate(nets[b]))
-                    served[b].append(asyncio.run(closed_loop(urls[b], window)))
-        finally:
-            serve.shutdown()
-            ray.shutdown()
+                    served[b].append(load(urls[b], [REQUEST], CONCURRENCY, window)["rows_per_s"])
     med = {b: statistics.median(v) for b, v in served.items()}
     result["forward_rows_per_s_at_4096"] = ceiling
     result["served_rows_per_s"] = served
@@ -143,7 +98,7 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m serving.bench_backends", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench.backends", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("bench-results"))
     p.add_argument("--quick", action="store_true", help="shorter windows, fewer rounds")
     args = p.parse_args(argv)

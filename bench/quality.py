@@ -1,6 +1,6 @@
 """Foundation benchmarks: sample quality against K, sampler overhead, training speed.
 
-    python -m serving.bench_quality --out bench-results [--quick]
+    python -m bench --only quality [--quick]
 
 Writes `quality.json` (and `quality_vs_k.png`) into --out. Run on the trained checkpoints in models/.
 """
@@ -10,23 +10,22 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from bench.common import ROOT, machine
 from sampling import samplers
 from sampling.driver import sample
 from sampling.request import SampleSpec, to_data_space
 from training.checkpoint import Checkpoint, load_checkpoint
 from training.config import load_config
-from training.data import load_dataset
 from training.metrics import digits_quality, sw_ratio
-from training.nets import build_net
-from training.paths import objective_from_dict
+from training.trainer import train
 
-ROOT = Path(__file__).resolve().parents[1]
 MOONS_GRID = {
     "fm-euler": [1, 2, 5, 10, 20, 50, 100],
     "fm-rk4": [1, 2, 5, 10, 20, 50, 100],
@@ -137,26 +136,15 @@ def sampler_overhead(models: Path, quick: bool, batch: int = 256, repeats: int =
 
 
 def training_speed(models: Path, quick: bool, steps: int = 60) -> list[dict]:
-    """Steps/s of each default config over a short run (after warm-up), and the full run's estimated time."""
+    """Steps/s of each default config over a short run of the real trainer (its recorded loop time, first
+    steps included), and the full run's estimated time."""
     rows = []
+    n = 20 if quick else steps
     for name in ("moons-ddpm", "moons-fm", "digits-ddpm", "digits-fm"):
         cfg = load_config(ROOT / "configs" / f"{name}.yaml")
-        obj = objective_from_dict(cfg.objective)
-        data = load_dataset(cfg.data.kind, n=cfg.data.n)
-        hp = {k: v for k, v in cfg.net.items() if k != "kind"}
-        net = build_net(cfg.net["kind"], hp, data.shape, data.num_classes, obj.t_scale)
-        opt = torch.optim.AdamW(net.parameters(), lr=cfg.train.lr)
-        g = torch.Generator().manual_seed(0)
-        n = 20 if quick else steps
-        for i in range(n + 5):
-            if i == 5:
-                t0 = time.perf_counter()
-            idx = torch.randint(0, len(data.x), (cfg.train.batch_size,), generator=g)
-            loss = obj.loss(net, data.x[idx], data.y[idx], g)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        rate = n / (time.perf_counter() - t0)
+        with tempfile.TemporaryDirectory() as scratch:
+            short = load_checkpoint(train(cfg, Path(scratch) / name, max_steps=n, progress=False))
+            rate = n / short.manifest["training"]["wall_time_s"]
         manifest_time = None
         if (models / name / "manifest.json").is_file():
             manifest_time = load_checkpoint(models / name).manifest["training"].get("wall_time_s")
@@ -197,7 +185,7 @@ def plot_quality(rows: list[dict], path: Path) -> None:
 def run(out_dir: Path, quick: bool = False, models: Path = ROOT / "models") -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     print("moons quality against K")
-    result = {"machine": _machine(), "moons_quality": moons_quality(models, quick)}
+    result = {"machine": machine(), "moons_quality": moons_quality(models, quick)}
     print("digits quality")
     result["digits_quality"] = digits_quality_rows(models, quick)
     print("sampler overhead")
@@ -207,18 +195,6 @@ def run(out_dir: Path, quick: bool = False, models: Path = ROOT / "models") -> d
     plot_quality(result["moons_quality"], out_dir / "quality_vs_k.png")
     (out_dir / "quality.json").write_text(json.dumps(result, indent=2))
     return result
-
-
-def _machine() -> dict:
-    import os
-    import platform
-
-    return {
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-    }
 
 
 def main() -> None:

@@ -8,37 +8,34 @@
 3. one at a time: the same application with engine max_in_flight = 1, same load; step / single
    (target >= 5); and the same with 4-sample requests (supplementary).
 4. mixed load: K = 5 and K = 100 requests together; p50 latency of the K = 5 ones, step-level engine
-   against Ray Serve's request-level @serve.batch (`serving.baseline`); step / request (target <= 1/4).
+   against Ray Serve's request-level @serve.batch (`bench.baseline`); step / request (target <= 1/4).
 5. overhead: p50 latency of a lone K = 10 fm-euler request over HTTP against the bare in-process
    sampling time of the same request (ms).
 
 Every served variant runs as its own application on one local Ray, and their windows are interleaved
 (A B A B ...) with medians taken, so a ratio never compares measurements from different moments.
-Run: `python -m serving.bench_serving --out bench-results [--quick]`.
+Run: `python -m bench --only serving [--quick]`.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import torch
 
-from sampling import guidance as cfg
-from sampling import samplers
+from bench.baseline import build_request_batched_app
+from bench.common import ROOT, deploy, load, local_serve, machine, p50_ms
+from sampling.driver import sample
+from sampling.request import SampleSpec
+from serving.app import build_app
 from serving.backends import load_backend
-from sampling.driver import run_sampler
 from training.checkpoint import load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = "moons-fm"
 REPLICA = {"ray_actor_options": {"num_cpus": 1}}  # -> torch runs 1 thread in the replica
 THREADS = 1
@@ -72,116 +69,45 @@ def bare_latency_ms(ckpt_dir: Path, steps: int, num_samples: int, repeats: int) 
     times = []
     for seed in range(repeats):
         t0 = time.perf_counter()
-        noise, gen = samplers.initial_noise(ckpt.data_shape, num_samples, seed)
-        sampler = samplers.start("fm-euler", ckpt.objective, noise, steps, gen)
-        run_sampler(sampler, backend, cfg.labels(num_samples, None, ckpt.null_label), None, ckpt.null_label)
+        sample(ckpt, backend, SampleSpec("fm-euler", steps, num_samples, seed=seed))
         times.append(time.perf_counter() - t0)
     return 1e3 * statistics.median(times)
 
 
-async def closed_loop(base: str, bodies: list[dict], concurrency: int, seconds: float, warm_s: float) -> dict:
-    """`concurrency` clients, each sending bodies (cycled) back to back. Counts the requests that finish
-    between warm_s and seconds; at `seconds` the clients hang up (the service drops what is left).
-    Returns {"requests": [{steps, rows (num_samples x nfe), latency_s, status}], "rows_per_s"}."""
-    done: list[dict] = []
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base, timeout=300, limits=limits) as client:
-        t_start = time.perf_counter()
-
-        async def worker(i: int) -> None:
-            k = i
-            while True:
-                body = {**bodies[k % len(bodies)], "seed": k}
-                k += concurrency
-                t0 = time.perf_counter()
-                r = await client.post("/v1/samples", json=body)
-                end = time.perf_counter() - t_start
-                rows = body["num_samples"] * r.json()["nfe"] if r.status_code == 200 else 0
-                if end >= warm_s:
-                    done.append(
-                        {
-                            "steps": body["steps"],
-                            "rows": rows,
-                            "latency_s": end - (t0 - t_start),
-                            "status": r.status_code,
-                        }
-                    )
-
-        tasks = [asyncio.create_task(worker(i)) for i in range(concurrency)]
-        await asyncio.sleep(seconds)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    ok_rows = sum(r["rows"] for r in done if r["status"] == 200)
-    return {"requests": done, "rows_per_s": ok_rows / (seconds - warm_s)}
-
-
-def p50_ms(run: dict, steps: int) -> float:
-    return 1e3 * statistics.median(
-        r["latency_s"] for r in run["requests"] if r["steps"] == steps and r["status"] == 200
-    )
-
-
-def _start_serving(ckpt_dir: Path) -> dict[str, str]:
-    import ray
-    from ray import serve
-
-    from serving.app import build_app
-
-    ray.init(address="local", num_cpus=8, include_dashboard=False, namespace="serve", log_to_driver=False)
-    port = 18000 + os.getpid() % 1000
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    variants = {
-        "step": {"engine": {"max_rows_per_tick": 4096, "max_in_flight": 64, "max_queue": 1024}},
-        "single": {"engine": {"max_rows_per_tick": 4096, "max_in_flight": 1, "max_queue": 1024}},
-        "request": {
-            "engine": {"max_rows_per_tick": 4096, "max_in_flight": 64, "max_queue": 1024},
-            "batching": "request",
-        },
+def _deploy_variants(base: str, ckpt_dir: Path) -> dict[str, str]:
+    """The step-level engine, one-at-a-time serving and request-level batching as three applications."""
+    engine = {"max_rows_per_tick": 4096, "max_in_flight": 64, "max_queue": 1024}
+    args = {
+        "models": {MODEL: {"path": str(ckpt_dir)}},
+        "limits": {"max_num_samples": 64},
+        "deployment_options": {MODEL: REPLICA, "Ingress": {"ray_actor_options": {"num_cpus": 0.5}}},
     }
-    urls = {}
-    for name, extra in variants.items():
-        args = {
-            "models": {MODEL: {"path": str(ckpt_dir)}},
-            "limits": {"max_num_samples": 64},
-            "deployment_options": {MODEL: REPLICA, "Ingress": {"ray_actor_options": {"num_cpus": 0.5}}},
-            **extra,
-        }
-        serve.run(build_app(args), name=name, route_prefix=f"/{name}")
-        urls[name] = f"http://127.0.0.1:{port}/{name}"
-    return urls
+    return {
+        "step": deploy(build_app({**args, "engine": engine}), "step", base),
+        "single": deploy(build_app({**args, "engine": {**engine, "max_in_flight": 1}}), "single", base),
+        "request": deploy(build_request_batched_app({**args, "engine": engine}), "request", base),
+    }
 
 
 def run(out_dir: Path, quick: bool) -> dict[str, Any]:
     """All measurements; writes out_dir/serving.json and returns the same dict."""
-    import ray
-    from ray import serve
-
     ckpt_dir = ROOT / "models" / MODEL
     window = 8.0 if quick else 15.0
     rounds = 2 if quick else 3
-    result: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
-        "quick": quick,
-        "model": MODEL,
-    }
-    urls = _start_serving(ckpt_dir)
-
-    def loop(url: str, bodies: list[dict], concurrency: int, seconds: float) -> dict:
-        return asyncio.run(closed_loop(url, bodies, concurrency, seconds, warm_s=seconds / 4))
-
-    try:
+    result: dict[str, Any] = {"machine": machine(), "quick": quick, "model": MODEL}
+    with local_serve() as base:
+        urls = _deploy_variants(base, ckpt_dir)
         # Saturation: 64-sample requests; the ceiling, the step-level engine and one-at-a-time serving
         # measured in turn (A B C A B C ...), medians over rounds.
         # K varies between clients (30 .. 70, mean 50) so that their requests do not finish in lockstep
         # waves, which would quantise the count of requests finishing inside a window.
         sat_body = [{"model": MODEL, "sampler": "fm-euler", "steps": k, "num_samples": 64} for k in SAT_STEPS]
-        loop(urls["step"], sat_body, 8, 2.0)  # warm-up
+        load(urls["step"], sat_body, 8, 2.0)  # warm-up
         ceil, step_tp, single_tp = [], [], []
         for _ in range(rounds):
             ceil.append(ceiling(ckpt_dir, CEILING_BATCHES, seconds=window / 4))
-            step_tp.append(loop(urls["step"], sat_body, 64, 2 * window)["rows_per_s"])
-            single_tp.append(loop(urls["single"], sat_body, 64, 2 * window)["rows_per_s"])
+            step_tp.append(load(urls["step"], sat_body, 64, 2 * window)["rows_per_s"])
+            single_tp.append(load(urls["single"], sat_body, 64, 2 * window)["rows_per_s"])
         best = [c["rows_per_s"] for c in ceil]
         at_64 = [c["rows_per_s_by_batch"][64] for c in ceil]
         result["ceiling"] = {"rounds": ceil, "rows_per_s": statistics.median(best)}
@@ -203,8 +129,8 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
         small = [{"model": MODEL, "sampler": "fm-euler", "steps": 20, "num_samples": 4}]
         step_small, single_small = [], []
         for _ in range(rounds):
-            step_small.append(loop(urls["step"], small, 64, window)["rows_per_s"])
-            single_small.append(loop(urls["single"], small, 64, window)["rows_per_s"])
+            step_small.append(load(urls["step"], small, 64, window)["rows_per_s"])
+            single_small.append(load(urls["single"], small, 64, window)["rows_per_s"])
         result["small_requests"] = {
             "request": small[0],
             "concurrency": 64,
@@ -220,8 +146,8 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
         ]
         step_p50, req_p50 = [], []
         for _ in range(rounds):
-            step_p50.append(p50_ms(loop(urls["step"], mixed, 16, window), 5))
-            req_p50.append(p50_ms(loop(urls["request"], mixed, 16, window), 5))
+            step_p50.append(p50_ms(load(urls["step"], mixed, 16, window)["records"], 5))
+            req_p50.append(p50_ms(load(urls["request"], mixed, 16, window)["records"], 5))
         result["mixed"] = {
             "requests": mixed,
             "concurrency": 16,
@@ -234,7 +160,7 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
         lone = {"model": MODEL, "sampler": "fm-euler", "steps": 10, "num_samples": 64}
         served, bare = [], []
         for _ in range(rounds):
-            served.append(p50_ms(loop(urls["step"], [lone], 1, window / 2), 10))
+            served.append(p50_ms(load(urls["step"], [lone], 1, window / 2)["records"], 10))
             bare.append(bare_latency_ms(ckpt_dir, 10, 64, repeats=50))
         result["overhead"] = {
             "request": lone,
@@ -242,16 +168,13 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
             "bare_p50_ms": bare,
             "overhead_ms": statistics.median(served) - statistics.median(bare),
         }
-    finally:
-        serve.shutdown()
-        ray.shutdown()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "serving.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m serving.bench_serving", description="serving benchmarks")
+    p = argparse.ArgumentParser(prog="python -m bench.serving", description="serving benchmarks")
     p.add_argument("--out", default="bench-results", help="directory for serving.json")
     p.add_argument("--quick", action="store_true", help="shorter windows, fewer rounds")
     args = p.parse_args(argv)

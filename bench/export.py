@@ -7,7 +7,7 @@ drift on a shared machine hits both alike); the figure is the median per-call ti
 the ratio torch / onnxruntime is taken of the medians. Weights do not change latency, so the nets come
 from models/ where trained, else from a one-step checkpoint; exports go to a temporary copy.
 
-    python -c "from pathlib import Path; from export.bench import run; run(Path('bench-results'), quick=False)"
+    python -m bench --only export [--quick]
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 import statistics
 import tempfile
 import time
@@ -27,40 +26,15 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from export.onnx_export import export_onnx
+from bench.common import ROOT, scratch_checkpoint
 from export.parity import random_inputs
+from sampling.ort_session import cpu_session
 from training.checkpoint import Checkpoint, load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"moons-fm": "moons MLP", "digits-fm": "digits DiT"}
 BATCHES = (1, 16, 256)
 SWEEP = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 BLOCK_SECONDS = 0.05  # time per timed block: long enough to swamp timer noise, short enough to interleave
-
-
-def _checkpoint(name: str, scratch: Path) -> Checkpoint:
-    """A scratch copy of models/<name> (or a one-step checkpoint of its config) with net-ema.onnx."""
-    src = ROOT / "models" / name
-    dst = scratch / name
-    if (src / "manifest.json").is_file():
-        shutil.copytree(src, dst)
-    else:
-        from training.config import load_config
-        from training.trainer import train
-
-        train(load_config(ROOT / "configs" / f"{name}.yaml"), dst, max_steps=1, progress=False)
-    export_onnx(load_checkpoint(dst))
-    return load_checkpoint(dst)
-
-
-def _session(path: Path, threads: int) -> ort.InferenceSession:
-    """The session options of serving's onnxruntime backend."""
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 def _calls_per_block(fn: Callable[[], Any]) -> int:
@@ -82,7 +56,7 @@ def compare(ckpt: Checkpoint, batch: int, repeats: int, threads: int) -> dict[st
     """Median seconds per call of torch eager and onnxruntime at `batch`, interleaved."""
     torch.set_num_threads(threads)
     net = ckpt.net()
-    session = _session(ckpt.file("net-ema.onnx"), threads)
+    session = cpu_session(ckpt.file("net-ema.onnx"), threads)
     x, t, y = random_inputs(ckpt, batch)
 
     def torch_call() -> torch.Tensor:
@@ -125,7 +99,7 @@ def run(out_dir: Path, quick: bool) -> dict:
     }
     with tempfile.TemporaryDirectory() as scratch:
         for name, label in MODELS.items():
-            ckpt = _checkpoint(name, Path(scratch))
+            ckpt = load_checkpoint(scratch_checkpoint(name, Path(scratch), onnx=True))
             rows = [compare(ckpt, b, repeats, n) for n in thread_counts for b in sweep]
             catch_up = {
                 n: next((r["batch"] for r in rows if r["threads"] == n and r["speedup"] <= 1.0), None)
@@ -133,7 +107,7 @@ def run(out_dir: Path, quick: bool) -> dict:
             }
             result["models"][name] = {
                 "net": label,
-                "weights": "trained" if (ROOT / "models" / name).is_dir() else "one-step (latency only)",
+                "weights": "trained" if (ROOT / "models" / name).is_dir() else "20-step (latency only)",
                 "rows": rows,
                 "torch_catches_up_at_batch": catch_up,  # threads -> first batch with ratio <= 1 (None: never)
             }
@@ -162,7 +136,7 @@ def table(result: dict) -> str:
 if __name__ == "__main__":
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m export.bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench.export", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("bench-results"))
     p.add_argument("--quick", action="store_true", help="batches 1, 16, 256 only, fewer repeats")
     args = p.parse_args()

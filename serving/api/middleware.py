@@ -1,0 +1,120 @@
+"""ASGI middleware of the HTTP edge: a body-size bound and the request metrics.
+
+Both read their settings from the FastAPI app's `state` (set once by the ingress from the Serve config).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from sampling.samplers import SAMPLERS
+from serving.api.models import ApiError
+from serving.metrics import IngressMetrics
+
+SAMPLES_PATH = "/v1/samples"
+
+
+async def send_error(send: Any, err: ApiError) -> None:
+    """Answer `err` as the API's JSON error body, straight on the ASGI channel."""
+    body = json.dumps(err.to_json()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in (err.headers() or {}).items()]
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodySizeLimit:
+    """Bodies over `app.state.max_body_bytes` get 413 before any parsing. Counts the bytes received, so a
+    body without Content-Length (chunked) is bounded too. The `model` and `sampler` of a JSON body go into
+    the request's state as received, for RequestMetrics' tags."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = getattr(scope["app"].state, "max_body_bytes", 64 * 1024)
+        too_big = ApiError("body", f"request body over {limit} bytes", 413)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await send_error(send, too_big)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > limit:
+                return await send_error(send, too_big)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        tag_request(scope, body)
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def tag_request(scope: dict, body: bytes) -> None:
+    """Put the body's `model` and `sampler` (any JSON type, or absent) into the request's state."""
+    try:
+        fields = json.loads(body) if body else None
+    except ValueError:  # not JSON: the route answers 400
+        return
+    if isinstance(fields, dict):
+        state = scope.setdefault("state", {})
+        state["model"], state["sampler"] = fields.get("model"), fields.get("sampler")
+
+
+class RequestMetrics:
+    """Counts every answer of POST /v1/samples by model, sampler and status, and times the 200s.
+
+    BodySizeLimit puts the request's `model` and `sampler` into its state as received; only known values
+    become tags (anything else, of any JSON type, is "unknown"), so label sets stay bounded. An exception
+    that escapes the app is counted as 500 here before the server answers it."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self._metrics: IngressMetrics | None = None  # made on first use, inside the replica's process
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("path") != SAMPLES_PATH:
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        status = 500
+        scope.setdefault("state", {})  # BodySizeLimit writes the tags into this dict; read back in _record
+
+        async def send_status(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        except Exception:
+            status = 500
+            raise
+        finally:
+            self._record(scope, status, time.perf_counter() - t0)
+
+    def _record(self, scope: dict, status: int, seconds: float) -> None:
+        if self._metrics is None:
+            self._metrics = IngressMetrics()
+        state = scope.get("state") or {}
+        model_ids = getattr(scope["app"].state, "model_ids", frozenset())
+        model, sampler = state.get("model"), state.get("sampler")
+        model = model if isinstance(model, str) and model in model_ids else "unknown"
+        sampler = sampler if isinstance(sampler, str) and sampler in SAMPLERS else "unknown"
+        self._metrics.record(model, sampler, status, seconds)

@@ -1,0 +1,167 @@
+"""The HTTP contract: request and response bodies, per-model metadata, the error body.
+
+Pydantic checks types only (unknown fields, strict integers, finite floats); every range and every check
+that depends on the model is `sampling.request.validate`'s, called once by the ingress. Any refusal is an
+`ApiError(field, message, status)` -> a JSON body `{"error": {status, field, message}}`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sampling.request import Limits, SampleSpec
+from sampling.samplers import SAMPLERS, SPACINGS, samplers_for
+from training.checkpoint import read_manifest
+from training.paths import Objective, objective_from_dict
+
+StrictInt = Annotated[int, Field(strict=True)]
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+
+class ApiError(Exception):
+    """A request refused with HTTP `status`; `field` names the offending field ("body" for the whole).
+    `retry_after` (seconds) goes into a Retry-After header."""
+
+    def __init__(self, field: str, message: str, status: int = 422, retry_after: int | None = None) -> None:
+        super().__init__(field, message, status, retry_after)
+        self.field = field
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_json(self) -> dict[str, Any]:
+        return {"error": {"status": self.status, "field": self.field, "message": self.message}}
+
+    def headers(self) -> dict[str, str] | None:
+        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else None
+
+
+class SampleRequest(BaseModel):
+    """POST /v1/samples. Unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = Field(description="model id, as listed by GET /v1/models")
+    sampler: str = Field(description="one of the model's samplers (GET /v1/models/{id}: samplers)")
+    steps: StrictInt = Field(description="step budget K in [1, max_steps] (fm-rk4 runs 4 net evaluations a step)")
+    num_samples: StrictInt = Field(1, description="samples to draw, in [1, the model's max_num_samples]")
+    guidance: FiniteFloat | None = Field(
+        None, description="classifier-free guidance weight w: uncond + w (cond - uncond); needs class_label"
+    )
+    class_label: StrictInt | None = Field(None, description="class to draw, or null for unconditional")
+    seed: StrictInt | None = Field(
+        None, description="seed in [0, 2^63 - 1]; drawn by the server and returned if absent"
+    )
+    eta: FiniteFloat | None = Field(None, description="ddim only: 0 deterministic .. 1 DDPM-like noise")
+    spacing: str | None = Field(None, description=f"ddpm / ddim only: timestep spacing, one of {list(SPACINGS)}")
+    format: Literal["json", "png"] = Field(
+        "json", description="json: samples as nested lists; png: a base64 image (image grid or scatter plot)"
+    )
+
+    def to_spec(self, seed: int) -> SampleSpec:
+        return SampleSpec(
+            sampler=self.sampler,
+            steps=self.steps,
+            num_samples=self.num_samples,
+            guidance=self.guidance,
+            class_label=self.class_label,
+            seed=seed,
+            eta=self.eta,
+            spacing=self.spacing,
+        )
+
+
+class Timing(BaseModel):
+    queue_ms: float = Field(description="waiting in the engine before the first net call")
+    compute_ms: float = Field(description="from joining the engine to the last step")
+    total_ms: float = Field(description="from the ingress receiving the request to the response")
+
+
+class SampleResponse(BaseModel):
+    model: str
+    sampler: str
+    steps: int
+    num_samples: int
+    guidance: float | None
+    class_label: int | None
+    seed: int
+    nfe: int = Field(description="net evaluations run per sample: steps x evals per step, x2 when guided")
+    shape: list[int] = Field(description="[num_samples, *data shape]")
+    samples: list | None = Field(description="data-space samples (images in [0, 1]); null for format png")
+    image: str | None = Field(None, description="base64 PNG for format png")
+    timing: Timing
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What GET /v1/models/{id} tells about a served model (read from its manifest, no weights)."""
+
+    id: str
+    kind: str  # objective kind: "ddpm" or "fm"
+    objective: dict[str, Any]
+    net: dict[str, Any]
+    data_kind: str
+    data_shape: list[int]
+    num_classes: int
+    null_label: int
+    classes: list[int]
+    samplers: list[str]
+    backend: str
+    limits: Limits
+    training_steps: int | None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelInfo:
+        """Inverse of dataclasses.asdict."""
+        return cls(**{**d, "limits": Limits(**d["limits"])})
+
+    def objective_obj(self) -> Objective:
+        return objective_from_dict(self.objective)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["sampler_options"] = {s: list(SAMPLERS[s].options) for s in self.samplers}
+        out["spacings"] = list(SPACINGS) if self.kind == "ddpm" else []
+        return out
+
+
+def model_info(name: str, checkpoint_dir: str | Path, backend: str, limits: Limits) -> ModelInfo:
+    m = read_manifest(checkpoint_dir)
+    kind = m["objective"]["kind"]
+    num_classes = int(m["data"]["num_classes"])
+    return ModelInfo(
+        id=name,
+        kind=kind,
+        objective=m["objective"],
+        net={"kind": m["net"]["kind"], **m["net"].get("hparams", {})},
+        data_kind=m["data"]["kind"],
+        data_shape=list(m["data"]["shape"]),
+        num_classes=num_classes,
+        null_label=int(m["data"]["null_label"]),
+        classes=list(range(num_classes)),
+        samplers=samplers_for(objective_from_dict(m["objective"])),
+        backend=backend,
+        limits=limits,
+        training_steps=m.get("training", {}).get("steps"),
+    )
+
+
+def error_from_pydantic(errors: list[dict[str, Any]]) -> ApiError:
+    """The first pydantic / FastAPI validation error as an ApiError naming its field."""
+    err = errors[0] if errors else {"loc": ("body",), "msg": "invalid request", "type": "value_error"}
+    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+    field = ".".join(loc) if loc and err.get("type") != "json_invalid" else "body"
+    if err.get("type") == "json_invalid":
+        return ApiError("body", f"body is not valid JSON: {err.get('ctx', {}).get('error', err['msg'])}", 400)
+    if err.get("type") == "extra_forbidden":
+        return ApiError(field, f"unknown field {field!r}")
+    if err.get("type") == "model_attributes_type" or field == "body":
+        return ApiError("body", "body must be a JSON object with the request's fields")
+    return ApiError(field, f"{field}: {err.get('msg', 'invalid value')}")

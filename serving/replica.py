@@ -1,0 +1,90 @@
+"""A model's replica: the checkpoint, a backend and the step-level engine over it.
+
+It takes requests the HTTP edge has already validated (`sampling.request.validate`) and trusts them.
+Results and refusals cross the Ray handle typed: a `SampleOutput`, or `Overloaded` (the engine is full;
+the edge answers 503 with the engine's Retry-After).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ray
+from ray import serve
+
+from sampling.request import SampleSpec, prepare, to_data_space
+from serving.backends import load_backend
+from serving.engine import Engine, EngineLimits, Overloaded
+from serving.metrics import ModelMetrics
+from training.checkpoint import load_checkpoint
+
+
+@dataclass(frozen=True)
+class SampleOutput:
+    """samples (N, *shape) float32 in data space; nfe as the API reports it; engine times in seconds."""
+
+    samples: np.ndarray
+    nfe: int
+    queue_s: float
+    compute_s: float
+
+
+def replica_cpus() -> int:
+    """Whole CPUs this replica was given (ray_actor_options.num_cpus, at least 1): torch's thread count.
+    Ray sets OMP_NUM_THREADS, but torch's intra-op pool must be sized explicitly to match."""
+    try:
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    except Exception:  # outside Ray (in-process benchmarks)
+        cpus = 1.0
+    return max(1, math.floor(cpus))
+
+
+class ModelReplica:
+    """One model's replica: a backend and the step-level engine over it."""
+
+    def __init__(
+        self,
+        name: str,
+        path: str,
+        backend: str = "torch",
+        backend_options: dict[str, Any] | None = None,
+        engine: dict[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.ckpt = load_checkpoint(path)
+        options = dict(backend_options or {})
+        if backend in ("torch", "onnxruntime"):  # both would otherwise size their pools to every core
+            options.setdefault("num_threads", replica_cpus())
+        self.backend = load_backend(backend, self.ckpt, **options)
+        self.metrics = ModelMetrics(name)
+        self.engine = Engine(self.backend, self.ckpt.null_label, EngineLimits(**(engine or {})), self.metrics.on_tick)
+
+    async def sample(self, spec: SampleSpec) -> SampleOutput:
+        """Run a validated request; raises Overloaded when the engine's bounds are full."""
+        job = prepare(self.ckpt, spec)
+        self.metrics.set_in_flight(self._load() + 1)
+        try:
+            res = await self.engine.submit(job.sampler, job.labels, spec.guidance)
+        except Overloaded:
+            self.metrics.rejected("engine_full")
+            raise
+        finally:
+            self.metrics.set_in_flight(self._load())
+        self.metrics.finished(spec.sampler, spec.steps, res.nfe, spec.num_samples, res.queue_s)
+        return SampleOutput(to_data_space(self.ckpt, res.samples), res.nfe, res.queue_s, res.compute_s)
+
+    def _load(self) -> int:
+        s = self.engine.stats()
+        return s.in_flight + s.queued
+
+    async def load(self) -> dict[str, int]:
+        """This replica's engine: requests in flight and queued, rows in flight, ticks run."""
+        s = self.engine.stats()
+        return {"in_flight": s.in_flight, "queued": s.queued, "rows_in_flight": s.rows_in_flight, "ticks": s.ticks}
+
+
+# The config's `deployments` section overrides these defaults (replicas, autoscaling, resources).
+ModelServer = serve.deployment(max_ongoing_requests=512)(ModelReplica)
