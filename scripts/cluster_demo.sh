@@ -86,7 +86,10 @@ wait_nodes() {
 start_node head 0 '{"head_node": 1}' --head --port=$GCS_PORT --include-dashboard=true \
   --dashboard-host=127.0.0.1 --dashboard-port=$DASHBOARD_PORT --ray-client-server-port=$((BASE + 9))
 wait_nodes 1
+# One node at a time: `ray start` gives up when its raylet has not registered within 30 s, which a busy
+# 2-core machine can exceed when several start at once.
 start_node worker-1 1 '{"worker_node": 1}' --address=127.0.0.1:$GCS_PORT
+wait_nodes 2
 start_node worker-2 2 '{"worker_node": 1}' --address=127.0.0.1:$GCS_PORT
 wait_nodes 3
 

@@ -149,8 +149,23 @@ class LocalRayCluster:
         assert self.gcs_port, "start the head first"
         return self._start(name, [f"--address=127.0.0.1:{self.gcs_port}"], resources, num_cpus)
 
+    def add_node_and_wait(self, name: str, resources: dict[str, float], num_cpus: float = 2, tries: int = 2) -> Node:
+        """add_node, then wait until the GCS sees it alive. `ray start` gives up when its raylet has not
+        registered within 30 s (fixed in Ray), which a busy 2-core machine can exceed: then once more."""
+        for attempt in range(1, tries + 1):
+            node = self.add_node(name, resources, num_cpus)
+            try:
+                self.wait_nodes({n.name for n in self.nodes if not n.lost})
+                return node
+            except RuntimeError:
+                if attempt == tries or node.proc.poll() is None:
+                    raise
+                node.lost = True  # its session is still signalled by stop()
+                _signal_session(node.sid, signal.SIGKILL)
+        raise AssertionError("unreachable")
+
     def node(self, name: str) -> Node:
-        return next(n for n in self.nodes if n.name == name)
+        return next(n for n in self.nodes if n.name == name and not n.lost)
 
     # --- the dashboard's REST API (state API) ---------------------------------------------------------
 

@@ -88,7 +88,7 @@ class Served:
         self.cluster.serve("deploy", str(path))
         self.wait_running({SCALE_MODEL: moons_fm_replicas})
 
-    def wait_running(self, replicas: dict[str, int], timeout_s: float = 180) -> dict[str, Any]:
+    def wait_running(self, replicas: dict[str, int], timeout_s: float = 300) -> dict[str, Any]:
         """Until the app is RUNNING with these RUNNING replica counts (others 1) and /healthz answers 200."""
         want = {m: replicas.get(m, 1) for m in (*MODELS, "Ingress")}
         deadline = time.monotonic() + timeout_s
@@ -122,9 +122,8 @@ def served() -> Served:
         t0 = time.monotonic()
         cluster.start_head({"head_node": 1}, num_cpus=2, system_config=SYSTEM_CONFIG)
         cluster.wait_nodes({"head"})
-        for w in WORKERS:
-            cluster.add_node(w, {"worker_node": 1}, num_cpus=2)
-        cluster.wait_nodes({"head", *WORKERS})
+        for w in WORKERS:  # one at a time: less for a busy machine to start at once
+            cluster.add_node_and_wait(w, {"worker_node": 1}, num_cpus=2)
         t1 = time.monotonic()
         s = Served(cluster, f"http://127.0.0.1:{http_port}", http_port, work)
         s.deploy(moons_fm_replicas=2)
@@ -260,25 +259,33 @@ def test_cluster_serves_from_config(served: Served) -> None:
 
 def test_scale_out_spreads_and_stays_deterministic(served: Served) -> None:
     """Two replicas of one model on two nodes: concurrent requests reach both (per-replica metrics on each node's
-    Prometheus port) and a seeded request gives the same samples whichever replica answers."""
+    Prometheus port) and a seeded request gives the same samples whichever replica answers. Serve's router picks
+    the shorter of two replica queues, so a burst may go to one replica; bursts repeat (at most 5) until both
+    replicas have served some of them."""
     cluster = served.cluster
     before = settle_metrics(cluster, SCALE_MODEL)
-    body = {"model": SCALE_MODEL, **REQUEST[SCALE_MODEL], "seed": 1234}
+    body = {"model": SCALE_MODEL, "sampler": "fm-euler", "steps": 20, "num_samples": 256, "seed": 1234}
     n = 24
 
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=60) as c:
             return await asyncio.gather(*(c.post(f"{served.base}/v1/samples", json=body) for _ in range(n)))
 
-    responses = asyncio.run(burst())
-    assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
-    after = settle_metrics(cluster, SCALE_MODEL)
-    delta = metrics_delta(before, after)
-    by_node = Counter()
-    for key, v in delta.items():
-        by_node[key.split("/")[0]] += v
-    report("scale_out_same_seed_requests_by_replica", delta)
-    assert sum(delta.values()) >= n, f"replica counters missed requests: {delta}"
+    responses: list[httpx.Response] = []
+    by_node: Counter = Counter()
+    bursts = 0
+    while bursts < 5:
+        bursts += 1
+        responses += asyncio.run(burst())
+        assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
+        delta = metrics_delta(before, settle_metrics(cluster, SCALE_MODEL))
+        by_node = Counter()
+        for key, v in delta.items():
+            by_node[key.split("/")[0]] += v
+        if all(by_node[w] > 0 for w in WORKERS):
+            break
+    report("scale_out_same_seed_requests_by_replica", {"bursts": bursts, "requests": len(responses), **delta})
+    assert sum(delta.values()) >= len(responses), f"replica counters missed requests: {delta}"
     assert all(by_node[w] > 0 for w in WORKERS), f"requests did not reach both nodes' replicas: {delta}"
     first = responses[0].json()["samples"]
     assert all(r.json()["samples"] == first for r in responses), "same seed, different samples across replicas"
