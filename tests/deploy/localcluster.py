@@ -259,7 +259,7 @@ class LocalRayCluster:
         for node in reversed(self.nodes):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 node.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        # `ray start --block` drains for up to 30 s on SIGTERM; whatever is left of our groups is killed now.
+        # `ray start --block` drains for up to 30 s on SIGTERM; whatever is left of those sessions is killed now.
         for node in self.nodes:
             _signal_session(node.sid, signal.SIGKILL)
         for node in self.nodes:
