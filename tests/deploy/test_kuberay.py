@@ -60,7 +60,8 @@ def strict(schema: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def crd() -> dict[str, Any]:
-    return yaml.safe_load(CRD.read_text())
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: the CRD is 1 MB of YAML
+    return yaml.load(CRD.read_text(), Loader=loader)
 
 
 @pytest.fixture(scope="module")
