@@ -6,7 +6,7 @@ PYTHON  := $(BIN)/python
 STAMP   := $(VENV)/.installed
 MODELS  := moons-ddpm moons-fm digits-ddpm digits-fm
 
-.PHONY: install test test-fast bench train export lint format serve clean help
+.PHONY: install test test-fast bench train export lint format serve cluster-demo clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -21,6 +21,9 @@ install: $(STAMP)  ## create .venv and install pinned dependencies (CPU torch)
 
 serve: install  ## serve the default models on http://127.0.0.1:8000 (local Ray; trains missing models first)
 	scripts/serve.sh
+
+cluster-demo: install  ## a 3-node Ray cluster on this machine (head + 2 workers), the app deployed with `serve deploy`; Ctrl-C stops it
+	scripts/cluster_demo.sh
 
 test: install  ## the whole test suite, slow end-to-end tests included
 	$(BIN)/pytest -q tests

@@ -3,8 +3,8 @@
 #
 #   scripts/gpu_check.sh [OUT_DIR]          (default bench-results/gpu)
 #
-# Needs a CUDA build of torch; onnxruntime-gpu and tensorrt (`pip uninstall -y onnxruntime &&
-# pip install -e '.[gpu]'`) add their variants, which are otherwise skipped with the reason recorded.
+# Needs a CUDA build of torch; onnxruntime-gpu and tensorrt (the `gpu` extra, installed as docs/export.md
+# says) add their variants, which are otherwise skipped with the reason recorded.
 # Writes OUT_DIR/gpu-check.json (environment, test outcome) and OUT_DIR/gpu-bench.json (latencies).
 set -uo pipefail
 cd "$(dirname "$0")/.."
