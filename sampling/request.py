@@ -44,10 +44,15 @@ class Limits:
     max_num_samples: int = 256
     guidance_min: float = 0.0
     guidance_max: float = 20.0
+    # A request's work: rows (num_samples, x2 when guided) x net evaluations (steps x evaluations per step).
+    # None: unbounded. It bounds what one request may cost, whatever its fields look like one by one.
+    max_work: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_steps < 1 or self.max_num_samples < 1 or not self.guidance_min <= self.guidance_max:
             raise ValueError(f"invalid limits {self}")
+        if self.max_work is not None and self.max_work < 1:
+            raise ValueError(f"invalid limits {self}: max_work must be >= 1")
 
 
 # In-process sampling has no per-model sample cap and takes any finite guidance weight.
@@ -66,6 +71,21 @@ class SampleSpec:
     seed: int = 0
     eta: float | None = None
     spacing: str | None = None
+
+    @property
+    def rows(self) -> int:
+        """Net rows per evaluation: num_samples, twice that when guided (cond and null-label rows)."""
+        return self.num_samples * (2 if self.guidance is not None else 1)
+
+    @property
+    def evaluations(self) -> int:
+        """Net evaluations the sampler asks for: steps x its evaluations per step."""
+        return self.steps * SAMPLERS[self.sampler].evals_per_step
+
+    @property
+    def work(self) -> int:
+        """Rows x evaluations: what the request costs the net."""
+        return self.rows * self.evaluations
 
     @property
     def options(self) -> dict[str, float | str]:
@@ -117,6 +137,15 @@ def validate(spec: SampleSpec, objective: Objective, num_classes: int, limits: L
         raise InvalidRequest("eta", f"eta must be in [0, 1], got {spec.eta}")
     if spec.spacing is not None and spec.spacing not in SPACINGS:
         raise InvalidRequest("spacing", f"spacing must be one of {list(SPACINGS)}, got {spec.spacing!r}")
+    if limits.max_work is not None and spec.work > limits.max_work:
+        guided = " x 2 (guided)" if spec.guidance is not None else ""
+        per_step = SAMPLERS[spec.sampler].evals_per_step
+        raise InvalidRequest(
+            "steps",
+            f"request too large: num_samples {spec.num_samples}{guided} x steps {spec.steps} x {per_step} net "
+            f"evaluation(s) per {spec.sampler} step = {spec.work} row evaluations, over this model's max_work "
+            f"{limits.max_work}; lower steps or num_samples (or drop guidance)",
+        )
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ class AppArgs(BaseModel):
     limits: dict[str, Any] = Field(default_factory=dict)
     engine: dict[str, Any] = Field(default_factory=dict)
     max_body_bytes: int = 64 * 1024
+    body_timeout_s: float = 10.0  # a request body must arrive within this (else 408)
     # Deployment options by deployment name, for applications built in code (tests, benchmarks); in a
     # Serve config file use its `deployments` section instead, which takes precedence over these.
     deployment_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -76,7 +77,7 @@ def assemble(args: dict[str, Any], server: serve.Deployment = ModelServer) -> se
     a = AppArgs.model_validate(args)
     handles, infos = model_deployments(a, server)
     ingress = Ingress.options(name="Ingress", **a.deployment_options.get("Ingress", {}))
-    return ingress.bind(handles, infos, a.max_body_bytes)
+    return ingress.bind(handles, infos, a.max_body_bytes, a.body_timeout_s)
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:

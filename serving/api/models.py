@@ -43,6 +43,34 @@ class ApiError(Exception):
         return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else None
 
 
+class ErrorDetail(BaseModel):
+    status: int = Field(description="the HTTP status, repeated")
+    field: str | None = Field(description="the offending field ('body' for the whole body), null for a 500")
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every refusal's body."""
+
+    error: ErrorDetail
+
+
+_WHEN = {
+    400: "body is not valid JSON",
+    404: "unknown model",
+    408: "the body did not arrive in time",
+    413: "body too large",
+    422: "a field is invalid or does not fit the model (the field is named)",
+    429: "over the key's rate or in-flight quota (Retry-After)",
+    503: "the model is at capacity or has no live replica (Retry-After)",
+    504: "the request ran past the server's time limit",
+}
+# OpenAPI `responses` of the routes: every status the service answers besides 200, with its body.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text} for status, text in _WHEN.items()
+}
+
+
 class SampleRequest(BaseModel):
     """POST /v1/samples. Unknown fields are refused."""
 
