@@ -9,12 +9,14 @@ behind a K = 500 one.
 
 Bounds (`EngineLimits`): rows per tick (a request is admitted only when its rows fit beside the
 others; a lone request is always admitted, validation keeps it within the bound), requests in flight
-and waiting requests, and the predicted wait for the answer. Waiting is bounded by work, not by count:
-each request carries its work (rows x net evaluations), and `submit` predicts how long a new request
-would take to answer, from the replica's latency model (`serving.latency.TickModel`, tick seconds as a
-function of rows): when its rows fit the next tick, its evaluations at the tick time of the rows in
-flight plus its own; else the work ahead of it (every in-flight and queued request's remaining rows x
-evaluations) at the full-tick throughput, then its evaluations at the full-tick time. Past `max_wait_s`,
+and waiting requests, and the predicted wait. Waiting is bounded by work, not by count: each request
+carries its work (rows x net evaluations), and `submit` predicts how much longer than alone a new
+request would take because of the others, from the replica's latency model (`serving.latency.TickModel`,
+tick seconds as a function of rows): when its rows fit the next tick, its evaluations times the extra
+tick time of the rows in flight; else the work ahead of it (every in-flight and queued request's
+remaining rows x evaluations) at the full-tick throughput, plus its evaluations times the extra time of
+a full tick. A request on an idle replica waits 0 whatever its size (the work cap bounds size). Past
+`max_wait_s`,
 or past the count bounds, `submit` raises `Overloaded` at once, with a Retry-After from that prediction
 (the time for the work ahead to drain below the bound), instead of letting latency grow without limit.
 A request that runs past `request_timeout_s` leaves the engine (its rows are freed) and raises
@@ -52,7 +54,7 @@ class EngineLimits:
     max_rows_per_tick: int = 4096
     max_in_flight: int = 64
     max_queue: int = 256
-    max_wait_s: float = 5.0  # refuse a request whose predicted wait for its answer (queue + run) exceeds this
+    max_wait_s: float = 5.0  # refuse a request predicted to take longer than this beyond its time alone
     request_timeout_s: float = 300.0  # a request still running after this leaves the engine
 
     def __post_init__(self) -> None:
@@ -64,6 +66,10 @@ class EngineLimits:
 
 class RequestTimeout(RuntimeError):
     """A request ran past the engine's request_timeout_s and was dropped."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 class Overloaded(RuntimeError):
@@ -165,17 +171,19 @@ class Engine:
         return sum(j.work_left for j in self._active) + sum(j.work_left for j in self._queue)
 
     def predicted_wait(self, rows: int, evaluations: int) -> float:
-        """Seconds until a new request of `rows` rows x `evaluations` evaluations would be answered: its
-        evaluations at the tick time with its rows beside those in flight when it fits the next tick, else
-        the work ahead at the full-tick throughput and then its evaluations at the full-tick time."""
+        """Seconds a new request of `rows` rows x `evaluations` evaluations would take beyond its time alone:
+        when it fits the next tick, its evaluations times the extra tick time of the rows in flight; else
+        the work ahead at the full-tick throughput plus its evaluations times the extra time of a full tick."""
         lim = self.limits
+        model = self.tick_model
+        alone = model.tick_s(rows)
         in_flight_rows = sum(j.rows for j in self._active)
         fits = in_flight_rows + rows <= lim.max_rows_per_tick or not self._active
         if not self._queue and fits and len(self._active) < lim.max_in_flight:
-            return evaluations * self.tick_model.tick_s(in_flight_rows + rows)
+            return evaluations * (model.tick_s(in_flight_rows + rows) - alone)
         full = lim.max_rows_per_tick
-        tick = self.tick_model.tick_s(full)
-        return self.work_ahead() * tick / full + evaluations * tick
+        tick = model.tick_s(full)
+        return self.work_ahead() * tick / full + evaluations * max(tick - alone, 0.0)
 
     async def submit(
         self, gen: SamplerGen, y: Tensor, guidance: float | None = None, evaluations: int | None = None

@@ -147,9 +147,10 @@ class Ingress:
             except REPLICA_LOST:
                 return await self.handles[model].sample.remote(spec)
         except Overloaded as e:
-            raise ApiError("model", f"{model} is at capacity ({e}); retry later", 503, e.retry_after) from None
+            # e.message, not str(e): across the handle the exception carries the replica's traceback
+            raise ApiError("model", f"{model} is at capacity ({e.message}); retry later", 503, e.retry_after) from None
         except RequestTimeout as e:
-            raise ApiError("body", f"{model}: {e}; ask for fewer steps or samples", 504) from None
+            raise ApiError("body", f"{model}: {e.message}; ask for fewer steps or samples", 504) from None
         except UNAVAILABLE as e:
             raise ApiError("model", f"{model} is unavailable right now ({type(e).__name__})", 503, 1) from None
 
