@@ -8,8 +8,8 @@ import torch
 
 from sampling import samplers
 from sampling.driver import run_sampler
-from sampling.request import InvalidRequest, Limits, SampleSpec, initial_noise, validate
 from sampling.guidance import labels
+from sampling.request import InvalidRequest, Limits, SampleSpec, initial_noise, validate
 from sampling.samplers.spacing import timesteps
 from tests.oracles import (
     ClassGaussiansFM,
