@@ -50,6 +50,11 @@ GRID = {
 }
 QUICK = {name: ks[::3] for name, ks in GRID.items()}
 DOPRI5_TOLS = [3e-1, 1e-1, 3e-2, 1e-2, 1e-3, 1e-4]
+# Cosine's alpha_bar at t = 999 is 2.4e-9 (beta clipped at 0.999), so an eps net's x0 = (x - sigma eps) / alpha
+# multiplies its error by 1 / alpha = 2e4 at the first step of any grid that starts at t = 999 (trailing,
+# linspace): every sampler then fails (SW ratio in the thousands). Leading starts at T // K (K + 1 for
+# dpm-solver++) steps below it; the frontier uses it for this model and keeps one trailing point to show why.
+SPACING = {"moons-ddpm-cosine": "leading"}
 THRESHOLDS = (1.3, 2.0)
 # The teaching text's rule-of-thumb K ("visibly good", "recognizable but rough") on 32-256 px images;
 # RK4 spends 4 evaluations a step.
@@ -89,10 +94,23 @@ def moons_frontier(models: Path, quick: bool, n: int) -> list[dict]:
                 if name == "fm-dopri5"
                 else [{"steps": k} for k in grid[name]]
             )
+            if model in SPACING and "spacing" in samplers.SAMPLERS[name].options:
+                settings = [{**s, "spacing": SPACING[model]} for s in settings]
             for s in settings:
                 x, nfe = draw(ckpt, net, SampleSpec(name, num_samples=n, seed=1, **s))
                 rows.append({"model": model, "sampler": name, **s, "nfe": nfe, "sw_ratio": round(sw_ratio(x), 3)})
                 print(f"{model:18s} {name:13s} {s} nfe={nfe:.0f} sw={rows[-1]['sw_ratio']:.3f}", flush=True)
+        if model in SPACING:
+            x, nfe = draw(ckpt, net, SampleSpec("dpm-solver++", 20, n, seed=1, spacing="trailing"))
+            rows.append(
+                {
+                    "model": model,
+                    "sampler": "dpm-solver++ trailing",
+                    "steps": 20,
+                    "nfe": nfe,
+                    "sw_ratio": round(sw_ratio(x), 3),
+                }
+            )
     return rows
 
 
@@ -256,14 +274,21 @@ def observations(rows: list[dict]) -> list[str]:
             f"- {name} on {model}: SW <= 1.3 at {fmt(got)} NFE, {verdict} the lesson's 'visibly good' "
             f"{good * LESSON_EVALS[name]} NFE."
         )
-    for k in (10, 50):
-        lin, cos = at("moons-ddpm", "ddim", k), at("moons-ddpm-cosine", "ddim", k)
+    for name, k in (("ddim", 10), ("ddim", 50), ("dpm-solver++", 10)):
+        lin, cos = at("moons-ddpm", name, k), at("moons-ddpm-cosine", name, k)
         if lin is not None and cos is not None:
             better = "cosine" if cos < lin else "linear"
             out.append(
-                f"- Schedule, DDIM K = {k}: linear {lin}, cosine {cos} ({better} better). The lesson expects linear to "
-                "be fine in 2-D and cosine to matter on images, where linear's alpha_bar_T collapses."
+                f"- Schedule, {name} K = {k}: linear (trailing) {lin}, cosine (leading) {cos} ({better} better). The "
+                "lesson expects linear to be fine in 2-D and cosine to matter on images."
             )
+    broken = at("moons-ddpm-cosine", "dpm-solver++ trailing", 20)
+    if broken is not None:
+        out.append(
+            f"- Not in the lesson: cosine + eps with a grid starting at t = 999 (trailing) fails, dpm-solver++ K = 20 "
+            f"scores {broken}: alpha_bar_999 = 2.4e-9, so x0 = (x - sigma eps) / alpha multiplies the net's eps error "
+            "by 2e4. A v or x0 target (x0 = alpha x - sigma v) or a grid that starts lower (leading) avoids it."
+        )
     for k in (10, 50):
         vals = {t: at(f"moons-ddpm{s}", "ddim", k) for t, s in (("eps", ""), ("v", "-v"), ("x0", "-x0"))}
         if None not in vals.values():
