@@ -5,7 +5,8 @@
 Sections: quality (bench.quality: quality against K, sampler overhead, training speed), export
 (bench.export: onnxruntime against torch per evaluation), serving (bench.serving: served throughput,
 step-level against request-level batching, lone-request overhead), backends (bench.backends: served
-throughput with onnxruntime against torch). Each writes its own JSON file; `summary.json` lists what ran
+throughput with onnxruntime against torch), reliability (bench.reliability: goodput and latency at 1x, 2x
+and 3x capacity). Each writes its own JSON file; `summary.json` lists what ran
 and how long it took. On a GPU machine, `python -m bench.gpu` (run by scripts/gpu_check.sh).
 """
 
@@ -23,6 +24,7 @@ SECTIONS = {
     "export": "bench.export",
     "serving": "bench.serving",
     "backends": "bench.backends",
+    "reliability": "bench.reliability",
 }
 
 
