@@ -14,6 +14,7 @@ and node add up in Prometheus. The series (names as scraped):
     ray_stepserve_tick_rows{model}                          rows per engine tick (histogram)
     ray_stepserve_requests_in_flight{model}                 requests in the engine, per replica (gauge)
     ray_stepserve_rejections_total{model, reason}           requests refused by the engine's bounds
+    ray_stepserve_auth_requests_total{key_id, outcome}      requests seen by the API-key check (auth only)
 """
 
 from __future__ import annotations
@@ -90,6 +91,9 @@ class ModelMetrics:
         )
         for metric in (self.queue_wait, self.net_rows, self.tick_rows, self.in_flight):
             metric.set_default_tags({"model": model})
+        # A gauge exists only once set: without this an idle replica (none served yet) has no series, and
+        # dashboards show "no data" instead of 0.
+        self.in_flight.set(0)
 
     def on_tick(self, rows: int, requests: int) -> None:
         self.tick_rows.observe(rows)
@@ -106,3 +110,19 @@ class ModelMetrics:
 
     def set_in_flight(self, n: int) -> None:
         self.in_flight.set(n)
+
+
+class AuthMetrics:
+    """Recorded by the ingress's API-key check (serving.api.auth). Keys appear only as their ids (a sha256
+    prefix); a request without a valid key is "none", so label sets stay bounded by the number of keys."""
+
+    def __init__(self) -> None:
+        self.requests = Counter(
+            "stepserve_auth_requests",
+            description="Requests seen by the API-key check, by key id and outcome "
+            "(accepted, missing, invalid, rate, in_flight).",
+            tag_keys=("key_id", "outcome"),
+        )
+
+    def record(self, key_id: str, outcome: str) -> None:
+        self.requests.inc(tags={"key_id": key_id, "outcome": outcome})

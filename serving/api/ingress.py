@@ -23,6 +23,9 @@ from ray.serve.handle import DeploymentHandle
 
 from sampling.render import render_base64
 from sampling.request import InvalidRequest, validate
+from serving.api.auth import ApiKeyAuth, configure_security
+from serving.api.docs import serve_docs_locally
+from serving.api.headers import HeaderLimits
 from serving.api.middleware import BodySizeLimit, RequestMetrics
 from serving.api.models import ApiError, ModelInfo, SampleRequest, SampleResponse, error_from_pydantic
 from serving.engine import Overloaded
@@ -36,7 +39,10 @@ api = FastAPI(
     version="0.1.0",
     description="Samples from diffusion (DDPM) and flow-matching models with a step budget K and guidance w.",
 )
+serve_docs_locally(api)  # /docs without a CDN
 api.add_middleware(BodySizeLimit)
+api.add_middleware(ApiKeyAuth)  # outside BodySizeLimit: a request without a valid key is refused unread
+api.add_middleware(HeaderLimits)  # outside ApiKeyAuth: an oversized Authorization header is refused first
 api.add_middleware(RequestMetrics)  # outermost: counts the body-size refusals too
 
 
@@ -69,13 +75,18 @@ class Ingress:
     """HTTP: validates requests, calls the model deployments through handles, renders responses."""
 
     def __init__(
-        self, models: dict[str, DeploymentHandle], infos: dict[str, dict[str, Any]], max_body_bytes: int
+        self,
+        models: dict[str, DeploymentHandle],
+        infos: dict[str, dict[str, Any]],
+        max_body_bytes: int,
+        security: dict[str, Any] | None = None,
     ) -> None:
         self.handles = models
         self.infos = {name: ModelInfo.from_dict(info) for name, info in infos.items()}
         self.objectives = {name: info.objective_obj() for name, info in self.infos.items()}
         api.state.max_body_bytes = max_body_bytes
         api.state.model_ids = frozenset(self.infos)
+        configure_security(api.state, security or {})  # API keys and header caps (serving.api.auth)
 
     def _info(self, model: str, field: str = "model") -> ModelInfo:
         info = self.infos.get(model)
