@@ -32,8 +32,26 @@ def swagger_static_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "static"
 
 
+def declare_bearer_auth(api: FastAPI) -> None:
+    """Describe the optional API key in the OpenAPI document, so Swagger UI shows "Authorize" and sends the
+    key. Optional (`{}` first): a deployment without `auth` needs none; /healthz needs none either way."""
+    build = api.openapi
+
+    def openapi() -> dict:
+        if api.openapi_schema is None:
+            schema = build()  # sets api.openapi_schema; amended in place once
+            schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+            schemes["bearer"] = {"type": "http", "scheme": "bearer", "description": "API key (when configured)"}
+            schema["security"] = [{}, {"bearer": []}]
+        return api.openapi_schema
+
+    api.openapi = openapi  # type: ignore[method-assign]
+
+
 def serve_docs_locally(api: FastAPI) -> None:
-    """Swap FastAPI's CDN-backed /docs (and /redoc) for a page whose assets this app serves itself."""
+    """Swap FastAPI's CDN-backed /docs (and /redoc) for a page whose assets this app serves itself, and
+    declare the bearer key in the OpenAPI document."""
+    declare_bearer_auth(api)
     static = swagger_static_dir()
     dropped = {api.docs_url, api.redoc_url, api.swagger_ui_oauth2_redirect_url}
     api.router.routes[:] = [r for r in api.router.routes if getattr(r, "path", None) not in dropped]

@@ -100,3 +100,6 @@ def test_docs_page_and_its_assets_come_from_the_app_not_a_cdn() -> None:
     assert client.get("/docs/static/..%2F__init__.py").status_code == 404
     assert client.get("/docs/static/index.html").status_code == 404
     assert client.get("/redoc").status_code == 404
+    schema = client.get("/openapi.json").json()
+    assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert schema["security"] == [{}, {"bearer": []}]
