@@ -82,8 +82,9 @@ def assemble(args: dict[str, Any], server: serve.Deployment = ModelServer) -> se
     a = AppArgs.model_validate(args)
     handles, infos = model_deployments(a, server)
     ingress = Ingress.options(name="Ingress", **a.deployment_options.get("Ingress", {}))
+    auth = a.auth.model_copy(update={"keys_file": resolve(a.auth.keys_file)}) if a.auth and a.auth.keys_file else a.auth
     security = {
-        "auth": a.auth.model_dump() if a.auth else None,
+        "auth": auth.model_dump() if auth else None,
         "max_headers": a.max_headers,
         "max_header_bytes": a.max_header_bytes,
     }

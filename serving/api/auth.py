@@ -24,6 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from serving.api.headers import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS
 from serving.api.middleware import send_error
 from serving.api.models import ApiError
 from serving.metrics import AuthMetrics
@@ -218,7 +219,7 @@ class ApiKeyAuth:
             self._count("none", "missing" if token is None else "invalid")
             msg = f"an API key is required: Authorization: Bearer <key> ({why})" if token is None else "invalid API key"
             return await send_error(send, AuthError(msg, invalid=token is not None))
-        wait = keys.take_token(kid)
+        wait = keys.take_token(kid)  # before the quota: a request refused for the quota still spent a token
         if wait > 0:
             self._count(kid, "rate")
             retry = max(1, math.ceil(wait))
@@ -230,7 +231,7 @@ class ApiKeyAuth:
             return await send_error(send, ApiError("authorization", msg, 429, 1))
         self._count(kid, "accepted")
         try:
-            scope.setdefault("state", {})["key_id"] = kid
+            scope.setdefault("state", {})["key_id"] = kid  # for routes and logs that want the caller's id
             await self.app(scope, receive, send)
         finally:
             keys.leave(kid)
@@ -245,8 +246,6 @@ def configure_security(state: Any, security: dict[str, Any]) -> None:
     """Set the app state the security middleware reads, from `security` (built by serving.app from AppArgs:
     `auth`, `max_headers`, `max_header_bytes`). Keys are read here, in the ingress replica, where the keys
     file and the environment variable must exist."""
-    from serving.api.headers import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS
-
     auth = security.get("auth")
     state.auth = ApiKeys.from_args(auth) if auth else None
     state.max_headers = security.get("max_headers", DEFAULT_MAX_HEADERS)
