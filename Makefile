@@ -5,8 +5,10 @@ BIN     := $(VENV)/bin
 PYTHON  := $(BIN)/python
 STAMP   := $(VENV)/.installed
 MODELS  := moons-ddpm moons-fm digits-ddpm digits-fm
+# Variants the knobs report compares with the defaults (schedule, target, path, net).
+KNOB_MODELS := moons-ddpm-cosine moons-ddpm-v moons-ddpm-x0 moons-fm-vp digits-fm-mlp
 
-.PHONY: install test test-fast bench train export lint format serve cluster-demo clean help
+.PHONY: install test test-fast bench knobs train export lint format serve cluster-demo clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -42,11 +44,14 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-train: install  ## train the four default models into models/
-	@for m in $(MODELS); do $(PYTHON) -m training --config configs/$$m.yaml --out models/$$m || exit 1; done
+train: install  ## train the default models and the knob variants into models/
+	@for m in $(MODELS) $(KNOB_MODELS); do $(PYTHON) -m training --config configs/$$m.yaml --out models/$$m || exit 1; done
 
 bench: install  ## benchmarks; JSON into bench-results/
 	$(PYTHON) -m bench --out bench-results
+
+knobs: install  ## the knobs report: docs/knobs.md and docs/img/knobs-*.png from the committed models
+	$(PYTHON) -m bench.knobs --models models --out docs
 
 clean:
 	rm -rf bench-results .pytest_cache

@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench.<name>`; product code never imports this package."""

@@ -33,6 +33,7 @@ MOONS_GRID = {
     "ddpm": [10, 20, 50, 100, 200, 500, 1000],
 }
 QUICK_GRID = {"fm-euler": [5, 20], "fm-rk4": [5, 20], "ddim": [10, 50], "ddpm": [50, 200]}
+# The low-K samplers (dpm-solver++, heun, fm-heun, fm-dopri5) are measured by `python -m bench.knobs`.
 
 
 def moons_quality(models: Path, quick: bool, n: int = 2000) -> list[dict]:
@@ -42,11 +43,11 @@ def moons_quality(models: Path, quick: bool, n: int = 2000) -> list[dict]:
         ckpt = load_checkpoint(models / model)
         net = ckpt.net("ema")
         for name in samplers.samplers_for(ckpt.objective):
-            for k in grid[name]:
+            for k in grid.get(name, []):
                 t0 = time.perf_counter()
                 with torch.inference_mode():
                     x = to_data_space(ckpt, sample(ckpt, net, SampleSpec(name, k, n, seed=1)))
-                nfe = k * samplers.SAMPLERS[name].evals_per_step
+                nfe = samplers.SAMPLERS[name].nfe(k)
                 rows.append(
                     {
                         "model": model,
@@ -105,7 +106,7 @@ def sampler_overhead(models: Path, quick: bool, batch: int = 256, repeats: int =
         net = ckpt.net("ema")
         x = torch.randn(batch, *ckpt.data_shape)
         t, y = torch.full((batch,), 0.5), torch.zeros(batch, dtype=torch.long)
-        nfe = k * samplers.SAMPLERS[name].evals_per_step
+        nfe = samplers.SAMPLERS[name].nfe(k)
         bare, full = [], []
         with torch.inference_mode():
             for _ in range(3):

@@ -44,10 +44,15 @@ class Limits:
     max_num_samples: int = 256
     guidance_min: float = 0.0
     guidance_max: float = 20.0
+    # A request's work: rows (num_samples, x2 when guided) x net evaluations (steps x evaluations per step).
+    # None: unbounded. It bounds what one request may cost, whatever its fields look like one by one.
+    max_work: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_steps < 1 or self.max_num_samples < 1 or not self.guidance_min <= self.guidance_max:
             raise ValueError(f"invalid limits {self}")
+        if self.max_work is not None and self.max_work < 1:
+            raise ValueError(f"invalid limits {self}: max_work must be >= 1")
 
 
 # In-process sampling has no per-model sample cap and takes any finite guidance weight.
@@ -66,18 +71,58 @@ class SampleSpec:
     seed: int = 0
     eta: float | None = None
     spacing: str | None = None
+    rtol: float | None = None
+    atol: float | None = None
+    max_nfe: int | None = None
 
     @property
-    def options(self) -> dict[str, float | str]:
+    def rows(self) -> int:
+        """Net rows per evaluation: num_samples, twice that when guided (cond and null-label rows)."""
+        return self.num_samples * (2 if self.guidance is not None else 1)
+
+    @property
+    def evaluations(self) -> int:
+        """Net evaluations the sampler will ask for; for an adaptive solver, its cap (max_nfe or its default)."""
+        nfe = SAMPLERS[self.sampler].nfe(self.steps)
+        if nfe is not None:
+            return nfe
+        return self.max_nfe if self.max_nfe is not None else 1 + 6 * self.steps
+
+    @property
+    def work(self) -> int:
+        """Rows x evaluations: what the request costs the net."""
+        return self.rows * self.evaluations
+
+    @property
+    def options(self) -> dict[str, float | str | int]:
         """The sampler options that are set."""
-        return {k: v for k, v in (("eta", self.eta), ("spacing", self.spacing)) if v is not None}
+        named = (
+            ("eta", self.eta),
+            ("spacing", self.spacing),
+            ("rtol", self.rtol),
+            ("atol", self.atol),
+            ("max_nfe", self.max_nfe),
+        )
+        return {k: v for k, v in named if v is not None}
 
 
-def max_steps(objective: Objective, limits: Limits) -> int:
-    """The largest K a request may ask: the limit, and for DDPM at most its T training timesteps."""
+# Adaptive solvers' tolerances: below ~1e-6 float32 round-off swamps the error estimate.
+TOL_MIN, TOL_MAX = 1e-6, 1.0
+MIN_NFE = 7  # one Dormand-Prince step: the first evaluation and one attempt of 6
+
+
+def max_steps(objective: Objective, limits: Limits, sampler: str | None = None) -> int:
+    """The largest K a request may ask: the limit, and for DDPM at most its T training timesteps (fewer for a
+    sampler whose grid needs extra timesteps)."""
     if objective.kind == "ddpm":
-        return min(limits.max_steps, objective.schedule.num_timesteps)
+        extra = SAMPLERS[sampler].grid_extra if sampler in SAMPLERS else 0
+        return min(limits.max_steps, objective.schedule.num_timesteps - extra)
     return limits.max_steps
+
+
+def max_nfe_cap(objective: Objective, limits: Limits) -> int:
+    """The largest max_nfe a request may ask: as many evaluations as max_steps Dormand-Prince steps."""
+    return 1 + 6 * max_steps(objective, limits)
 
 
 def validate(spec: SampleSpec, objective: Objective, num_classes: int, limits: Limits) -> None:
@@ -89,7 +134,7 @@ def validate(spec: SampleSpec, objective: Objective, num_classes: int, limits: L
         raise InvalidRequest(
             "sampler", f"sampler {spec.sampler!r} does not fit a {objective.kind} model; use one of {fits}"
         )
-    top = max_steps(objective, limits)
+    top = max_steps(objective, limits, spec.sampler)
     if not 1 <= spec.steps <= top:
         raise InvalidRequest("steps", f"steps must be in [1, {top}], got {spec.steps}")
     if not 1 <= spec.num_samples <= limits.max_num_samples:
@@ -117,6 +162,20 @@ def validate(spec: SampleSpec, objective: Objective, num_classes: int, limits: L
         raise InvalidRequest("eta", f"eta must be in [0, 1], got {spec.eta}")
     if spec.spacing is not None and spec.spacing not in SPACINGS:
         raise InvalidRequest("spacing", f"spacing must be one of {list(SPACINGS)}, got {spec.spacing!r}")
+    for name, tol in (("rtol", spec.rtol), ("atol", spec.atol)):
+        if tol is not None and not (math.isfinite(tol) and TOL_MIN <= tol <= TOL_MAX):
+            raise InvalidRequest(name, f"{name} must be in [{TOL_MIN}, {TOL_MAX}], got {tol}")
+    cap = max_nfe_cap(objective, limits)
+    if spec.max_nfe is not None and not MIN_NFE <= spec.max_nfe <= cap:
+        raise InvalidRequest("max_nfe", f"max_nfe must be in [{MIN_NFE}, {cap}], got {spec.max_nfe}")
+    if limits.max_work is not None and spec.work > limits.max_work:
+        guided = " x 2 (guided)" if spec.guidance is not None else ""
+        raise InvalidRequest(
+            "steps",
+            f"request too large: num_samples {spec.num_samples}{guided} x {spec.evaluations} net evaluations "
+            f"({spec.sampler}, steps {spec.steps}) = {spec.work} row evaluations, over this model's max_work "
+            f"{limits.max_work}; lower steps or num_samples (or drop guidance)",
+        )
 
 
 @dataclass(frozen=True)

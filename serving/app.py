@@ -43,6 +43,7 @@ class AppArgs(BaseModel):
     limits: dict[str, Any] = Field(default_factory=dict)
     engine: dict[str, Any] = Field(default_factory=dict)
     max_body_bytes: int = 64 * 1024
+    body_timeout_s: float = 10.0  # a request body must arrive within this (else 408)
     # Security at the HTTP edge (docs/security.md): optional API keys with per-key limits, header caps (431).
     auth: AuthArgs | None = None
     max_headers: int = Field(DEFAULT_MAX_HEADERS, ge=8)
@@ -88,7 +89,7 @@ def assemble(args: dict[str, Any], server: serve.Deployment = ModelServer) -> se
         "max_headers": a.max_headers,
         "max_header_bytes": a.max_header_bytes,
     }
-    return ingress.bind(handles, infos, a.max_body_bytes, security)
+    return ingress.bind(handles, infos, a.max_body_bytes, a.body_timeout_s, security)
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:

@@ -9,8 +9,18 @@ behind a K = 500 one.
 
 Bounds (`EngineLimits`): rows per tick (a request is admitted only when its rows fit beside the
 others; a lone request is always admitted, validation keeps it within the bound), requests in flight
-and waiting requests. Past the last two, `submit` raises `Overloaded` at once (HTTP 503 + Retry-After)
-instead of letting latency grow without limit.
+and waiting requests, and the predicted wait. Waiting is bounded by work, not by count: each request
+carries its work (rows x net evaluations), and `submit` predicts how much longer than alone a new
+request would take because of the others, from the replica's latency model (`serving.latency.TickModel`,
+tick seconds as a function of rows): when its rows fit the next tick, its evaluations times the extra
+tick time of the rows in flight; else the work ahead of it (every in-flight and queued request's
+remaining rows x evaluations) at the full-tick throughput, plus its evaluations times the extra time of
+a full tick. A request on an idle replica waits 0 whatever its size (the work cap bounds size). Past
+`max_wait_s`,
+or past the count bounds, `submit` raises `Overloaded` at once, with a Retry-After from that prediction
+(the time for the work ahead to drain below the bound), instead of letting latency grow without limit.
+A request that runs past `request_timeout_s` leaves the engine (its rows are freed) and raises
+`RequestTimeout`.
 
 A request's noise comes from its own torch.Generator, so its samples do not depend on its batch
 neighbours (up to float summation order inside the net's matmuls).
@@ -33,6 +43,7 @@ from torch import Tensor
 from sampling.guidance import combine, expand
 from sampling.samplers import Evaluation, SamplerGen
 from serving.backends.base import Backend
+from serving.latency import TickModel
 
 
 @dataclass(frozen=True)
@@ -43,10 +54,22 @@ class EngineLimits:
     max_rows_per_tick: int = 4096
     max_in_flight: int = 64
     max_queue: int = 256
+    max_wait_s: float = 5.0  # refuse a request predicted to take longer than this beyond its time alone
+    request_timeout_s: float = 300.0  # a request still running after this leaves the engine
 
     def __post_init__(self) -> None:
         if self.max_rows_per_tick < 1 or self.max_in_flight < 1 or self.max_queue < 0:
             raise ValueError(f"engine limits must be positive (max_queue >= 0), got {self}")
+        if not self.max_wait_s > 0 or not self.request_timeout_s > 0:
+            raise ValueError(f"max_wait_s and request_timeout_s must be > 0, got {self}")
+
+
+class RequestTimeout(RuntimeError):
+    """A request ran past the engine's request_timeout_s and was dropped."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 class Overloaded(RuntimeError):
@@ -79,12 +102,18 @@ class _Job:
     y: Tensor  # (N,) long labels (class label or null label)
     guidance: float | None
     rows: int  # rows per evaluation: N, or 2N when guided
+    planned: int  # net evaluations the sampler will ask for
     future: asyncio.Future
     submitted: float
     admitted: float = 0.0
     pending: Evaluation | None = None
     evaluations: int = 0
     done: bool = field(default=False)
+
+    @property
+    def work_left(self) -> int:
+        """Rows x evaluations still to run (at least one evaluation while it is not done)."""
+        return self.rows * max(self.planned - self.evaluations, 1)
 
 
 @dataclass(frozen=True)
@@ -109,7 +138,10 @@ class Engine:
         null_label: int,
         limits: EngineLimits | None = None,
         on_tick: Callable[[int, int], None] | None = None,
+        tick_model: TickModel | None = None,
     ) -> None:
+        """tick_model: the replica's latency model, seeded from a profile of `backend` (`profile_backend`);
+        None starts one with no profile."""
         self.backend = backend
         self.null_label = null_label
         self.limits = limits or EngineLimits()
@@ -122,7 +154,7 @@ class Engine:
         # threads do the parallel work.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-forward")
         self._ticks = 0
-        self._mean_compute_s = 1.0  # running estimate of a request's compute time, for Retry-After
+        self.tick_model = tick_model or TickModel()
 
     # -- public -------------------------------------------------------------------------------------
 
@@ -134,30 +166,61 @@ class Engine:
             ticks=self._ticks,
         )
 
-    def retry_after(self) -> int:
-        """Seconds a refused client should wait: about one request's compute time, in [1, 60]."""
-        return int(min(60, max(1, math.ceil(self._mean_compute_s))))
+    def work_ahead(self) -> int:
+        """Rows x evaluations left of every request in flight or waiting."""
+        return sum(j.work_left for j in self._active) + sum(j.work_left for j in self._queue)
 
-    async def submit(self, gen: SamplerGen, y: Tensor, guidance: float | None = None) -> EngineResult:
-        """Run sampler `gen` (labels y (N,), guidance w or None) to completion amid the other requests.
-
-        Raises Overloaded at once when in-flight and queued requests fill the bounds. If the awaiting
-        coroutine is cancelled (client gone), the request leaves the engine before the next tick."""
+    def predicted_wait(self, rows: int, evaluations: int) -> float:
+        """Seconds a new request of `rows` rows x `evaluations` evaluations would take beyond its time alone:
+        when it fits the next tick, its evaluations times the extra tick time of the rows in flight; else
+        the work ahead at the full-tick throughput plus its evaluations times the extra time of a full tick."""
         lim = self.limits
+        model = self.tick_model
+        alone = model.tick_s(rows)
+        in_flight_rows = sum(j.rows for j in self._active)
+        fits = in_flight_rows + rows <= lim.max_rows_per_tick or not self._active
+        if not self._queue and fits and len(self._active) < lim.max_in_flight:
+            return evaluations * (model.tick_s(in_flight_rows + rows) - alone)
+        full = lim.max_rows_per_tick
+        tick = model.tick_s(full)
+        return self.work_ahead() * tick / full + evaluations * max(tick - alone, 0.0)
+
+    async def submit(
+        self, gen: SamplerGen, y: Tensor, guidance: float | None = None, evaluations: int | None = None
+    ) -> EngineResult:
+        """Run sampler `gen` (labels y (N,), guidance w or None) to completion amid the other requests;
+        `evaluations`: the net evaluations it will ask for (its work; None counts one).
+
+        Raises Overloaded at once when the count bounds are full or the predicted wait exceeds max_wait_s;
+        RequestTimeout when it runs past request_timeout_s. If the awaiting coroutine is cancelled (client
+        gone), the request leaves the engine before the next tick."""
+        lim = self.limits
+        rows = int(y.shape[0]) * (2 if guidance is not None else 1)
+        evaluations = evaluations or 1
         if len(self._active) + len(self._queue) >= lim.max_in_flight + lim.max_queue:
             gen.close()
+            wait = self.predicted_wait(rows, evaluations)
             raise Overloaded(
                 f"engine full: {len(self._active)} requests in flight, {len(self._queue)} queued",
-                self.retry_after(),
+                _retry_after(wait, lim.max_wait_s),
             )
-        rows = int(y.shape[0]) * (2 if guidance is not None else 1)
+        wait = self.predicted_wait(rows, evaluations)
+        if wait > lim.max_wait_s:
+            gen.close()
+            raise Overloaded(
+                f"predicted wait {wait:.1f} s exceeds the bound of {lim.max_wait_s:g} s",
+                _retry_after(wait, lim.max_wait_s),
+            )
         loop = asyncio.get_running_loop()
-        job = _Job(gen, y, guidance, rows, loop.create_future(), submitted=time.perf_counter())
+        job = _Job(gen, y, guidance, rows, evaluations, loop.create_future(), submitted=time.perf_counter())
         self._queue.append(job)
         self._ensure_running()
         self._wake.set()
         try:
-            return await asyncio.shield(job.future)
+            return await asyncio.wait_for(asyncio.shield(job.future), lim.request_timeout_s)
+        except TimeoutError:
+            self._drop(job)
+            raise RequestTimeout(f"the request ran past the limit of {lim.request_timeout_s:g} s") from None
         except asyncio.CancelledError:
             self._drop(job)
             raise
@@ -227,7 +290,9 @@ class Engine:
                 x = torch.cat([p[0] for p in parts])
                 t = torch.cat([p[1] for p in parts])
                 y = torch.cat([p[2] for p in parts])
+                t0 = time.perf_counter()
                 out = await loop.run_in_executor(self._executor, self._forward_chunked, x, t, y)
+                self.tick_model.observe(int(x.shape[0]), time.perf_counter() - t0)
                 self._ticks += 1
                 if self.on_tick is not None:
                     self.on_tick(int(x.shape[0]), len(batch))
@@ -271,9 +336,7 @@ class Engine:
 
     def _finish(self, job: _Job, samples: Tensor) -> None:
         self._leave(job)
-        now = time.perf_counter()
-        compute = now - job.admitted
-        self._mean_compute_s = 0.9 * self._mean_compute_s + 0.1 * compute
+        compute = time.perf_counter() - job.admitted
         if not job.future.done():
             job.future.set_result(
                 EngineResult(
@@ -290,3 +353,8 @@ class Engine:
         job.gen.close()
         if not job.future.done():
             job.future.set_exception(error)
+
+
+def _retry_after(wait_s: float, bound_s: float) -> int:
+    """Seconds until the work ahead has drained below the wait bound, in [1, 60]."""
+    return int(min(60, max(1, math.ceil(wait_s - bound_s))))

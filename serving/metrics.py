@@ -13,7 +13,9 @@ and node add up in Prometheus. The series (names as scraped):
     ray_stepserve_net_rows_total{model}                     rows the net ran (num_samples x nfe)
     ray_stepserve_tick_rows{model}                          rows per engine tick (histogram)
     ray_stepserve_requests_in_flight{model}                 requests in the engine, per replica (gauge)
-    ray_stepserve_rejections_total{model, reason}           requests refused by the engine's bounds
+    ray_stepserve_rejections_total{model, reason}           requests refused (overloaded) or timed out
+    ray_stepserve_tick_model_seconds{model, term}           the replica's latency model: tick seconds =
+                                                            fixed + per_row x rows (gauge, per replica)
     ray_stepserve_auth_requests_total{key_id, outcome}      requests seen by the API-key check (auth only)
 """
 
@@ -86,8 +88,14 @@ class ModelMetrics:
         )
         self.rejections = Counter(
             "stepserve_rejections",
-            description="Requests refused because the engine's bounds were full.",
+            description="Requests refused by the engine (overloaded: bounds full or predicted wait too long) "
+            "or dropped past the request timeout (timeout).",
             tag_keys=("model", "reason"),
+        )
+        self.tick_model = Gauge(
+            "stepserve_tick_model_seconds",
+            description="This replica's latency model, tick seconds = fixed + per_row x rows: its two terms.",
+            tag_keys=("model", "term"),
         )
         for metric in (self.queue_wait, self.net_rows, self.tick_rows, self.in_flight):
             metric.set_default_tags({"model": model})
@@ -110,6 +118,10 @@ class ModelMetrics:
 
     def set_in_flight(self, n: int) -> None:
         self.in_flight.set(n)
+
+    def set_tick_model(self, fixed_s: float, per_row_s: float) -> None:
+        self.tick_model.set(fixed_s, tags={"model": self.model, "term": "fixed"})
+        self.tick_model.set(per_row_s, tags={"model": self.model, "term": "per_row"})
 
 
 class AuthMetrics:

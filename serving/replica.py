@@ -17,7 +17,8 @@ from ray import serve
 
 from sampling.request import SampleSpec, prepare, to_data_space
 from serving.backends import load_backend
-from serving.engine import Engine, EngineLimits, Overloaded
+from serving.engine import Engine, EngineLimits, Overloaded, RequestTimeout
+from serving.latency import TickModel, profile_backend
 from serving.metrics import ModelMetrics
 from training.checkpoint import load_checkpoint
 
@@ -60,16 +61,29 @@ class ModelReplica:
             options.setdefault("num_threads", replica_cpus())
         self.backend = load_backend(backend, self.ckpt, **options)
         self.metrics = ModelMetrics(name)
-        self.engine = Engine(self.backend, self.ckpt.null_label, EngineLimits(**(engine or {})), self.metrics.on_tick)
+        limits = EngineLimits(**(engine or {}))
+        top = limits.max_rows_per_tick
+        profile = profile_backend(self.backend, self.ckpt.data_shape, self.ckpt.null_label, (1, 64, min(1024, top)))
+        self.engine = Engine(self.backend, self.ckpt.null_label, limits, self._on_tick, TickModel(profile))
+        self.metrics.set_in_flight(0)
+        self.metrics.set_tick_model(self.engine.tick_model.fixed_s, self.engine.tick_model.per_row_s)
+
+    def _on_tick(self, rows: int, requests: int) -> None:
+        self.metrics.on_tick(rows, requests)
+        self.metrics.set_tick_model(self.engine.tick_model.fixed_s, self.engine.tick_model.per_row_s)
 
     async def sample(self, spec: SampleSpec) -> SampleOutput:
-        """Run a validated request; raises Overloaded when the engine's bounds are full."""
+        """Run a validated request; raises Overloaded when the engine refuses it (full, or its predicted wait
+        over the bound) and RequestTimeout when it runs past the engine's request_timeout_s."""
         job = prepare(self.ckpt, spec)
         self.metrics.set_in_flight(self._load() + 1)
         try:
-            res = await self.engine.submit(job.sampler, job.labels, spec.guidance)
+            res = await self.engine.submit(job.sampler, job.labels, spec.guidance, spec.evaluations)
         except Overloaded:
-            self.metrics.rejected("engine_full")
+            self.metrics.rejected("overloaded")
+            raise
+        except RequestTimeout:
+            self.metrics.rejected("timeout")
             raise
         finally:
             self.metrics.set_in_flight(self._load())

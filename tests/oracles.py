@@ -1,7 +1,7 @@
 """Exact predictions for data whose denoiser is known in closed form, to test samplers without training.
 
 Gaussian data N(m, C) and a small finite point set, for the DDPM path
-(x_t = sqrt(ab) x0 + sqrt(1 - ab) eps) and the FM linear path (x_t = (1 - t) z + t x1).
+(x_t = sqrt(ab) x0 + sqrt(1 - ab) eps) and the FM paths (linear: x_t = (1 - t) z + t x1; Gaussian data also vp).
 Each oracle has the net signature forward(x, t, y) -> prediction; y is ignored unless stated.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from training.paths import DDPMSchedule
+from training.paths import DDPMSchedule, path_coefficients
 from training.paths.conversions import x0_to_eps
 
 
@@ -45,25 +45,34 @@ class GaussianDDPM:
 
 
 class GaussianFM:
-    """Velocity of the linear path to N(m, C): v = E[x1 | x] - E[z | x] with
-    x ~ N(t m, S), S = t^2 C + (1 - t)^2 I; E[x1|x] = m + t C S^-1 (x - t m), E[z|x] = (1 - t) S^-1 (x - t m)."""
+    """Velocity of an FM path x_t = alpha_t x1 + sigma_t z to N(m, C) (linear path: alpha = t, sigma = 1 - t):
+    v = alpha' E[x1 | x] + sigma' E[z | x] with x ~ N(alpha m, S), S = alpha^2 C + sigma^2 I,
+    E[x1 | x] = m + alpha C S^-1 (x - alpha m), E[z | x] = sigma S^-1 (x - alpha m)."""
 
-    def __init__(self, mean: Tensor, cov: Tensor) -> None:
-        self.m, self.C = mean.double(), cov.double()
+    def __init__(self, mean: Tensor, cov: Tensor, path: str = "linear") -> None:
+        self.m, self.C, self.path = mean.double(), cov.double(), path
 
     def __call__(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
-        xd, td = x.double(), t.double()
+        xd = x.double()
+        c = path_coefficients(self.path, t.double())
+        a, s = c.alpha[:, None], c.sigma[:, None]
         eye = torch.eye(len(self.m), dtype=torch.float64)
-        tc = td[:, None]
-        S = td[:, None, None] ** 2 * self.C + (1 - td[:, None, None]) ** 2 * eye  # (B, D, D)
-        r = torch.linalg.solve(S, xd - tc * self.m)  # (B, D)
-        return (self.m + tc * (r @ self.C.T) - (1 - tc) * r).float()
+        S = a[:, :, None] ** 2 * self.C + s[:, :, None] ** 2 * eye  # (B, D, D)
+        r = torch.linalg.solve(S, xd - a * self.m)  # (B, D)
+        x1 = self.m + a * (r @ self.C.T)
+        z = s * r
+        return (c.d_alpha[:, None] * x1 + c.d_sigma[:, None] * z).float()
 
-    def flow_map(self, z: Tensor) -> Tensor:
-        """Exact endpoint of the ODE from noise z at t = 0: x1 = m + C^(1/2) z (all Sigma_t share C's eigenbasis)."""
+    def flow_map(self, z: Tensor, t_end: float = 1.0, t_start: float = 0.0) -> Tensor:
+        """Exact solution at t_end of the ODE from z at t_start (noise at 0): every marginal covariance
+        S_t = alpha_t^2 C + sigma_t^2 I shares C's eigenbasis, so x_t = alpha_t m + S_t^(1/2) S_s^(-1/2) (z - alpha_s m)
+        (linear path from 0 to 1: x1 = m + C^(1/2) z)."""
+        c0 = path_coefficients(self.path, torch.tensor(t_start, dtype=torch.float64))
+        c1 = path_coefficients(self.path, torch.tensor(t_end, dtype=torch.float64))
         evals, evecs = torch.linalg.eigh(self.C)
-        root = evecs @ torch.diag(evals.sqrt()) @ evecs.T
-        return (self.m + z.double() @ root.T).float()
+        gain = ((c1.alpha**2 * evals + c1.sigma**2) / (c0.alpha**2 * evals + c0.sigma**2)).sqrt()
+        root = evecs @ torch.diag(gain) @ evecs.T
+        return (c1.alpha * self.m + (z.double() - c0.alpha * self.m) @ root.T).float()
 
 
 class FinitePointsDDPM:

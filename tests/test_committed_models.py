@@ -1,13 +1,15 @@
-"""The four default checkpoints committed in models/ load with the current code and format."""
+"""The checkpoints committed in models/ (defaults and knob variants) load with the current code and format."""
 
 import pytest
 import torch
 
-from tests.conftest import DEFAULT_MODELS, ROOT
+from tests.conftest import DEFAULT_MODELS, KNOB_MODELS, ROOT
 from training.checkpoint import load_checkpoint
+from training.config import load_config
+from training.paths import objective_from_dict
 
 
-@pytest.mark.parametrize("name", DEFAULT_MODELS)
+@pytest.mark.parametrize("name", DEFAULT_MODELS + KNOB_MODELS)
 def test_committed_checkpoint_loads_and_runs(name):
     d = ROOT / "models" / name
     assert (d / "manifest.json").is_file(), f"{d} is missing: run `make train` and commit models/"
@@ -18,3 +20,13 @@ def test_committed_checkpoint_loads_and_runs(name):
     x = torch.randn(3, *ckpt.data_shape)
     out = net(x, torch.zeros(3), torch.tensor([0, 1, ckpt.null_label]))
     assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", KNOB_MODELS)
+def test_knob_variant_manifest_records_its_config(name):
+    """The manifest carries what the variant varies (schedule, target, path, net), as its config says."""
+    cfg = load_config(ROOT / "configs" / f"{name}.yaml")
+    ckpt = load_checkpoint(ROOT / "models" / name)
+    assert ckpt.objective == objective_from_dict(cfg.objective)
+    assert ckpt.manifest["objective"] == objective_from_dict(cfg.objective).to_dict()
+    assert ckpt.manifest["net"]["kind"] == cfg.net["kind"]

@@ -27,3 +27,20 @@ def timesteps(spacing: str, steps: int, num_train_timesteps: int = 1000) -> np.n
     else:
         raise ValueError(f"unknown timestep spacing {spacing!r}; expected one of {SPACINGS}")
     return ts
+
+
+def solver_timesteps(spacing: str, steps: int, num_train_timesteps: int = 1000) -> np.ndarray:
+    """K descending timesteps as diffusers' DPMSolverMultistepScheduler.set_timesteps places them.
+
+    Its last step goes to the data (sigma = 0) rather than to timestep 0, so linspace and leading lay K + 1
+    grid points and drop the one at t = 0; trailing is DDIM's. Needs K + 1 <= T for distinct timesteps.
+    """
+    T, K = num_train_timesteps, steps
+    if not 1 <= K <= T - 1:
+        raise ValueError(f"steps must be in [1, {T - 1}], got {K}")
+    if spacing == "linspace":
+        return np.linspace(0, T - 1, K + 1).round()[::-1][:-1].copy().astype(np.int64)
+    if spacing == "leading":
+        ratio = T // (K + 1)
+        return (np.arange(0, K + 1) * ratio).round()[::-1][:-1].copy().astype(np.int64)
+    return timesteps(spacing, K, T)

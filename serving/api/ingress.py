@@ -20,6 +20,7 @@ from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException
 
 from sampling.render import render_base64
 from sampling.request import InvalidRequest, validate
@@ -27,12 +28,22 @@ from serving.api.auth import ApiKeyAuth, configure_security
 from serving.api.docs import serve_docs_locally
 from serving.api.headers import HeaderLimits
 from serving.api.middleware import BodySizeLimit, RequestMetrics
-from serving.api.models import ApiError, ModelInfo, SampleRequest, SampleResponse, error_from_pydantic
-from serving.engine import Overloaded
+from serving.api.models import (
+    ERROR_RESPONSES,
+    ApiError,
+    ModelInfo,
+    SampleRequest,
+    SampleResponse,
+    error_from_pydantic,
+)
+from serving.engine import Overloaded, RequestTimeout
 from serving.replica import SampleOutput
 
+# The model replica died or went away with the request: safe to run again elsewhere, since a request's
+# samples depend only on its seed.
+REPLICA_LOST = (RayActorError, ReplicaUnavailableError)
 # Serve-level failures of a model deployment: saturated at Serve's queue or no live replica right now.
-UNAVAILABLE = (BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError, RayActorError)
+UNAVAILABLE = (BackPressureError, DeploymentUnavailableError, *REPLICA_LOST)
 
 api = FastAPI(
     title="stepserve",
@@ -53,6 +64,12 @@ def error_response(err: ApiError) -> JSONResponse:
 @api.exception_handler(ApiError)
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
     return error_response(exc)
+
+
+@api.exception_handler(HTTPException)
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    # Starlette's own refusals (unknown path 404, wrong method 405) in the API's error shape.
+    return error_response(ApiError("path", f"{request.method} {request.url.path[:128]}: {exc.detail}", exc.status_code))
 
 
 @api.exception_handler(RequestValidationError)
@@ -79,12 +96,14 @@ class Ingress:
         models: dict[str, DeploymentHandle],
         infos: dict[str, dict[str, Any]],
         max_body_bytes: int,
+        body_timeout_s: float = 10.0,
         security: dict[str, Any] | None = None,
     ) -> None:
         self.handles = models
         self.infos = {name: ModelInfo.from_dict(info) for name, info in infos.items()}
         self.objectives = {name: info.objective_obj() for name, info in self.infos.items()}
         api.state.max_body_bytes = max_body_bytes
+        api.state.body_timeout_s = body_timeout_s
         api.state.model_ids = frozenset(self.infos)
         configure_security(api.state, security or {})  # API keys and header caps (serving.api.auth)
 
@@ -94,7 +113,9 @@ class Ingress:
             raise ApiError(field, f"unknown model {model[:64]!r}; served: {sorted(self.infos)}", 404)
         return info
 
-    @api.post("/v1/samples", response_model=SampleResponse, response_model_exclude_none=False)
+    @api.post(
+        "/v1/samples", response_model=SampleResponse, response_model_exclude_none=False, responses=ERROR_RESPONSES
+    )
     async def samples(self, req: SampleRequest) -> Any:
         """Draw `num_samples` samples of `model` with `sampler` in `steps` steps (guidance w optional)."""
         t0 = time.perf_counter()
@@ -126,11 +147,18 @@ class Ingress:
         )
 
     async def _sample(self, model: str, spec: Any) -> SampleOutput:
-        """The model replica's answer; its refusals become 503s with a Retry-After."""
+        """The model replica's answer; a request whose replica died is run once more (Serve routes it to a
+        live replica); refusals become 503s with a Retry-After, a timeout a 504."""
         try:
-            return await self.handles[model].sample.remote(spec)
+            try:
+                return await self.handles[model].sample.remote(spec)
+            except REPLICA_LOST:
+                return await self.handles[model].sample.remote(spec)
         except Overloaded as e:
-            raise ApiError("model", f"{model} is at capacity ({e}); retry later", 503, e.retry_after) from None
+            # e.message, not str(e): across the handle the exception carries the replica's traceback
+            raise ApiError("model", f"{model} is at capacity ({e.message}); retry later", 503, e.retry_after) from None
+        except RequestTimeout as e:
+            raise ApiError("body", f"{model}: {e.message}; ask for fewer steps or samples", 504) from None
         except UNAVAILABLE as e:
             raise ApiError("model", f"{model} is unavailable right now ({type(e).__name__})", 503, 1) from None
 
@@ -139,7 +167,7 @@ class Ingress:
         """Every served model's metadata."""
         return {"models": [info.to_json() for info in self.infos.values()]}
 
-    @api.get("/v1/models/{model_id}")
+    @api.get("/v1/models/{model_id}", responses={404: ERROR_RESPONSES[404]})
     async def get_model(self, model_id: str) -> Any:
         """One model's metadata (kind, net, data shape, classes, samplers, limits) and one replica's load."""
         info = self._info(model_id, "model_id")

@@ -5,6 +5,7 @@ Both read their settings from the FastAPI app's `state` (set once by the ingress
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -27,8 +28,9 @@ async def send_error(send: Any, err: ApiError) -> None:
 
 class BodySizeLimit:
     """Bodies over `app.state.max_body_bytes` get 413 before any parsing. Counts the bytes received, so a
-    body without Content-Length (chunked) is bounded too. The `model` and `sampler` of a JSON body go into
-    the request's state as received, for RequestMetrics' tags."""
+    body without Content-Length (chunked) is bounded too; a body that does not arrive within
+    `app.state.body_timeout_s` gets 408, so a stalled client holds no slot for long. The `model` and
+    `sampler` of a JSON body go into the request's state as received, for RequestMetrics' tags."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -37,13 +39,17 @@ class BodySizeLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         limit = getattr(scope["app"].state, "max_body_bytes", 64 * 1024)
+        deadline = time.monotonic() + getattr(scope["app"].state, "body_timeout_s", 10.0)
         too_big = ApiError("body", f"request body over {limit} bytes", 413)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             return await send_error(send, too_big)
         chunks, size = [], 0
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.0))
+            except TimeoutError:
+                return await send_error(send, ApiError("body", "the request body did not arrive in time", 408))
             if message["type"] != "http.request":
                 break
             chunks.append(message.get("body", b""))

@@ -43,6 +43,34 @@ class ApiError(Exception):
         return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else None
 
 
+class ErrorDetail(BaseModel):
+    status: int = Field(description="the HTTP status, repeated")
+    field: str | None = Field(description="the offending field ('body' for the whole body), null for a 500")
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every refusal's body."""
+
+    error: ErrorDetail
+
+
+_WHEN = {
+    400: "body is not valid JSON",
+    404: "unknown model",
+    408: "the body did not arrive in time",
+    413: "body too large",
+    422: "a field is invalid or does not fit the model (the field is named)",
+    429: "over the key's rate or in-flight quota (Retry-After)",
+    503: "the model is at capacity or has no live replica (Retry-After)",
+    504: "the request ran past the server's time limit",
+}
+# OpenAPI `responses` of the routes: every status the service answers besides 200, with its body.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text} for status, text in _WHEN.items()
+}
+
+
 class SampleRequest(BaseModel):
     """POST /v1/samples. Unknown fields are refused."""
 
@@ -50,7 +78,9 @@ class SampleRequest(BaseModel):
 
     model: str = Field(description="model id, as listed by GET /v1/models")
     sampler: str = Field(description="one of the model's samplers (GET /v1/models/{id}: samplers)")
-    steps: StrictInt = Field(description="step budget K in [1, max_steps] (fm-rk4 runs 4 net evaluations a step)")
+    steps: StrictInt = Field(
+        description="step budget K in [1, max_steps] (fm-rk4 runs 4 net evaluations a step, heun 2 but the last)"
+    )
     num_samples: StrictInt = Field(1, description="samples to draw, in [1, the model's max_num_samples]")
     guidance: FiniteFloat | None = Field(
         None, description="classifier-free guidance weight w: uncond + w (cond - uncond); needs class_label"
@@ -60,6 +90,11 @@ class SampleRequest(BaseModel):
         None, description="seed in [0, 2^63 - 1]; drawn by the server and returned if absent"
     )
     eta: FiniteFloat | None = Field(None, description="ddim only: 0 deterministic .. 1 DDPM-like noise")
+    rtol: FiniteFloat | None = Field(None, description="fm-dopri5 only: relative tolerance in [1e-6, 1] (1e-3)")
+    atol: FiniteFloat | None = Field(None, description="fm-dopri5 only: absolute tolerance in [1e-6, 1] (1e-4)")
+    max_nfe: StrictInt | None = Field(
+        None, description="fm-dopri5 only: cap on net evaluations per sample (default 1 + 6 x steps)"
+    )
     spacing: str | None = Field(None, description=f"ddpm / ddim only: timestep spacing, one of {list(SPACINGS)}")
     format: Literal["json", "png"] = Field(
         "json", description="json: samples as nested lists; png: a base64 image (image grid or scatter plot)"
@@ -75,6 +110,9 @@ class SampleRequest(BaseModel):
             seed=seed,
             eta=self.eta,
             spacing=self.spacing,
+            rtol=self.rtol,
+            atol=self.atol,
+            max_nfe=self.max_nfe,
         )
 
 
@@ -92,7 +130,7 @@ class SampleResponse(BaseModel):
     guidance: float | None
     class_label: int | None
     seed: int
-    nfe: int = Field(description="net evaluations run per sample: steps x evals per step, x2 when guided")
+    nfe: int = Field(description="net evaluations run per sample, as counted (fm-dopri5: adaptive), x2 when guided")
     shape: list[int] = Field(description="[num_samples, *data shape]")
     samples: list | None = Field(description="data-space samples (images in [0, 1]); null for format png")
     image: str | None = Field(None, description="base64 PNG for format png")

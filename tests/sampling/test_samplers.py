@@ -218,6 +218,8 @@ def test_sampler_objective_mismatch_and_bad_options_are_refused():
         check("fm-euler", DDPMObjective())
     assert e.value.field == "sampler"
     with pytest.raises(InvalidRequest, match="unknown sampler"):
+        check("lms", FMObjective())
+    with pytest.raises(InvalidRequest, match="does not fit a fm model"):
         check("heun", FMObjective())
     with pytest.raises(InvalidRequest, match="eta is not an option of 'fm-rk4'") as e:
         check("fm-rk4", FMObjective(), eta=0.5)

@@ -4,6 +4,7 @@ cancellation and backend failures."""
 from __future__ import annotations
 
 import asyncio
+import math
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ import torch
 from sampling import guidance, samplers
 from sampling.driver import run_sampler
 from sampling.request import initial_noise
-from serving.engine import Engine, EngineLimits, Overloaded
+from serving.engine import Engine, EngineLimits, Overloaded, RequestTimeout
+from serving.latency import TickModel
 from training.checkpoint import load_checkpoint
 
 # (model, sampler, steps, guidance, class_label, num_samples, seed, options)
@@ -259,3 +261,55 @@ def test_a_failing_tick_fails_its_requests_and_the_engine_keeps_serving(ckpts) -
 
     res = asyncio.run(main())
     assert res.samples.shape == (2, 2) and res.evaluations == 3
+
+
+def test_admission_refuses_at_once_when_the_predicted_wait_exceeds_the_bound(ckpts) -> None:
+    """Work-based shedding: a request whose rows do not fit beside the running ones is refused before any
+    tick when the work ahead (rows x evaluations left) at the model's full-tick speed (plus the extra time
+    of its own run in full ticks, zero here) exceeds max_wait_s; Retry-After is the time for that to
+    drain below the bound."""
+    ckpt = ckpts["moons-fm"]
+    fwd = RecordingForward(ckpt.net("ema"))
+    limits = EngineLimits(max_rows_per_tick=100, max_in_flight=8, max_queue=8, max_wait_s=1.0)
+    model = TickModel([(1, 0.01), (100, 0.01)])  # 10 ms a tick whatever its rows: 1e-4 s per row evaluation
+
+    async def main():
+        engine = Engine(fwd, ckpt.null_label, limits, tick_model=model)
+        model.observe = lambda rows, seconds: None  # keep the prediction exact for the assertions below
+        big = asyncio.create_task(engine.submit(*_start(ckpt, "fm-euler", 200, None, 80, 0, {}), None, 200))
+        while engine.stats().in_flight == 0:  # the big one has joined
+            await asyncio.sleep(0.001)
+        small = await engine.submit(*_start(ckpt, "fm-euler", 3, None, 20, 1, {}), None, 3)  # fits: 80 + 20 rows
+        ticks_before = engine.stats().ticks
+        wait = engine.predicted_wait(40, 5)
+        with pytest.raises(Overloaded) as refused:  # 40 rows do not fit beside 80
+            await engine.submit(*_start(ckpt, "fm-euler", 5, None, 40, 2, {}), None, 5)
+        assert engine.stats().ticks == ticks_before  # refused at once, no tick ran meanwhile
+        big.cancel()
+        return small, wait, refused.value, ticks_before
+
+    small, wait, refused, ticks_before = asyncio.run(main())
+    assert small.evaluations == 3
+    # work ahead: 80 rows x (200 - done) evaluations at 1e-4 s per row evaluation; a full tick costs no more
+    # than its own 40 rows alone in this model, so its run adds nothing
+    assert 80 * (200 - ticks_before) * 1e-4 == pytest.approx(wait, rel=1e-6) and wait > 1.0
+    assert refused.retry_after == max(1, math.ceil(wait - 1.0))
+    assert "predicted wait" in str(refused)
+
+
+def test_a_request_past_the_timeout_leaves_and_frees_its_rows(ckpts) -> None:
+    ckpt = ckpts["moons-fm"]
+    fwd = RecordingForward(ckpt.net("ema"))
+    limits = EngineLimits(request_timeout_s=0.3)
+
+    async def main():
+        engine = Engine(fwd, ckpt.null_label, limits)
+        with pytest.raises(RequestTimeout, match="0.3 s"):
+            await engine.submit(*_start(ckpt, "fm-euler", 1_000_000, None, 4, 0, {}), None, 1_000_000)
+        stats_after = engine.stats()
+        ok = await engine.submit(*_start(ckpt, "fm-euler", 3, None, 2, 1, {}), None, 3)
+        return stats_after, ok
+
+    stats_after, ok = asyncio.run(main())
+    assert stats_after.in_flight == 0 and stats_after.queued == 0 and stats_after.rows_in_flight == 0
+    assert ok.samples.shape == (2, 2)

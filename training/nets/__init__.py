@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from torch import nn
 
 from training.nets.dit import DiT
@@ -22,9 +24,7 @@ def build_net(kind: str, hparams: dict, data_shape: tuple[int, ...], num_classes
     if extra:
         raise ValueError(f"net: unknown key(s) {sorted(extra)} for kind {kind!r}")
     if kind == "mlp":
-        if len(data_shape) != 1:
-            raise ValueError(f"mlp needs flat data, got shape {data_shape}")
-        return MLP(data_shape[0], num_classes, t_scale=t_scale, **hparams)
+        return MLP(math.prod(data_shape), num_classes, t_scale=t_scale, **hparams)
     if len(data_shape) != 3 or data_shape[1] != data_shape[2]:
         raise ValueError(f"dit needs square (C, H, W) images, got shape {data_shape}")
     return DiT(data_shape[1], data_shape[0], num_classes, t_scale=t_scale, **hparams)

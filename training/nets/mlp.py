@@ -1,4 +1,4 @@
-"""Residual MLP for low-dimensional data (moons): forward(x, t, y) -> prediction, same shape as x."""
+"""Residual MLP for low-dimensional data (moons; small images, flattened): forward(x, t, y) -> same shape as x."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ class ResBlock(nn.Module):
 
 
 class MLP(nn.Module):
-    """x (B, D) -> (B, D); time and class enter every block through an additive conditioning vector."""
+    """x (B, D) or (B, *shape) with prod(shape) = D -> same shape; time and class enter every block through an
+    additive conditioning vector. Images are flattened: the MLP knows no spatial structure (the DiT does)."""
 
     def __init__(
         self, data_dim: int, num_classes: int, hidden: int = 256, depth: int = 4, t_scale: float = 1.0
@@ -32,9 +33,9 @@ class MLP(nn.Module):
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, data_dim))
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
-        """x: (B, D), t: (B,) float, y: (B,) long in [0, num_classes] -> (B, D)."""
+        """x: (B, *shape), t: (B,) float, y: (B,) long in [0, num_classes] -> (B, *shape)."""
         c = nn.functional.silu(self.time(t) + self.label(y))  # (B, H)
-        h = self.inp(x)
+        h = self.inp(x.flatten(1))  # (B, D)
         for block in self.blocks:
             h = block(h, c)
-        return self.out(h)
+        return self.out(h).reshape(x.shape)

@@ -1,6 +1,7 @@
 """Paths and objectives: DDPM schedules and targets, the FM linear path, and their losses."""
 
 from training.paths.conversions import TARGETS, to_eps_x0
+from training.paths.fm_paths import FM_PATHS, PathCoefficients, path_coefficients
 from training.paths.objectives import (
     DDPM_T_SCALE,
     FM_T_SCALE,
@@ -13,6 +14,7 @@ from training.paths.schedules import NUM_TRAIN_TIMESTEPS, SCHEDULES, DDPMSchedul
 
 __all__ = [
     "DDPM_T_SCALE",
+    "FM_PATHS",
     "FM_T_SCALE",
     "NUM_TRAIN_TIMESTEPS",
     "SCHEDULES",
@@ -21,6 +23,8 @@ __all__ = [
     "DDPMSchedule",
     "FMObjective",
     "Objective",
+    "PathCoefficients",
     "objective_from_dict",
+    "path_coefficients",
     "to_eps_x0",
 ]

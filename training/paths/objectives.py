@@ -1,7 +1,8 @@
-"""Training objectives: DDPM (eps / v / x0 targets) and flow matching on the linear path.
+"""Training objectives: DDPM (eps / v / x0 targets) and flow matching on the linear or the VP path.
 
-FM convention (Lipman et al. 2023, rectified-flow path): noise x0 ~ N(0, I) at t = 0, data x1 at t = 1,
-x_t = (1 - t) x0 + t x1, target velocity v = x1 - x0.
+FM convention (Lipman et al. 2023): noise x0 ~ N(0, I) at t = 0, data x1 at t = 1,
+x_t = alpha_t x1 + sigma_t x0 with target velocity alpha'_t x1 + sigma'_t x0 (see `fm_paths`); on the
+linear path (rectified flow) x_t = (1 - t) x0 + t x1 and v = x1 - x0.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from training.paths.conversions import TARGETS, target_from
+from training.paths.fm_paths import FM_PATHS, path_coefficients, path_t_end
 from training.paths.schedules import SCHEDULES, DDPMSchedule
 
 # Nets see time through a sinusoidal embedding of t * t_scale: DDPM's integer t already spans
@@ -63,23 +65,34 @@ class DDPMObjective:
 
 @dataclass(frozen=True)
 class FMObjective:
+    path: str = "linear"
     kind: str = "fm"
+
+    def __post_init__(self) -> None:
+        if self.path not in FM_PATHS:
+            raise ValueError(f"objective.path: unknown {self.path!r}; expected one of {FM_PATHS}")
 
     @property
     def t_scale(self) -> float:
         return FM_T_SCALE
 
+    @property
+    def t_end(self) -> float:
+        """Samplers integrate t from 0 to t_end (1 on the linear path; the vp path stops short of it)."""
+        return path_t_end(self.path)
+
     def to_dict(self) -> dict:
-        return {"kind": "fm", "path": "linear"}
+        return {"kind": "fm", "path": self.path}
 
     def loss(self, net, x1: Tensor, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Conditional FM loss ||net(x_t, t, y) - (x1 - x0)||^2 with t ~ U[0, 1]. x1: (B, ...) data."""
+        """Conditional FM loss ||net(x_t, t, y) - (alpha'_t x1 + sigma'_t x0)||^2, t ~ U[0, t_end]. x1: (B, ...)."""
         b = x1.shape[0]
-        t = torch.rand((b,), generator=generator)
+        t = torch.rand((b,), generator=generator) * self.t_end
         x0 = torch.randn(x1.shape, generator=generator)
-        tb = _bcast(t, x1)
-        x_t = (1 - tb) * x0 + tb * x1
-        return F.mse_loss(net(x_t, t, y), x1 - x0)
+        c = path_coefficients(self.path, t)
+        x_t = _bcast(c.alpha, x1) * x1 + _bcast(c.sigma, x1) * x0
+        target = _bcast(c.d_alpha, x1) * x1 + _bcast(c.d_sigma, x1) * x0
+        return F.mse_loss(net(x_t, t, y), target)
 
 
 Objective = DDPMObjective | FMObjective
@@ -99,7 +112,5 @@ def objective_from_dict(d: dict) -> Objective:
         path = d.pop("path", "linear")
         if d:
             raise ValueError(f"objective: unknown key(s) {sorted(d)} for kind 'fm'")
-        if path != "linear":
-            raise ValueError(f"objective.path: only 'linear' is supported, got {path!r}")
-        return FMObjective()
+        return FMObjective(path=path)
     raise ValueError(f"objective.kind: unknown {kind!r}; expected 'ddpm' or 'fm'")

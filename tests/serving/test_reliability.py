@@ -1,0 +1,204 @@
+"""Load shedding, timeouts, the work cap and replica loss, on a real local Ray over real HTTP.
+
+Loops are bounded in count and time; all traffic goes to 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.serving.conftest import SMALL_REPLICA, ServeCluster, app_args
+
+pytestmark = pytest.mark.slow
+
+BODY = {"model": "moons-fm", "sampler": "fm-euler", "steps": 50, "num_samples": 256}
+MAX_WAIT_S = 1.0
+
+
+async def _timed(client: httpx.AsyncClient, body: dict) -> tuple[str, float, httpx.Response | None]:
+    t0 = time.perf_counter()
+    try:
+        r = await client.post("/v1/samples", json=body)
+    except httpx.TimeoutException:
+        return "timeout", time.perf_counter() - t0, None
+    return str(r.status_code), time.perf_counter() - t0, r
+
+
+async def _closed(url: str, clients: int, seconds: float) -> list[tuple[str, float, httpx.Response | None]]:
+    out = []
+    async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+        end = time.perf_counter() + seconds
+
+        async def worker(i: int) -> None:
+            k = i
+            while time.perf_counter() < end:
+                out.append(await _timed(c, {**BODY, "seed": k}))
+                k += clients
+
+        await asyncio.gather(*(worker(i) for i in range(clients)))
+    return out
+
+
+async def _open(url: str, rate: float, seconds: float) -> list[tuple[str, float, httpx.Response | None]]:
+    """Requests fired at a fixed rate whatever the answers, each timed from its own send."""
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=512)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as c:
+        t0, tasks = time.perf_counter(), []
+        for i in range(int(rate * seconds)):
+            await asyncio.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
+            tasks.append(asyncio.create_task(_timed(c, {**BODY, "seed": i})))
+        return await asyncio.gather(*tasks)
+
+
+@pytest.fixture(scope="module")
+def shed_url(serve_cluster: ServeCluster, tiny_checkpoints: dict[str, Path]) -> str:
+    args = app_args(
+        tiny_checkpoints,
+        models=("moons-fm", "digits-fm"),
+        engine={"max_wait_s": MAX_WAIT_S, "request_timeout_s": 3.0},
+        limits={"max_num_samples": 1024, "max_work": 300_000},
+        deployment_options={
+            "moons-fm": {"ray_actor_options": {"num_cpus": 1}, "max_ongoing_requests": 1024},
+            "digits-fm": SMALL_REPLICA,
+            "Ingress": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.25}},
+        },
+    )
+    return serve_cluster.deploy("shed", "/shed", args)
+
+
+def test_overload_at_three_times_capacity_sheds_fast_and_serves_the_rest(shed_url: str) -> None:
+    warm = asyncio.run(_closed(shed_url, 8, 3.0))
+    ok = [lat for status, lat, _ in warm if status == "200"]
+    capacity = len(ok) / 3.0  # requests per second the replica sustains, measured just now
+    assert capacity > 0.5, warm[:3]
+    rate = 3 * capacity
+    results = asyncio.run(_open(shed_url, rate, 10.0))
+    statuses = [s for s, _, _ in results]
+    served = [lat for s, lat, _ in results if s == "200"]
+    refused = [(lat, r) for s, lat, r in results if s == "503"]
+    after = asyncio.run(_closed(shed_url, 1, 1.0))
+    print(
+        f"capacity {capacity:.1f} req/s; offered {rate:.1f} req/s for 10 s: {len(served)} x 200, {len(refused)} x 503, "
+        f"p99 200 {1e3 * sorted(served)[int(0.99 * (len(served) - 1))]:.0f} ms, "
+        f"max 503 {1e3 * max((lat for lat, _ in refused), default=0):.0f} ms, "
+        f"median 503 {1e3 * statistics.median([lat for lat, _ in refused] or [0]):.0f} ms"
+    )
+    assert set(statuses) <= {"200", "503"}, sorted(set(statuses))  # no timeouts, no other 5xx
+    assert refused and served
+    for _, r in refused:
+        body = r.json()["error"]
+        assert body["status"] == 503 and body["field"] == "model" and int(r.headers["retry-after"]) >= 1
+    # Refusals are decided at admission, before any tick; what a client sees is the round trip through the
+    # proxy, the Ingress and the model replica, which on a 2-core machine shared with the load generator
+    # (and, during development, other work) stretches in bursts: the median is held to 100 ms, the 95th
+    # percentile to 300 ms. docs/reliability.md has the measured distribution.
+    refused_lat = sorted(lat for lat, _ in refused)
+    assert statistics.median(refused_lat) < 0.1, refused_lat
+    assert refused_lat[int(0.95 * (len(refused_lat) - 1))] < 0.3, refused_lat[-10:]
+    served.sort()
+    assert served[int(0.99 * (len(served) - 1))] < 2 * MAX_WAIT_S + 2.0  # wait bound, plus the run itself
+    assert after and after[0][0] == "200" and after[0][1] < 1.0
+
+
+def test_work_cap_refuses_the_hour_long_request_naming_its_fields(shed_url: str) -> None:
+    body = {
+        "model": "digits-fm",
+        "sampler": "fm-rk4",
+        "steps": 1000,
+        "num_samples": 1024,
+        "guidance": 2.0,
+        "class_label": 3,
+    }
+    t0 = time.perf_counter()
+    r = httpx.post(f"{shed_url}/v1/samples", json=body, timeout=30)
+    assert time.perf_counter() - t0 < 1.0
+    err = r.json()["error"]
+    assert r.status_code == 422 and err["field"] == "steps"
+    for word in (
+        "num_samples 1024",
+        "x 2 (guided)",
+        "4000 net evaluations",
+        "steps 1000",
+        "8192000",
+        "max_work 300000",
+    ):
+        assert word in err["message"], err["message"]
+
+
+def test_request_timeout_ends_the_request_and_frees_its_rows(shed_url: str) -> None:
+    long = {"model": "digits-fm", "sampler": "fm-rk4", "steps": 1000, "num_samples": 32, "seed": 1}  # 128000 work
+    t0 = time.perf_counter()
+    r = httpx.post(f"{shed_url}/v1/samples", json=long, timeout=60)
+    elapsed = time.perf_counter() - t0
+    assert r.status_code == 504 and r.json()["error"]["status"] == 504, r.text
+    assert 3.0 <= elapsed < 10.0
+    load = httpx.get(f"{shed_url}/v1/models/digits-fm", timeout=30).json()["replica_load"]
+    assert load["in_flight"] == 0 and load["rows_in_flight"] == 0
+    ok = httpx.post(f"{shed_url}/v1/samples", json={**long, "steps": 2}, timeout=60)
+    assert ok.status_code == 200
+
+
+def _replica_actor_names(app: str, deployment: str) -> list[str]:
+    import ray
+
+    actors = ray.util.list_named_actors(all_namespaces=True)
+    return [a["name"] for a in actors if a["name"].startswith(f"SERVE_REPLICA::{app}#{deployment}#")]
+
+
+def test_killing_a_model_replica_under_load_fails_no_request(
+    serve_cluster: ServeCluster, tiny_checkpoints: dict[str, Path]
+) -> None:
+    """A request whose replica dies is run again on the other one (same seed, same samples)."""
+    import ray
+
+    opts = {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.5}}
+    args = app_args(
+        tiny_checkpoints,
+        models=("moons-fm",),
+        engine={"max_wait_s": 60.0},  # this test is about replica loss, not shedding: one replica must carry all
+        deployment_options={"moons-fm": opts, "Ingress": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.25}}},
+    )
+    url = serve_cluster.deploy("kill", "/kill", args)
+    body = {"model": "moons-fm", "sampler": "fm-euler", "steps": 100, "num_samples": 16}
+    results: list[tuple[str, float]] = []
+    errors: list[str] = []
+    stop = threading.Event()
+
+    async def load() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+
+            async def worker(i: int) -> None:
+                k = i
+                while not stop.is_set():
+                    status, lat, r = await _timed(c, {**body, "seed": k})
+                    results.append((status, lat))
+                    if status != "200":
+                        errors.append(r.text[:300] if r is not None else status)
+                    k += 4
+
+            await asyncio.gather(*(worker(i) for i in range(4)))
+
+    thread = threading.Thread(target=lambda: asyncio.run(load()))
+    thread.start()
+    try:
+        time.sleep(3.0)
+        names = _replica_actor_names("kill", "moons-fm")
+        assert len(names) == 2, names
+        ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+        killed_at = len(results)
+        time.sleep(8.0)
+    finally:
+        stop.set()
+        thread.join(120)
+    statuses = [s for s, _ in results]
+    failed = [s for s in statuses if s != "200"]
+    print(f"model replica killed after {killed_at} answers; {len(results)} answers in all, failed: {errors}")
+    assert len(results) > killed_at + 5  # the service kept answering after the kill
+    assert not failed
+    serve_cluster.delete("kill")
