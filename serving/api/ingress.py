@@ -68,8 +68,9 @@ async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
 
 @api.exception_handler(HTTPException)
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    # Starlette's own refusals (unknown path 404, wrong method 405) in the API's error shape.
-    return error_response(ApiError("path", f"{request.method} {request.url.path[:128]}: {exc.detail}", exc.status_code))
+    # Starlette's own refusals (unknown path 404, wrong method 405 with its Allow header) in the API's shape.
+    err = ApiError("path", f"{request.method} {request.url.path[:128]}: {exc.detail}", exc.status_code)
+    return JSONResponse(err.to_json(), status_code=err.status, headers=getattr(exc, "headers", None))
 
 
 @api.exception_handler(RequestValidationError)
