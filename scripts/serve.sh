@@ -6,6 +6,8 @@
 #
 # Environment (all optional): STEPSERVE_MODELS_DIR (default models), STEPSERVE_PORT (8000),
 # STEPSERVE_METRICS_PORT (8080), STEPSERVE_TRAIN_MAX_STEPS (cap training of missing models: quick runs).
+# serve_cli binds Ray to 127.0.0.1 and caps Ray's log files (RAY_ROTATION_MAX_BYTES, default 64 MiB here,
+# RAY_ROTATION_BACKUP_COUNT, default 3; set either to override); docs/security.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from sampling.request import Limits
+from serving.api.auth import AuthArgs
+from serving.api.headers import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS
 from serving.api.ingress import Ingress
 from serving.api.models import model_info
 from serving.engine import EngineLimits
@@ -42,6 +44,10 @@ class AppArgs(BaseModel):
     engine: dict[str, Any] = Field(default_factory=dict)
     max_body_bytes: int = 64 * 1024
     body_timeout_s: float = 10.0  # a request body must arrive within this (else 408)
+    # Security at the HTTP edge (docs/security.md): optional API keys with per-key limits, header caps (431).
+    auth: AuthArgs | None = None
+    max_headers: int = Field(DEFAULT_MAX_HEADERS, ge=8)
+    max_header_bytes: int = Field(DEFAULT_MAX_HEADER_BYTES, ge=1024)
     # Deployment options by deployment name, for applications built in code (tests, benchmarks); in a
     # Serve config file use its `deployments` section instead, which takes precedence over these.
     deployment_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -77,7 +83,13 @@ def assemble(args: dict[str, Any], server: serve.Deployment = ModelServer) -> se
     a = AppArgs.model_validate(args)
     handles, infos = model_deployments(a, server)
     ingress = Ingress.options(name="Ingress", **a.deployment_options.get("Ingress", {}))
-    return ingress.bind(handles, infos, a.max_body_bytes, a.body_timeout_s)
+    auth = a.auth.model_copy(update={"keys_file": resolve(a.auth.keys_file)}) if a.auth and a.auth.keys_file else a.auth
+    security = {
+        "auth": auth.model_dump() if auth else None,
+        "max_headers": a.max_headers,
+        "max_header_bytes": a.max_header_bytes,
+    }
+    return ingress.bind(handles, infos, a.max_body_bytes, a.body_timeout_s, security)
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:

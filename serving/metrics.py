@@ -16,6 +16,7 @@ and node add up in Prometheus. The series (names as scraped):
     ray_stepserve_rejections_total{model, reason}           requests refused (overloaded) or timed out
     ray_stepserve_tick_model_seconds{model, term}           the replica's latency model: tick seconds =
                                                             fixed + per_row x rows (gauge, per replica)
+    ray_stepserve_auth_requests_total{key_id, outcome}      requests seen by the API-key check (auth only)
 """
 
 from __future__ import annotations
@@ -98,6 +99,9 @@ class ModelMetrics:
         )
         for metric in (self.queue_wait, self.net_rows, self.tick_rows, self.in_flight):
             metric.set_default_tags({"model": model})
+        # A gauge exists only once set: without this an idle replica (none served yet) has no series, and
+        # dashboards show "no data" instead of 0.
+        self.in_flight.set(0)
 
     def on_tick(self, rows: int, requests: int) -> None:
         self.tick_rows.observe(rows)
@@ -118,3 +122,19 @@ class ModelMetrics:
     def set_tick_model(self, fixed_s: float, per_row_s: float) -> None:
         self.tick_model.set(fixed_s, tags={"model": self.model, "term": "fixed"})
         self.tick_model.set(per_row_s, tags={"model": self.model, "term": "per_row"})
+
+
+class AuthMetrics:
+    """Recorded by the ingress's API-key check (serving.api.auth). Keys appear only as their ids (a sha256
+    prefix); a request without a valid key is "none", so label sets stay bounded by the number of keys."""
+
+    def __init__(self) -> None:
+        self.requests = Counter(
+            "stepserve_auth_requests",
+            description="Requests seen by the API-key check, by key id and outcome "
+            "(accepted, missing, invalid, rate, in_flight).",
+            tag_keys=("key_id", "outcome"),
+        )
+
+    def record(self, key_id: str, outcome: str) -> None:
+        self.requests.inc(tags={"key_id": key_id, "outcome": outcome})

@@ -28,6 +28,18 @@ READY_TIMEOUT_S = 600.0
 # (up to 2 replicas each) and 0.25 for the ingress, and each replica runs torch with one thread, so a
 # 2-core laptop still schedules every replica (sharing the cores) instead of leaving some pending.
 MIN_LOGICAL_CPUS = 5
+LOOPBACK = "127.0.0.1"
+# Set (unless already set) before Ray is imported; Ray's processes inherit them.
+RAY_ENV = {
+    # A single-node Ray on loopback. Ray resolves `_node_ip_address="127.0.0.1"` to the machine's outward
+    # address unless it believes it forms no cluster; this switch (named for the platforms where it is the
+    # default) makes it keep 127.0.0.1, and every server that Ray binds to the node's address follows.
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    # Log rotation: Ray's and Serve's log files rotate at this size (Ray's default 512 MB x 5 backups), and
+    # the workers' .out/.err files (replica prints, tracebacks) rotate only when this variable is set at all.
+    "RAY_ROTATION_MAX_BYTES": str(64 * 1024 * 1024),
+    "RAY_ROTATION_BACKUP_COUNT": "3",
+}
 
 
 def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -86,6 +98,8 @@ def wait_ready(base: str, stop: threading.Event, timeout_s: float = READY_TIMEOU
 
 
 def main_serve(args: argparse.Namespace) -> int:
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
     import ray
     from ray.serve.scripts import run as serve_run
 
@@ -108,7 +122,14 @@ def main_serve(args: argparse.Namespace) -> int:
         num_cpus=args.num_cpus,
         include_dashboard=False,
         _metrics_export_port=args.metrics_port,
+        # The node's address is loopback, so Ray binds what follows the node's IP to 127.0.0.1: the metrics
+        # export port, the dashboard and autoscaler metrics servers, the agents. docs/security.md lists the
+        # ports that still listen on every interface.
+        _node_ip_address=LOOPBACK,
     )
+    node_ip = ray.util.get_node_ip_address()
+    if node_ip != LOOPBACK:  # Ray was imported before RAY_ENV was set, or the variable was overridden
+        print(f"warning: Ray's node address is {node_ip}: its ports listen beyond loopback", file=sys.stderr)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -24,6 +24,9 @@ from starlette.exceptions import HTTPException
 
 from sampling.render import render_base64
 from sampling.request import InvalidRequest, validate
+from serving.api.auth import ApiKeyAuth, configure_security
+from serving.api.docs import serve_docs_locally
+from serving.api.headers import HeaderLimits
 from serving.api.middleware import BodySizeLimit, RequestMetrics
 from serving.api.models import (
     ERROR_RESPONSES,
@@ -47,7 +50,10 @@ api = FastAPI(
     version="0.1.0",
     description="Samples from diffusion (DDPM) and flow-matching models with a step budget K and guidance w.",
 )
+serve_docs_locally(api)  # /docs without a CDN
 api.add_middleware(BodySizeLimit)
+api.add_middleware(ApiKeyAuth)  # outside BodySizeLimit: a request without a valid key is refused unread
+api.add_middleware(HeaderLimits)  # outside ApiKeyAuth: an oversized Authorization header is refused first
 api.add_middleware(RequestMetrics)  # outermost: counts the body-size refusals too
 
 
@@ -92,6 +98,7 @@ class Ingress:
         infos: dict[str, dict[str, Any]],
         max_body_bytes: int,
         body_timeout_s: float = 10.0,
+        security: dict[str, Any] | None = None,
     ) -> None:
         self.handles = models
         self.infos = {name: ModelInfo.from_dict(info) for name, info in infos.items()}
@@ -99,6 +106,7 @@ class Ingress:
         api.state.max_body_bytes = max_body_bytes
         api.state.body_timeout_s = body_timeout_s
         api.state.model_ids = frozenset(self.infos)
+        configure_security(api.state, security or {})  # API keys and header caps (serving.api.auth)
 
     def _info(self, model: str, field: str = "model") -> ModelInfo:
         info = self.infos.get(model)

@@ -11,6 +11,7 @@ any backend, so an onnxruntime-backed deployment is tested the same way:
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import time
 from dataclasses import dataclass
@@ -27,6 +28,9 @@ TEST_ENV = {
     "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
     "RAY_SERVE_REPLICA_UTILIZATION_REPORT_INTERVAL_S": "1",
     "RAY_DEDUP_LOGS": "0",
+    # An API key that Ray workers inherit from the driver's environment (tests/serving/test_auth_serve.py):
+    # the way to hand keys_env a key without runtime_env, which Ray writes to runtime_env_agent.log.
+    "STEPSERVE_TEST_API_KEYS": f"kenv-{secrets.token_urlsafe(24)}",
 }
 SMALL_REPLICA = {"ray_actor_options": {"num_cpus": 0.5}}
 

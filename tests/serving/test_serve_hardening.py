@@ -1,0 +1,129 @@
+"""`make serve`'s Ray from the outside: every socket its process tree listens on is on loopback, except
+Serve's inter-deployment gRPC server of each replica, which Ray 2.60 binds to [::] with no setting
+(docs/security.md). Read from /proc, so it needs Linux and no extra tool."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.serving.conftest import free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def process_tree(root: int) -> dict[int, str]:
+    """pid -> command line of `root` and all its descendants."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    tree, frontier = {root}, {root}
+    while frontier:
+        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - tree
+        tree |= frontier
+    out = {}
+    for pid in tree:
+        try:
+            out[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+    return out
+
+
+def listening_sockets(pids: dict[int, str]) -> list[tuple[str, int, str]]:
+    """(address, port, command line) of every listening TCP socket that one of `pids` holds."""
+    listening: dict[str, tuple[str, int]] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] != "0A":  # LISTEN
+                continue
+            hex_ip, hex_port = cols[1].split(":")
+            raw = bytes.fromhex(hex_ip)
+            # /proc prints each 32-bit word of the address in host (little-endian) order
+            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            listening[cols[9]] = (str(ipaddress.ip_address(raw)), int(hex_port, 16))
+    out = []
+    for pid, cmd in pids.items():
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            inode = target[len("socket:[") : -1] if target.startswith("socket:[") else None
+            if inode in listening:
+                out.append((*listening[inode], cmd))
+    return sorted(set(out))
+
+
+def is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
+
+
+def test_serve_cli_listens_on_loopback_only(tiny_checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    config = {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": "127.0.0.1", "port": 8000},
+        "applications": [
+            {
+                "name": "stepserve",
+                "route_prefix": "/",
+                "import_path": "serving.app:build_app",
+                "args": {"models": {"moons-fm": {"path": str(tiny_checkpoints["moons-fm"])}}},
+                "deployments": [
+                    {"name": "Ingress", "ray_actor_options": {"num_cpus": 0.25}},
+                    {"name": "moons-fm", "ray_actor_options": {"num_cpus": 0.5}},
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(config))
+    port, metrics_port = free_port(), free_port()
+    log = tmp_path / "serve.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # serve_cli's own defaults
+    cmd = [sys.executable, "-m", "serving.serve_cli", "--config", str(path), "--port", str(port)]
+    cmd += ["--metrics-port", str(metrics_port), "--num-cpus", "4"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while "stepserve is ready." not in log.read_text():
+            assert proc.poll() is None, f"serve_cli exited early:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"not ready within 4 minutes:\n{log.read_text()[-3000:]}"
+            time.sleep(1.0)
+        assert "warning: Ray's node address" not in log.read_text()
+        assert httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30).status_code == 200
+        sockets = listening_sockets(process_tree(proc.pid))
+        by_port = {p: (a, c) for a, p, c in sockets}
+        assert by_port[port][0] == "127.0.0.1" and by_port[metrics_port][0] == "127.0.0.1", sockets
+        assert len(sockets) >= 10, sockets  # GCS, raylet, agents, Serve's actors: the tree was really read
+        open_ = [(a, p, c) for a, p, c in sockets if not is_loopback(a)]
+        # What remains on every interface: one gRPC server per Serve replica (hard-coded "[::]:0" in Ray 2.60).
+        assert open_ and all(c.startswith("ray::ServeReplica") for _, _, c in open_), open_
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
