@@ -1,6 +1,6 @@
 """The service as the load generator sees it: HTTP calls, one request's record, and the pre-flight check.
 
-Everything goes over HTTP (httpx); nothing here imports the serving package.
+Everything goes over HTTP through `stepserve_client`; nothing here imports the serving package.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import httpx
+from stepserve_client import NO_RETRY, AsyncClient, Client, StepserveError, TransportFailure
 
 
 class LoadTestError(Exception):
@@ -90,7 +90,7 @@ class RequestSpec:
 
 
 async def send(
-    client: httpx.AsyncClient,
+    client: AsyncClient,
     spec: RequestSpec,
     index: int,
     load: float,
@@ -98,7 +98,8 @@ async def send(
     t0: float,
     warmup: bool,
 ) -> Record:
-    """POST one request and measure it; never raises for HTTP or transport failures (they are data)."""
+    """POST one request and measure it, never retrying (a retry would hide the refusal the load test is
+    measuring); never raises for HTTP or transport failures (they are data)."""
     rec = Record(
         index=index,
         sampler=spec.sampler,
@@ -111,50 +112,34 @@ async def send(
         warmup=warmup,
     )
     try:
-        resp = await client.post("/v1/samples", json=spec.payload(index))
-    except httpx.TimeoutException as e:
-        rec.status, rec.detail = "timeout", f"{type(e).__name__}: {e}"
-    except httpx.ConnectError as e:
-        rec.status, rec.detail = "connect", f"{type(e).__name__}: {e}"
-    except httpx.TransportError as e:
-        rec.status, rec.detail = "transport", f"{type(e).__name__}: {e}"
+        result = await client.submit(spec.payload(index), NO_RETRY)
+    except TransportFailure as e:
+        rec.status, rec.detail = e.kind, e.message
+    except StepserveError as e:
+        rec.status = str(e.status)
+        rec.retry_after = None if e.retry_after is None else f"{e.retry_after:g}"
+        rec.detail = e.message[:200]
     else:
-        rec.status = str(resp.status_code)
-        rec.retry_after = resp.headers.get("retry-after")
-        if resp.status_code != 200:
-            rec.detail = _error_detail(resp)
-        else:
-            body = resp.json()
-            rec.num_samples = int(body["shape"][0])
-            rec.nfe = body["nfe"]
-            timing = body["timing"]
-            rec.server_queue_s = _ms(timing, "queue_ms")
-            rec.server_compute_s = _ms(timing, "compute_ms")
-            rec.server_total_s = _ms(timing, "total_ms")
+        rec.status = "200"
+        rec.num_samples = result.shape[0]
+        rec.nfe = result.nfe
+        rec.server_queue_s = _ms(result.timing, "queue_ms")
+        rec.server_compute_s = _ms(result.timing, "compute_ms")
+        rec.server_total_s = _ms(result.timing, "total_ms")
     rec.end = time.perf_counter() - t0
     return rec
-
-
-def _error_detail(resp: httpx.Response) -> str:
-    try:
-        body = resp.json()
-    except ValueError:
-        return resp.text[:200]
-    err = body.get("error") if isinstance(body, dict) else None
-    return str(err.get("message") if isinstance(err, dict) else body)[:200]
 
 
 def list_models(url: str, timeout: float = 10.0) -> list[str]:
     """Model ids from GET /v1/models; LoadTestError when the service cannot be reached or answers badly."""
     try:
-        resp = httpx.get(f"{url}/v1/models", timeout=timeout)
-    except httpx.HTTPError as e:
-        raise LoadTestError(f"cannot reach {url}/v1/models: {type(e).__name__}: {e}") from None
-    if resp.status_code != 200:
-        raise LoadTestError(f"GET {url}/v1/models answered {resp.status_code}: {_error_detail(resp)}")
-    try:
-        return [str(entry["id"]) for entry in resp.json()["models"]]
-    except (ValueError, KeyError, TypeError):
+        with Client(url, timeout=timeout) as c:
+            return [str(entry["id"]) for entry in c.models()]
+    except TransportFailure as e:
+        raise LoadTestError(f"cannot reach {url}/v1/models: {e.message}") from None
+    except StepserveError as e:
+        raise LoadTestError(f"GET {url}/v1/models answered {e.status}: {e.message[:200]}") from None
+    except (KeyError, TypeError):
         raise LoadTestError(f"GET {url}/v1/models did not answer {{'models': [{{'id': ...}}]}}") from None
 
 
@@ -164,12 +149,12 @@ def model_info(url: str, model: str, timeout: float = 10.0) -> dict[str, Any]:
     if model not in known:
         raise LoadTestError(f"unknown model {model!r} at {url}; the service has: {', '.join(known) or 'none'}")
     try:
-        resp = httpx.get(f"{url}/v1/models/{model}", timeout=timeout)
-    except httpx.HTTPError as e:
-        raise LoadTestError(f"cannot reach {url}/v1/models/{model}: {e}") from None
-    if resp.status_code != 200:
-        raise LoadTestError(f"GET {url}/v1/models/{model} answered {resp.status_code}: {_error_detail(resp)}")
-    return resp.json()
+        with Client(url, timeout=timeout) as c:
+            return c.model(model)
+    except TransportFailure as e:
+        raise LoadTestError(f"cannot reach {url}/v1/models/{model}: {e.message}") from None
+    except StepserveError as e:
+        raise LoadTestError(f"GET {url}/v1/models/{model} answered {e.status}: {e.message[:200]}") from None
 
 
 def accepted_samplers(info: dict[str, Any]) -> list[str]:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import numpy as np
 
 from loadtests.client import LoadTestError
+from stepserve_client import Client, StepserveError, sample_body
 from training import metrics
 
 
@@ -37,23 +37,19 @@ def fetch_samples(
     """n samples (n, *shape) in data space and their requested labels (n,) or None, fetched in chunks of
     at most per_request; class-conditional chunks ask for one label each, cycling over class_labels."""
     out, labels = [], []
-    with httpx.Client(base_url=url, timeout=timeout) as client:
+    with Client(url, timeout=timeout) as client:  # a 503 is retried: only the samples matter here
         i = 0
         while sum(len(x) for x in out) < n:
             size = min(per_request, n - sum(len(x) for x in out))
-            body: dict[str, Any] = {"model": model, "sampler": sampler, "steps": steps, "num_samples": size}
-            body["seed"] = seed + 7919 * i  # chunks must not repeat each other's noise
-            if guidance is not None:
-                body["guidance"] = guidance
-            if class_labels:
-                body["class_label"] = class_labels[i % len(class_labels)]
-            resp = client.post("/v1/samples", json=body)
-            if resp.status_code != 200:
-                raise LoadTestError(f"quality samples for {sampler} K={steps}: {resp.status_code} {resp.text[:200]}")
-            data = resp.json()
-            out.append(np.asarray(data["samples"], dtype=np.float32).reshape(data["shape"]))
-            if class_labels:
-                labels.append(np.full(len(out[-1]), body["class_label"], dtype=np.int64))
+            label = class_labels[i % len(class_labels)] if class_labels else None
+            # chunks must not repeat each other's noise: each its own seed
+            body = sample_body(model, sampler, steps, size, guidance, label, seed=seed + 7919 * i)
+            try:
+                out.append(client.submit(body).samples)
+            except StepserveError as e:
+                raise LoadTestError(f"quality samples for {sampler} K={steps}: {e}") from None
+            if label is not None:
+                labels.append(np.full(len(out[-1]), label, dtype=np.int64))
             i += 1
     return np.concatenate(out), (np.concatenate(labels) if labels else None)
 

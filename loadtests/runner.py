@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 
 from loadtests.client import Record, RequestSpec, send
+from stepserve_client import AsyncClient
 
 # Open loop must never wait for a pooled connection (that would throttle arrivals), so no pool cap.
 UNLIMITED = httpx.Limits(max_connections=None, max_keepalive_connections=256)
@@ -41,12 +42,13 @@ def poisson_arrivals(rate: float, horizon: float, seed: int) -> np.ndarray:
     return times[times < horizon]
 
 
-def make_client(url: str, timeout: float) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(timeout, connect=10.0), limits=UNLIMITED)
+def make_client(url: str, timeout: float) -> AsyncClient:
+    http = httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(timeout, connect=10.0), limits=UNLIMITED)
+    return AsyncClient(url, http=http)
 
 
 async def closed_loop(
-    client: httpx.AsyncClient,
+    client: AsyncClient,
     spec: RequestSpec,
     concurrency: int,
     duration: float,
@@ -73,7 +75,7 @@ async def closed_loop(
 
 
 async def fire_at(
-    client: httpx.AsyncClient,
+    client: AsyncClient,
     spec: RequestSpec,
     arrivals: np.ndarray,
     t0: float,
@@ -103,7 +105,7 @@ async def fire_at(
 
 
 async def open_loop(
-    client: httpx.AsyncClient,
+    client: AsyncClient,
     spec: RequestSpec,
     rate: float,
     duration: float,

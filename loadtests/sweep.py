@@ -15,6 +15,7 @@ from loadtests import prom
 from loadtests.client import LoadTestError, Record, RequestSpec, send
 from loadtests.runner import closed_loop, make_client, open_loop
 from loadtests.stats import summarize
+from stepserve_client import AsyncClient
 
 
 @dataclass
@@ -68,7 +69,7 @@ class SweepResult:
         return self.probes + len(self.records)
 
 
-async def _probe(client: httpx.AsyncClient, spec: RequestSpec) -> None:
+async def _probe(client: AsyncClient, spec: RequestSpec) -> None:
     """One request per (sampler, K) before its cells: a refusal (bad sampler, K over the limit) ends the
     sweep with the service's own message, and first-call costs (lazy loading) stay out of the cells."""
     rec = await send(client, spec, 0, 0.0, 0.0, time.perf_counter(), warmup=True)
@@ -140,7 +141,7 @@ async def run_sweep(cfg: SweepConfig) -> SweepResult:
 
 
 async def _run_cell(
-    client: httpx.AsyncClient,
+    client: AsyncClient,
     cfg: SweepConfig,
     spec: RequestSpec,
     load: float,

@@ -10,15 +10,17 @@ import pytest
 
 from tests.conftest import ROOT
 
-PACKAGES = ("training", "sampling", "export", "serving", "loadtests", "bench")
+PACKAGES = ("training", "sampling", "export", "serving", "loadtests", "bench", "stepserve_client")
 # package -> the project packages it may import (besides itself)
 ALLOWED = {
     "training": set(),
     "sampling": {"training"},
     "export": {"sampling", "training"},
     "serving": {"sampling", "training"},
-    "loadtests": {"training"},  # it speaks HTTP; training only for reference data and metrics
-    "bench": {"training", "sampling", "export", "serving", "loadtests"},
+    # it speaks HTTP through stepserve_client; training only for reference data and metrics
+    "loadtests": {"training", "stepserve_client"},
+    "bench": {"training", "sampling", "export", "serving", "loadtests", "stepserve_client"},
+    "stepserve_client": set(),  # installable and usable alone: it imports nothing of the project
 }
 
 
