@@ -15,6 +15,8 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
+from serving.api.auth import OPEN_PATHS
+
 STATIC_PREFIX = "/docs/static/"
 # The only files the page needs; anything else under /docs/static/ is 404 (no directory listing, no paths).
 STATIC_FILES = {
@@ -32,17 +34,40 @@ def swagger_static_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "static"
 
 
+# Answers of the edge's middleware, which FastAPI's routes cannot declare themselves.
+EDGE_RESPONSES = {
+    "401": "API keys are configured and the request has no valid `Authorization: Bearer <key>`",
+    "429": "the API key is over its rate or in-flight quota (Retry-After says when to retry)",
+    "431": "more header lines or header bytes than the service accepts",
+}
+
+
 def declare_bearer_auth(api: FastAPI) -> None:
     """Describe the optional API key in the OpenAPI document, so Swagger UI shows "Authorize" and sends the
-    key. Optional (`{}` first): a deployment without `auth` needs none; /healthz needs none either way."""
+    key, and add the middleware's 401 / 429 / 431 to every operation (open paths: 431 only, no security).
+    Optional (`{}` first): a deployment without `auth` needs no key."""
     build = api.openapi
 
     def openapi() -> dict:
         if api.openapi_schema is None:
             schema = build()  # sets api.openapi_schema; amended in place once
-            schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
-            schemes["bearer"] = {"type": "http", "scheme": "bearer", "description": "API key (when configured)"}
+            components = schema.setdefault("components", {})
+            components.setdefault("securitySchemes", {})["bearer"] = {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "API key (when configured)",
+            }
             schema["security"] = [{}, {"bearer": []}]
+            body = {"$ref": "#/components/schemas/ErrorBody"} if "ErrorBody" in components.get("schemas", {}) else {}
+            for path, operations in schema.get("paths", {}).items():
+                for op in operations.values():
+                    open_path = path in OPEN_PATHS
+                    if open_path:
+                        op["security"] = []
+                    for status, text in EDGE_RESPONSES.items():
+                        if status == "431" or not open_path:
+                            answer = {"description": text, "content": {"application/json": {"schema": body}}}
+                            op.setdefault("responses", {}).setdefault(status, answer)
         return api.openapi_schema
 
     api.openapi = openapi  # type: ignore[method-assign]

@@ -103,3 +103,17 @@ def test_docs_page_and_its_assets_come_from_the_app_not_a_cdn() -> None:
     schema = client.get("/openapi.json").json()
     assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     assert schema["security"] == [{}, {"bearer": []}]
+
+
+def test_openapi_declares_the_edge_answers_and_the_open_paths() -> None:
+    from serving.api.ingress import api
+
+    api.openapi_schema = None
+    schema = api.openapi()
+    samples = schema["paths"]["/v1/samples"]["post"]
+    assert {"401", "429", "431"} <= set(samples["responses"]) and "security" not in samples
+    assert samples["responses"]["401"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorBody"
+    }
+    health = schema["paths"]["/healthz"]["get"]
+    assert health["security"] == [] and "431" in health["responses"] and "401" not in health["responses"]
