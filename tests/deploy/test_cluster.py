@@ -415,11 +415,6 @@ def test_node_loss_under_load(served: Served) -> None:
         assert r.status_code == 200, r.text
 
 
-@pytest.mark.xfail(
-    reason="needs the ingress's one retry on another replica (main); on this branch a request in flight on a "
-    "replica of the lost node is answered 503 although another replica of the model was alive",
-    strict=False,
-)
 def test_node_loss_no_5xx_while_another_replica_lives(served: Served) -> None:
     """The contract: no request answered 5xx except ones whose retry also failed. The scale-out model kept a live
     replica on the surviving node throughout, so a retry of any of its requests could succeed."""

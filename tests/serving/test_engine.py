@@ -313,3 +313,31 @@ def test_a_request_past_the_timeout_leaves_and_frees_its_rows(ckpts) -> None:
     stats_after, ok = asyncio.run(main())
     assert stats_after.in_flight == 0 and stats_after.queued == 0 and stats_after.rows_in_flight == 0
     assert ok.samples.shape == (2, 2)
+
+
+LOW_K_CASES = [
+    ("moons-ddpm", "dpm-solver++", 6, 2.0, 1, 5, 21, {}),
+    ("moons-ddpm", "heun", 4, None, 0, 3, 22, {"spacing": "linspace"}),
+    ("moons-fm", "fm-heun", 5, 1.5, 1, 4, 23, {}),
+    ("moons-fm", "fm-dopri5", 3, None, None, 6, 24, {"rtol": 1e-4, "atol": 1e-5}),
+]
+
+
+@pytest.mark.parametrize("case", LOW_K_CASES, ids=lambda c: c[1])
+def test_low_k_samplers_are_batch_independent_in_the_engine(ckpts, case) -> None:
+    """Each newer sampler (multistep, two-stage, adaptive with its own NFE) gets its solo samples when it
+    runs amid 20 other requests of other samplers, K and sizes in the engine, within 1e-5."""
+    ckpt = ckpts[case[0]]
+    net = ckpt.net("ema")
+    others = [
+        (case[0], name, 3 + i % 7, (1.0 + i % 3) if i % 2 else None, i % 2, 1 + i % 5, 100 + i, {})
+        for i, name in enumerate([s for s in samplers.samplers_for(ckpt.objective) if s != "fm-dopri5"] * 7)
+    ][:20]
+
+    async def main():
+        engine = Engine(RecordingForward(net), ckpt.null_label)
+        subs = [engine.submit(*_start(ckpt, c[1], c[2], c[4], c[5], c[6], c[7]), c[3]) for c in [case, *others]]
+        return await asyncio.gather(*subs)
+
+    results = asyncio.run(main())
+    torch.testing.assert_close(results[0].samples, _alone(ckpt, net, case), atol=1e-5, rtol=1e-5)

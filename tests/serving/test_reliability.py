@@ -202,3 +202,56 @@ def test_killing_a_model_replica_under_load_fails_no_request(
     assert len(results) > killed_at + 5  # the service kept answering after the kill
     assert not failed
     serve_cluster.delete("kill")
+
+
+def test_stalled_uploads_do_not_take_the_api_down(
+    serve_cluster: ServeCluster, tiny_checkpoints: dict[str, Path]
+) -> None:
+    """1 200 connections send headers and part of a body, then stall for 20 s; meanwhile a normal client's
+    requests are answered. Stalled bodies get 408 after body_timeout_s, so they hold an Ingress slot for
+    that long at most; two Ingress replicas hold 2 x 1 024 slots."""
+    args = app_args(
+        tiny_checkpoints,
+        models=("moons-fm",),
+        deployment_options={
+            "moons-fm": SMALL_REPLICA,
+            "Ingress": {"num_replicas": 2, "max_ongoing_requests": 1024, "ray_actor_options": {"num_cpus": 0.25}},
+        },
+    )
+    args["body_timeout_s"] = 5.0
+    url = serve_cluster.deploy("stall", "/stall", args)
+    host, port = "127.0.0.1", serve_cluster.http_port
+    head = (
+        f"POST /stall/v1/samples HTTP/1.1\r\nHost: {host}:{port}\r\ncontent-type: application/json\r\n"
+        "content-length: 1000\r\n\r\n"
+    ).encode() + b'{"model": "moons-fm", '
+    normal = {"model": "moons-fm", "sampler": "fm-euler", "steps": 5, "num_samples": 4, "seed": 0}
+
+    async def main() -> tuple[int, list[int], int]:
+        writers, opened = [], 0
+        for _ in range(1200):
+            try:
+                _, w = await asyncio.open_connection(host, port)
+            except OSError:
+                break
+            w.write(head)
+            writers.append(w)
+            opened += 1
+        statuses = []
+        async with httpx.AsyncClient(base_url=url, timeout=10) as c:
+            end = time.perf_counter() + 20.0
+            while time.perf_counter() < end:
+                try:
+                    statuses.append((await c.post("/v1/samples", json=normal)).status_code)
+                except httpx.HTTPError:
+                    statuses.append(0)
+                await asyncio.sleep(0.5)
+        for w in writers:
+            w.close()
+        return opened, statuses, len(writers)
+
+    opened, statuses, _ = asyncio.run(main())
+    print(f"{opened} stalled connections; normal client: {len(statuses)} requests, statuses {sorted(set(statuses))}")
+    assert opened == 1200
+    assert len(statuses) >= 20 and all(s == 200 for s in statuses), statuses
+    serve_cluster.delete("stall")
