@@ -178,15 +178,22 @@ async def _run_cell(
 
 
 async def _settled_scrape(cfg: SweepConfig, before: dict | None, sent: int) -> tuple[dict | None, str | None]:
-    """Scrape after the run until the server's request counter has grown by what we sent, or `settle`
-    seconds pass: Ray's metrics agent exports on an interval (seconds), so the first scrape can lag."""
+    """Scrape after the run until the server's request counter has grown by what we sent and its NFE
+    counter has stopped moving (3 s unchanged), or `settle` seconds pass: Ray's metrics agents export on
+    an interval, and the Ingress (requests) and the model replicas (NFE) export independently, so the
+    first scrapes can lag."""
     deadline = time.perf_counter() + cfg.settle
+    nfe_seen, stable_since = None, 0.0
     while True:
         after = _scrape(cfg.metrics_url)
         if before is None or after[0] is None:
             return after
-        grown = prom.summarize_server(before, after[0])["requests"] or 0.0
-        if grown >= sent or time.perf_counter() > deadline:
+        summary = prom.summarize_server(before, after[0])
+        now = time.perf_counter()
+        if summary.get("nfe") != nfe_seen:
+            nfe_seen, stable_since = summary.get("nfe"), now
+        counted = (summary["requests"] or 0.0) >= sent
+        if (counted and now - stable_since >= 3.0) or now > deadline:
             return after
         await asyncio.sleep(1.0)
 

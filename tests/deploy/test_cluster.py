@@ -89,8 +89,9 @@ class Served:
         self.wait_running({SCALE_MODEL: moons_fm_replicas})
 
     def wait_running(self, replicas: dict[str, int], timeout_s: float = 300) -> dict[str, Any]:
-        """Until the app is RUNNING with these RUNNING replica counts (others 1) and /healthz answers 200."""
-        want = {m: replicas.get(m, 1) for m in (*MODELS, "Ingress")}
+        """Until the app is RUNNING with these RUNNING replica counts (Ingress 2 as in the config, others 1)
+        and /healthz answers 200."""
+        want = {m: replicas.get(m, 2 if m == "Ingress" else 1) for m in (*MODELS, "Ingress")}
         deadline = time.monotonic() + timeout_s
         last: Any = None
         while time.monotonic() < deadline:

@@ -44,7 +44,8 @@ def test_load_scales_a_model_deployment_up_and_back_down(
     serve_cluster: ServeCluster, tiny_checkpoints: dict[str, Path]
 ) -> None:
     options = {"moons-fm": {**SMALL_REPLICA, "autoscaling_config": AUTOSCALING}, "Ingress": SMALL_REPLICA}
-    args = app_args(tiny_checkpoints, models=("moons-fm",), deployment_options=options)
+    # Autoscaling is on ongoing requests: a generous wait bound keeps admission from shedding that load.
+    args = app_args(tiny_checkpoints, models=("moons-fm",), engine={"max_wait_s": 60.0}, deployment_options=options)
     base = serve_cluster.deploy("auto", "/auto", args)
     stop = threading.Event()
     served = []

@@ -73,9 +73,10 @@ def shed_url(serve_cluster: ServeCluster, tiny_checkpoints: dict[str, Path]) -> 
 
 
 def test_overload_at_three_times_capacity_sheds_fast_and_serves_the_rest(shed_url: str) -> None:
-    warm = asyncio.run(_closed(shed_url, 8, 3.0))
+    asyncio.run(_closed(shed_url, 8, 2.0))  # warm-up: the first requests after deployment are slower
+    warm = asyncio.run(_closed(shed_url, 8, 4.0))
     ok = [lat for status, lat, _ in warm if status == "200"]
-    capacity = len(ok) / 3.0  # requests per second the replica sustains, measured just now
+    capacity = len(ok) / 4.0  # requests per second the replica sustains, measured just now
     assert capacity > 0.5, warm[:3]
     rate = 3 * capacity
     results = asyncio.run(_open(shed_url, rate, 10.0))
