@@ -57,7 +57,8 @@ def app_args(
             n: {"path": str(checkpoints[n]), "backend": backend, "backend_options": backend_options or {}}
             for n in names
         },
-        "engine": engine or {},
+        # Tests not about load shedding must not shed: a wide wait bound unless the test sets its own.
+        "engine": {"max_wait_s": 300.0, **(engine or {})},
         "limits": limits or {"max_num_samples": 256},
         "deployment_options": deployment_options or {n: SMALL_REPLICA for n in (*names, "Ingress")},
     }
