@@ -44,6 +44,8 @@ from sampling.guidance import combine, expand
 from sampling.samplers import Evaluation, SamplerGen
 from serving.backends.base import Backend
 from serving.latency import TickModel
+from serving.scheduler import Efficiency, Load, Policy, Slot, plan_tick, predicted_latency
+from serving.scheduler import order as order_slots
 
 
 @dataclass(frozen=True)
@@ -56,12 +58,31 @@ class EngineLimits:
     max_queue: int = 256
     max_wait_s: float = 5.0  # refuse a request predicted to take longer than this beyond its time alone
     request_timeout_s: float = 300.0  # a request still running after this leaves the engine
+    # Which rows run each tick (serving.scheduler): "deadline" (EDF, then least work first, under a per-tick
+    # row budget) or "fifo" (every request every tick, whole).
+    scheduling: str = "deadline"
+    stretch: float = 1.5  # how much slower than alone others may make a request's ticks
+    max_skip_ticks: int = 8  # no request waits longer than this many ticks between two advances
+    efficiency: float = 0.9  # the row budget never makes a tick's fixed cost more than 1 - this of it
 
     def __post_init__(self) -> None:
         if self.max_rows_per_tick < 1 or self.max_in_flight < 1 or self.max_queue < 0:
             raise ValueError(f"engine limits must be positive (max_queue >= 0), got {self}")
         if not self.max_wait_s > 0 or not self.request_timeout_s > 0:
             raise ValueError(f"max_wait_s and request_timeout_s must be > 0, got {self}")
+        if self.scheduling not in ("deadline", "fifo"):
+            raise ValueError(f"scheduling must be 'deadline' or 'fifo', got {self.scheduling!r}")
+        self.policy  # noqa: B018 -- checks stretch, max_skip_ticks and efficiency
+
+    @property
+    def policy(self) -> Policy:
+        return Policy(
+            max_rows_per_tick=self.max_rows_per_tick,
+            stretch=self.stretch,
+            max_skip_ticks=self.max_skip_ticks,
+            efficiency=self.efficiency,
+            fifo=self.scheduling == "fifo",
+        )
 
 
 class RequestTimeout(RuntimeError):
@@ -105,8 +126,10 @@ class _Job:
     planned: int  # net evaluations the sampler will ask for
     future: asyncio.Future
     submitted: float
+    slot: Slot  # what the scheduler sees of it
     admitted: float = 0.0
-    pending: Evaluation | None = None
+    pending: tuple[Tensor, Tensor, Tensor] | None = None  # the current evaluation's rows (x, t, y), guided expanded
+    parts: list[Tensor] = field(default_factory=list)  # outputs of its rows run so far in this evaluation
     evaluations: int = 0
     done: bool = field(default=False)
 
@@ -114,6 +137,12 @@ class _Job:
     def work_left(self) -> int:
         """Rows x evaluations still to run (at least one evaluation while it is not done)."""
         return self.rows * max(self.planned - self.evaluations, 1)
+
+    def set_pending(self, ev: Evaluation, null_label: int) -> None:
+        self.pending = expand(ev.x, ev.t, self.y, self.guidance is not None, null_label)
+        self.parts = []
+        self.slot.cursor = 0
+        self.slot.evals_left = max(self.planned - self.evaluations, 1)
 
 
 @dataclass(frozen=True)
@@ -139,13 +168,16 @@ class Engine:
         limits: EngineLimits | None = None,
         on_tick: Callable[[int, int], None] | None = None,
         tick_model: TickModel | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         """tick_model: the replica's latency model, seeded from a profile of `backend` (`profile_backend`);
-        None starts one with no profile."""
+        None starts one with no profile. clock: the time deadlines are given in."""
         self.backend = backend
         self.null_label = null_label
         self.limits = limits or EngineLimits()
+        self.policy = self.limits.policy
         self.on_tick = on_tick
+        self.clock = clock
         self._queue: deque[_Job] = deque()
         self._active: list[_Job] = []
         self._wake = asyncio.Event()
@@ -154,7 +186,11 @@ class Engine:
         # threads do the parallel work.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-forward")
         self._ticks = 0
+        self._seq = 0
+        self._running_rows = 0  # rows of the tick running now (0 between ticks)
+        self._running_since = 0.0
         self.tick_model = tick_model or TickModel()
+        self.efficiency = Efficiency(self.policy.efficiency_window_s)
 
     # -- public -------------------------------------------------------------------------------------
 
@@ -170,13 +206,25 @@ class Engine:
         """Rows x evaluations left of every request in flight or waiting."""
         return sum(j.work_left for j in self._active) + sum(j.work_left for j in self._queue)
 
-    def predicted_wait(self, rows: int, evaluations: int) -> float:
-        """Seconds a new request of `rows` rows x `evaluations` evaluations would take beyond its time alone:
-        when it fits the next tick, its evaluations times the extra tick time of the rows in flight; else
-        the work ahead at the full-tick throughput plus its evaluations times the extra time of a full tick."""
+    def predicted_latency(self, rows: int, evaluations: int, deadline: float | None = None) -> float:
+        """Seconds from now until a new request of `rows` rows x `evaluations` evaluations (deadline on
+        `clock`, or None) would finish, given the requests in flight and queued."""
+        if self.policy.fifo:
+            return self.predicted_wait(rows, evaluations) + evaluations * self.tick_model.tick_s(rows)
+        slots = [j.slot for j in (*self._active, *self._queue)]
+        load = Load(slots, self._running_rows, self._running_since, self.efficiency.value())
+        return predicted_latency(rows, evaluations, deadline, load, self.clock(), self.tick_model, self.policy)
+
+    def predicted_wait(self, rows: int, evaluations: int, deadline: float | None = None) -> float:
+        """Seconds a new request would take beyond its time alone. Under FIFO: when it fits the next tick,
+        its evaluations times the extra tick time of the rows in flight; else the work ahead at the
+        full-tick throughput plus its evaluations times the extra time of a full tick. Under the deadline
+        policy: `serving.scheduler.predicted_latency` minus its time alone."""
         lim = self.limits
         model = self.tick_model
         alone = model.tick_s(rows)
+        if not self.policy.fifo:
+            return max(0.0, self.predicted_latency(rows, evaluations, deadline) - evaluations * alone)
         in_flight_rows = sum(j.rows for j in self._active)
         fits = in_flight_rows + rows <= lim.max_rows_per_tick or not self._active
         if not self._queue and fits and len(self._active) < lim.max_in_flight:
@@ -186,10 +234,16 @@ class Engine:
         return self.work_ahead() * tick / full + evaluations * max(tick - alone, 0.0)
 
     async def submit(
-        self, gen: SamplerGen, y: Tensor, guidance: float | None = None, evaluations: int | None = None
+        self,
+        gen: SamplerGen,
+        y: Tensor,
+        guidance: float | None = None,
+        evaluations: int | None = None,
+        deadline: float | None = None,
     ) -> EngineResult:
         """Run sampler `gen` (labels y (N,), guidance w or None) to completion amid the other requests;
-        `evaluations`: the net evaluations it will ask for (its work; None counts one).
+        `evaluations`: the net evaluations it will ask for (its work; None counts one); `deadline`: when it
+        should be done, on `clock` (None: the default class).
 
         Raises Overloaded at once when the count bounds are full or the predicted wait exceeds max_wait_s;
         RequestTimeout when it runs past request_timeout_s. If the awaiting coroutine is cancelled (client
@@ -199,12 +253,12 @@ class Engine:
         evaluations = evaluations or 1
         if len(self._active) + len(self._queue) >= lim.max_in_flight + lim.max_queue:
             gen.close()
-            wait = self.predicted_wait(rows, evaluations)
+            wait = self.predicted_wait(rows, evaluations, deadline)
             raise Overloaded(
                 f"engine full: {len(self._active)} requests in flight, {len(self._queue)} queued",
                 _retry_after(wait, lim.max_wait_s),
             )
-        wait = self.predicted_wait(rows, evaluations)
+        wait = self.predicted_wait(rows, evaluations, deadline)
         if wait > lim.max_wait_s:
             gen.close()
             raise Overloaded(
@@ -212,7 +266,9 @@ class Engine:
                 _retry_after(wait, lim.max_wait_s),
             )
         loop = asyncio.get_running_loop()
-        job = _Job(gen, y, guidance, rows, evaluations, loop.create_future(), submitted=time.perf_counter())
+        self._seq += 1
+        slot = Slot(rows, evaluations, deadline, self._seq)
+        job = _Job(gen, y, guidance, rows, evaluations, loop.create_future(), time.perf_counter(), slot)
         self._queue.append(job)
         self._ensure_running()
         self._wake.set()
@@ -255,17 +311,22 @@ class Engine:
             job.future.cancel()
 
     def _admit(self) -> None:
-        """Move waiting requests in (FIFO) while their rows and the in-flight bound allow."""
+        """Move waiting requests in while the in-flight bound allows: under FIFO in arrival order and while
+        their rows fit one tick beside the others; under the deadline policy most urgent first, whatever
+        their rows (the per-tick budget decides what runs)."""
         rows = sum(j.rows for j in self._active)
         now = time.perf_counter()
+        if not self.policy.fifo and len(self._queue) > 1:
+            ranked = {id(s): i for i, s in enumerate(order_slots([j.slot for j in self._queue], self.policy))}
+            self._queue = deque(sorted(self._queue, key=lambda j: ranked[id(j.slot)]))
         while self._queue and len(self._active) < self.limits.max_in_flight:
             job = self._queue[0]
-            if self._active and rows + job.rows > self.limits.max_rows_per_tick:
+            if self.policy.fifo and self._active and rows + job.rows > self.limits.max_rows_per_tick:
                 break
             self._queue.popleft()
             job.admitted = now
             try:
-                job.pending = next(job.gen)
+                job.set_pending(next(job.gen), self.null_label)
             except StopIteration as stop:  # a sampler that needs no evaluation (not one we ship)
                 self._finish(job, stop.value)
                 continue
@@ -284,29 +345,52 @@ class Engine:
                 if not self._queue:
                     await self._wake.wait()
                 continue
-            batch = list(self._active)
+            by_slot = {id(j.slot): j for j in self._active}
+            plan = [
+                (by_slot[id(s)], n)
+                for s, n in plan_tick(
+                    [j.slot for j in self._active], self.clock(), self.tick_model, self.policy, self.efficiency.value()
+                )
+            ]
             try:
-                parts = [expand(j.pending.x, j.pending.t, j.y, j.guidance is not None, self.null_label) for j in batch]
-                x = torch.cat([p[0] for p in parts])
-                t = torch.cat([p[1] for p in parts])
-                y = torch.cat([p[2] for p in parts])
+                pieces = []
+                for j, n in plan:
+                    x, t, y = j.pending
+                    c = j.slot.cursor
+                    pieces.append((x[c : c + n], t[c : c + n], y[c : c + n]))
+                x = torch.cat([p[0] for p in pieces])
+                t = torch.cat([p[1] for p in pieces])
+                y = torch.cat([p[2] for p in pieces])
+                total = int(x.shape[0])
                 t0 = time.perf_counter()
-                out = await loop.run_in_executor(self._executor, self._forward_chunked, x, t, y)
-                self.tick_model.observe(int(x.shape[0]), time.perf_counter() - t0)
+                self._running_rows, self._running_since = total, self.clock()
+                try:
+                    out = await loop.run_in_executor(self._executor, self._forward_chunked, x, t, y)
+                finally:
+                    self._running_rows = 0
+                self.tick_model.observe(total, time.perf_counter() - t0)
+                self.efficiency.record(total, self.clock(), self.tick_model)
                 self._ticks += 1
                 if self.on_tick is not None:
-                    self.on_tick(int(x.shape[0]), len(batch))
+                    self.on_tick(total, len(plan))
             except Exception as e:  # the tick failed (backend or bookkeeping): fail its requests, keep serving
-                for j in batch:
+                for j, _ in plan:
                     self._fail(j, e)
                 continue
+            ran = {id(j) for j, _ in plan}
+            for j in self._active:
+                j.slot.idle_ticks = 0 if id(j) in ran else j.slot.idle_ticks + 1
             offset = 0
-            for j in batch:
-                chunk = out[offset : offset + j.rows]
-                offset += j.rows
+            for j, n in plan:
+                chunk = out[offset : offset + n]
+                offset += n
                 if j.done:  # cancelled while the net ran
                     continue
-                self._advance(j, combine(chunk, j.guidance))
+                j.parts.append(chunk)
+                j.slot.cursor += n
+                if j.slot.cursor >= j.rows:
+                    pred = j.parts[0] if len(j.parts) == 1 else torch.cat(j.parts)
+                    self._advance(j, combine(pred, j.guidance))
 
     def _forward_chunked(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
         """One backend call, or several in a row when the tick exceeds the backend's `max_batch` (a TensorRT
@@ -323,7 +407,7 @@ class Engine:
     def _advance(self, job: _Job, pred: Tensor) -> None:
         job.evaluations += 1
         try:
-            job.pending = job.gen.send(pred)
+            job.set_pending(job.gen.send(pred), self.null_label)
         except StopIteration as stop:
             self._finish(job, stop.value)
         except Exception as e:

@@ -129,11 +129,14 @@ def test_short_request_leaves_while_long_one_runs(ckpts) -> None:
     assert fwd.rows.count(8 + 3) == 5 and fwd.rows.count(8) == 195
 
 
-def test_rows_per_tick_bound(ckpts) -> None:
+@pytest.mark.parametrize("scheduling", ["fifo", "deadline"])
+def test_rows_per_tick_bound(ckpts, scheduling) -> None:
+    """No tick over the bound. FIFO runs a lone request over the bound whole; the deadline policy splits its
+    rows over several ticks. Samples are unchanged either way."""
     ckpt = ckpts["moons-fm"]
     fwd = RecordingForward(ckpt.net("ema"))
     net = ckpt.net("ema")
-    limits = EngineLimits(max_rows_per_tick=10, max_in_flight=8, max_queue=8)
+    limits = EngineLimits(max_rows_per_tick=10, max_in_flight=8, max_queue=8, scheduling=scheduling)
     cases = [("moons-fm", "fm-euler", 4, None, None, 6, s, {}) for s in range(4)]
     big = ("moons-fm", "fm-euler", 3, 1.0, 0, 8, 9, {})  # 16 rows: alone, over the bound
 
@@ -143,10 +146,14 @@ def test_rows_per_tick_bound(ckpts) -> None:
         return await asyncio.gather(*subs)
 
     results = asyncio.run(main())
-    assert max(fwd.rows[:-3]) <= 10 and fwd.rows[-3:] == [16, 16, 16]
+    if scheduling == "fifo":
+        assert max(fwd.rows[:-3]) <= 10 and fwd.rows[-3:] == [16, 16, 16]
+        assert results[1].queue_s > 0  # the second 6-row request waited for the first to leave
+    else:
+        assert max(fwd.rows) <= 10
+        assert sum(fwd.rows) == 4 * 6 * 4 + 16 * 3  # every row ran exactly once
     for c, res in zip([*cases, big], results, strict=True):
         torch.testing.assert_close(res.samples, _alone(ckpt, net, c), atol=1e-5, rtol=1e-5)
-    assert results[1].queue_s > 0  # the second 6-row request waited for the first to leave
 
 
 def test_overload_refuses_at_once_and_accepted_requests_finish(ckpts) -> None:
@@ -270,7 +277,7 @@ def test_admission_refuses_at_once_when_the_predicted_wait_exceeds_the_bound(ckp
     drain below the bound."""
     ckpt = ckpts["moons-fm"]
     fwd = RecordingForward(ckpt.net("ema"))
-    limits = EngineLimits(max_rows_per_tick=100, max_in_flight=8, max_queue=8, max_wait_s=1.0)
+    limits = EngineLimits(max_rows_per_tick=100, max_in_flight=8, max_queue=8, max_wait_s=1.0, scheduling="fifo")
     model = TickModel([(1, 0.01), (100, 0.01)])  # 10 ms a tick whatever its rows: 1e-4 s per row evaluation
 
     async def main():

@@ -1,0 +1,229 @@
+"""Which rows run in the next engine tick: earliest deadline first, under a per-tick row budget.
+
+The engine calls `plan_tick` once per tick with what it knows of each request in flight (a `Slot`) and
+runs exactly the rows it returns. The policy, from `Policy`:
+
+- **Order.** A request without a deadline that has not advanced for `max_skip_ticks` ticks goes first (it
+  cannot starve behind deadline traffic);
+  then requests with a deadline, earliest first (EDF); then the default class (no deadline), least work
+  left first (rows x evaluations left), so a short request is not queued behind long ones.
+- **Row budget.** Each request can afford ticks of some length (`allowance`): `stretch` times its own tick
+  alone for a short request, more for a request with a deadline if the time left to it divided by the
+  evaluations left allows, no limit for a long request without one. Going
+  down the order, a request joins the tick while the tick's predicted time (`TickModel`) stays within the
+  shortest allowance of the requests already in it, so a short or urgent request is not slowed by the
+  rows of long ones. A request whose rows do not all fit runs part of them (its evaluation completes
+  over several ticks). Two floors keep throughput: the first request in the order always runs, and
+  when the share of recent tick time spent on rows rather than on ticks' fixed cost (`Efficiency`, over
+  about `efficiency_window_s`) has fallen below `efficiency`, a tick may always grow to `efficient_rows`,
+  the size at which the fixed cost is at most `1 - efficiency` of it. So an occasional short request
+  gets small ticks, and a steady stream of them cannot cut throughput much below `efficiency` of the best.
+- `Policy.fifo` turns all of that off: every request runs all its rows every tick (continuous batching
+  as it was; kept to compare against).
+
+`predicted_latency` is the same policy's estimate of how long a new request would take, used for
+admission and for choosing K under a deadline (`serving.budget`).
+
+Pure functions of their arguments (time is passed in): tests drive them with a fake clock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from serving.latency import TickModel
+
+
+@dataclass(frozen=True)
+class Policy:
+    """max_rows_per_tick: hard cap of one tick; stretch: how much slower than alone a request's ticks may
+    be made by others; max_skip_ticks: the longest a request waits between two advances; efficiency: the
+    smallest share of a tick spent on rows (not its fixed cost) that the budget may go down to; fifo:
+    every request runs every tick instead."""
+
+    max_rows_per_tick: int = 4096
+    stretch: float = 1.5
+    max_skip_ticks: int = 8
+    efficiency: float = 0.9
+    efficiency_window_s: float = 1.0
+    fifo: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_rows_per_tick < 1 or self.max_skip_ticks < 1:
+            raise ValueError(f"max_rows_per_tick and max_skip_ticks must be >= 1, got {self}")
+        if not self.stretch >= 1.0 or not 0.0 < self.efficiency < 1.0 or not self.efficiency_window_s > 0:
+            raise ValueError(f"stretch must be >= 1, efficiency in (0, 1) and its window > 0, got {self}")
+
+
+class Efficiency:
+    """The share of recent tick time spent on rows, by the latency model's terms: sum of per_row x rows over
+    sum of tick_s(rows), each tick's weight decaying as exp(-age / window_s). 1.0 before any tick."""
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self._rows_s = 0.0
+        self._total_s = 0.0
+        self._last: float | None = None
+
+    def record(self, rows: int, now: float, model: TickModel) -> None:
+        decay = 1.0 if self._last is None else math.exp(-max(0.0, now - self._last) / self.window_s)
+        self._rows_s = self._rows_s * decay + model.per_row_s * rows
+        self._total_s = self._total_s * decay + model.tick_s(rows)
+        self._last = now
+
+    def value(self) -> float:
+        return self._rows_s / self._total_s if self._total_s > 0 else 1.0
+
+
+@dataclass(eq=False)
+class Slot:
+    """What the scheduler knows of one request in flight.
+
+    rows: rows of one evaluation; cursor: rows of the current evaluation already run; evals_left: evaluations
+    left, the current one included; deadline: absolute seconds, None for the default class;
+    idle_ticks: ticks since it last advanced; seq: arrival order."""
+
+    rows: int
+    evals_left: int
+    deadline: float | None
+    seq: int
+    cursor: int = 0
+    idle_ticks: int = 0
+
+    @property
+    def rows_now(self) -> int:
+        """Rows still to run of the current evaluation."""
+        return self.rows - self.cursor
+
+    @property
+    def work_left(self) -> int:
+        """Rows x evaluations still to run."""
+        return self.rows * self.evals_left - self.cursor
+
+
+def efficient_rows(model: TickModel, policy: Policy) -> int:
+    """The smallest tick whose fixed cost is at most 1 - efficiency of its time (the budget's floor)."""
+    if model.per_row_s <= 0.0:
+        return policy.max_rows_per_tick
+    rows = model.fixed_s * policy.efficiency / ((1.0 - policy.efficiency) * model.per_row_s)
+    return int(min(policy.max_rows_per_tick, max(1, math.ceil(rows))))
+
+
+def rows_within(seconds: float, model: TickModel, cap: int) -> int:
+    """The most rows a tick of at most `seconds` holds under `model` (cap when rows cost nothing)."""
+    if math.isinf(seconds):
+        return cap
+    if model.per_row_s <= 0.0:
+        return cap if model.fixed_s <= seconds else 0
+    return int(min(cap, max(0.0, math.floor((seconds - model.fixed_s) / model.per_row_s + 1e-9))))
+
+
+def order(slots: Iterable[Slot], policy: Policy) -> list[Slot]:
+    """Starved default-class requests first (longest idle first), then deadlines earliest first, then the
+    default class by work left; arrival order breaks ties."""
+
+    def key(s: Slot) -> tuple:
+        starved = starving(s, policy)
+        urgency = s.deadline if s.deadline is not None else float(s.work_left)
+        return (not starved, -s.idle_ticks if starved else 0, s.deadline is None, urgency, s.seq)
+
+    return sorted(slots, key=key)
+
+
+def starving(slot: Slot, policy: Policy) -> bool:
+    """A default-class request idle for max_skip_ticks ticks. (A late deadline request is already first
+    among its class by EDF.)"""
+    return slot.deadline is None and slot.idle_ticks >= policy.max_skip_ticks
+
+
+def allowance(slot: Slot, now: float, model: TickModel, policy: Policy) -> float:
+    """The tick length `slot` can afford. With a deadline: the time left to it per evaluation left, and at
+    least `stretch` times its own tick alone. Without: `stretch` times its tick alone while the time it has
+    left alone is short (at most the slack the efficiency target allows in one window, (1 - efficiency) x
+    efficiency_window_s); a longer request sets no limit, so long requests alone run in full ticks."""
+    own = policy.stretch * model.tick_s(slot.rows)
+    if slot.deadline is not None:
+        return max((slot.deadline - now) / max(slot.evals_left, 1), own)
+    left_alone = slot.evals_left * model.tick_s(slot.rows)
+    return own if left_alone <= (1.0 - policy.efficiency) * policy.efficiency_window_s else math.inf
+
+
+def budget_floor(model: TickModel, policy: Policy, recent_efficiency: float) -> int:
+    """The rows a tick may always grow to: `efficient_rows` once recent efficiency is below the target, else 0."""
+    return efficient_rows(model, policy) if recent_efficiency < policy.efficiency else 0
+
+
+def plan_tick(
+    slots: Sequence[Slot], now: float, model: TickModel, policy: Policy, recent_efficiency: float = 1.0
+) -> list[tuple[Slot, int]]:
+    """The next tick: (slot, rows to run) in order; rows never exceed a slot's `rows_now` and the total never
+    exceeds max_rows_per_tick. recent_efficiency: `Efficiency.value()` of the ticks so far."""
+    cap = policy.max_rows_per_tick
+    if policy.fifo:
+        return [(s, s.rows_now) for s in slots]
+    floor = budget_floor(model, policy, recent_efficiency)
+    plan: list[tuple[Slot, int]] = []
+    total = 0
+    limit_s = math.inf
+    for s in order(slots, policy):
+        if total >= cap:
+            break
+        starved = starving(s, policy)
+        own = allowance(s, now, model, policy)
+        if not plan or starved:
+            take = min(s.rows_now, cap - total) if plan else min(s.rows_now, cap)
+        else:
+            budget = max(floor, rows_within(min(limit_s, own), model, cap))
+            take = min(s.rows_now, budget - total, cap - total)
+        if take <= 0:
+            continue
+        plan.append((s, take))
+        total += take
+        limit_s = min(limit_s, own)
+    return plan
+
+
+@dataclass(frozen=True)
+class Load:
+    """What a prediction needs of the engine's state: the slots in flight or queued, the rows of the tick
+    running now (0 when idle) and when it started."""
+
+    slots: Sequence[Slot]
+    running_rows: int = 0
+    running_since: float = 0.0
+    recent_efficiency: float = 1.0
+
+
+def predicted_latency(
+    rows: int,
+    evaluations: int,
+    deadline: float | None,
+    load: Load,
+    now: float,
+    model: TickModel,
+    policy: Policy,
+) -> float:
+    """Seconds from now until a new request (rows per evaluation, evaluations, absolute deadline or None)
+    would finish under the policy (not FIFO): the rest of the tick running now, then the work ordered before
+    it at the throughput of `efficient_rows` ticks (within 1 - efficiency of the best), then its own
+    evaluations in ticks of the size the budget allows it beside the rest. It errs long: work ordered
+    before it in fact shares its ticks."""
+    cap = policy.max_rows_per_tick
+    running = max(0.0, load.running_since + model.tick_s(load.running_rows) - now) if load.running_rows else 0.0
+    others = sum(s.rows for s in load.slots)
+    floor = efficient_rows(model, policy)
+    probe = Slot(rows, evaluations, deadline, seq=1 << 62)
+    ranked = order([*load.slots, probe], policy)
+    before = ranked[: ranked.index(probe)]
+    ahead = sum(s.work_left for s in before)
+    # Its ticks: its own rows plus what the budget lets the rest add (never more than they have).
+    own = allowance(probe, now, model, policy)
+    budget = max(budget_floor(model, policy, load.recent_efficiency), rows_within(own, model, cap), min(rows, cap))
+    if rows <= cap:
+        own_s = evaluations * model.tick_s(min(rows + others, budget))
+    else:  # each evaluation runs in ceil(rows / cap) full ticks
+        own_s = evaluations * math.ceil(rows / cap) * model.tick_s(cap)
+    ahead_s = ahead * model.tick_s(floor) / floor if ahead else 0.0
+    return running + ahead_s + own_s
