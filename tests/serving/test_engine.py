@@ -62,9 +62,11 @@ def _alone(ckpt, net, case) -> torch.Tensor:
     return run_sampler(gen, net, y, w, ckpt.null_label)
 
 
-def test_mixed_requests_match_solo_runs_and_share_each_tick(ckpts) -> None:
+@pytest.mark.parametrize("scheduling", ["fifo", "deadline"])
+def test_mixed_requests_match_solo_runs_and_share_each_tick(ckpts, scheduling) -> None:
     """Requests of different samplers, K, w and N submitted together get their solo samples, and the
-    first tick carries every request's rows in one call."""
+    first tick carries every request's rows in one call. Under FIFO every tick carries every request still
+    running; the deadline policy may split rows over ticks, each row still runs exactly once."""
     ckpt = ckpts["moons-fm"]
     fm_cases = [c for c in CASES if c[0] == "moons-fm"]
     net = ckpt.net("ema")
@@ -72,7 +74,7 @@ def test_mixed_requests_match_solo_runs_and_share_each_tick(ckpts) -> None:
     solo = [_alone(ckpt, net, c) for c in fm_cases]
 
     async def main():
-        engine = Engine(fwd, ckpt.null_label)
+        engine = Engine(fwd, ckpt.null_label, EngineLimits(scheduling=scheduling))
         jobs = []
         for c in fm_cases:
             gen, y = _start(ckpt, c[1], c[2], c[4], c[5], c[6], c[7])
@@ -84,8 +86,12 @@ def test_mixed_requests_match_solo_runs_and_share_each_tick(ckpts) -> None:
     results = asyncio.run(main())
     expected_rows = sum(c[5] * (2 if c[3] is not None else 1) for c in fm_cases)
     assert fwd.rows[0] == expected_rows
-    # fm-rk4 with K = 3 needs 12 evaluations, the most of these; afterwards nothing is left.
-    assert len(fwd.rows) == max(c[2] * samplers.SAMPLERS[c[1]].evals_per_step for c in fm_cases)
+    evals = [c[2] * samplers.SAMPLERS[c[1]].evals_per_step for c in fm_cases]
+    if scheduling == "fifo":
+        # fm-rk4 with K = 3 needs 12 evaluations, the most of these; afterwards nothing is left.
+        assert len(fwd.rows) == max(evals)
+    rows = [c[5] * (2 if c[3] is not None else 1) for c in fm_cases]
+    assert sum(fwd.rows) == sum(r * e for r, e in zip(rows, evals, strict=True))
     for case, res, ref in zip(fm_cases, results, solo, strict=True):
         evals = case[2] * samplers.SAMPLERS[case[1]].evals_per_step
         assert res.evaluations == evals
