@@ -206,6 +206,11 @@ class Engine:
         """Rows x evaluations left of every request in flight or waiting."""
         return sum(j.work_left for j in self._active) + sum(j.work_left for j in self._queue)
 
+    def alone_s(self, rows: int, evaluations: int) -> float:
+        """Seconds a request of `rows` rows x `evaluations` evaluations takes on an idle engine."""
+        cap = self.limits.max_rows_per_tick
+        return evaluations * math.ceil(rows / cap) * self.tick_model.tick_s(min(rows, cap))
+
     def predicted_latency(self, rows: int, evaluations: int, deadline: float | None = None) -> float:
         """Seconds from now until a new request of `rows` rows x `evaluations` evaluations (deadline on
         `clock`, or None) would finish, given the requests in flight and queued."""

@@ -13,7 +13,11 @@ and node add up in Prometheus. The series (names as scraped):
     ray_stepserve_net_rows_total{model}                     rows the net ran (num_samples x nfe)
     ray_stepserve_tick_rows{model}                          rows per engine tick (histogram)
     ray_stepserve_requests_in_flight{model}                 requests in the engine, per replica (gauge)
-    ray_stepserve_rejections_total{model, reason}           requests refused (overloaded) or timed out
+    ray_stepserve_rejections_total{model, reason}           requests refused (overloaded, deadline_impossible,
+                                                            deadline_load) or timed out (timeout)
+    ray_stepserve_auto_steps{model, sampler}                K chosen for steps "auto" requests (histogram)
+    ray_stepserve_deadline_requests_total{model, outcome}   deadline requests finished, met or missed (at the
+                                                            replica; the return hop is not counted)
     ray_stepserve_tick_model_seconds{model, term}           the replica's latency model: tick seconds =
                                                             fixed + per_row x rows (gauge, per replica)
     ray_stepserve_auth_requests_total{key_id, outcome}      requests seen by the API-key check (auth only)
@@ -25,6 +29,7 @@ from ray.serve.metrics import Counter, Gauge, Histogram
 
 LATENCY_BOUNDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
 ROWS_BOUNDS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
+STEPS_BOUNDS = [1, 2, 3, 5, 8, 10, 15, 20, 30, 50, 100, 200, 500, 1000]
 
 
 class IngressMetrics:
@@ -97,6 +102,17 @@ class ModelMetrics:
             description="This replica's latency model, tick seconds = fixed + per_row x rows: its two terms.",
             tag_keys=("model", "term"),
         )
+        self.auto_steps = Histogram(
+            "stepserve_auto_steps",
+            description='Step budget K the replica chose for steps "auto" requests.',
+            boundaries=STEPS_BOUNDS,
+            tag_keys=("model", "sampler"),
+        )
+        self.deadlines = Counter(
+            "stepserve_deadline_requests",
+            description="Requests with a deadline that finished, by whether the replica finished them in time.",
+            tag_keys=("model", "outcome"),
+        )
         for metric in (self.queue_wait, self.net_rows, self.tick_rows, self.in_flight):
             metric.set_default_tags({"model": model})
         # A gauge exists only once set: without this an idle replica (none served yet) has no series, and
@@ -112,6 +128,12 @@ class ModelMetrics:
         self.nfe.inc(nfe, tags=tags)
         self.net_rows.inc(nfe * num_samples)
         self.queue_wait.observe(queue_s)
+
+    def chose(self, sampler: str, steps: int) -> None:
+        self.auto_steps.observe(steps, tags={"model": self.model, "sampler": sampler})
+
+    def deadline(self, met: bool) -> None:
+        self.deadlines.inc(tags={"model": self.model, "outcome": "met" if met else "missed"})
 
     def rejected(self, reason: str) -> None:
         self.rejections.inc(tags={"model": self.model, "reason": reason})

@@ -2,7 +2,11 @@
 
 It takes requests the HTTP edge has already validated (`sampling.request.validate`) and trusts them.
 Results and refusals cross the Ray handle typed: a `SampleOutput`, or `Overloaded` (the engine is full;
-the edge answers 503 with the engine's Retry-After).
+the edge answers 503 with the engine's Retry-After), `RequestTimeout`, and for deadline requests with
+`steps: "auto"` `DeadlineImpossible` / `DeadlineOverloaded` (`serving.budget`).
+
+Deadlines cross the handle as seconds left (clocks differ between processes); the replica turns them into
+a time on its engine's clock.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from ray import serve
 
 from sampling.request import SampleSpec, prepare, to_data_space
 from serving.backends import load_backend
+from serving.budget import Candidate, DeadlineImpossible, DeadlineOverloaded, choose
 from serving.engine import Engine, EngineLimits, Overloaded, RequestTimeout
 from serving.latency import TickModel, profile_backend
 from serving.metrics import ModelMetrics
@@ -25,12 +30,18 @@ from training.checkpoint import load_checkpoint
 
 @dataclass(frozen=True)
 class SampleOutput:
-    """samples (N, *shape) float32 in data space; nfe as the API reports it; engine times in seconds."""
+    """samples (N, *shape) float32 in data space; nfe as the API reports it; engine times in seconds;
+    sampler and steps: what ran (chosen by the replica for steps "auto"); predicted_s: the replica's
+    prediction of its time (deadline requests); quality: the profile's predicted quality (steps "auto")."""
 
     samples: np.ndarray
     nfe: int
     queue_s: float
     compute_s: float
+    sampler: str
+    steps: int
+    predicted_s: float | None = None
+    quality: float | None = None
 
 
 def replica_cpus() -> int:
@@ -72,13 +83,41 @@ class ModelReplica:
         self.metrics.on_tick(rows, requests)
         self.metrics.set_tick_model(self.engine.tick_model.fixed_s, self.engine.tick_model.per_row_s)
 
-    async def sample(self, spec: SampleSpec) -> SampleOutput:
-        """Run a validated request; raises Overloaded when the engine refuses it (full, or its predicted wait
-        over the bound) and RequestTimeout when it runs past the engine's request_timeout_s."""
+    async def sample(self, spec: SampleSpec, deadline_s: float | None = None) -> SampleOutput:
+        """Run a validated request, with `deadline_s` seconds left to its deadline or None; raises Overloaded
+        when the engine refuses it (full, or its predicted wait over the bound) and RequestTimeout when it runs
+        past the engine's request_timeout_s."""
+        deadline = None if deadline_s is None else self.engine.clock() + deadline_s
+        predicted = None
+        if deadline is not None:
+            predicted = self.engine.predicted_latency(spec.rows, spec.evaluations, deadline)
+        return await self._run(spec, deadline, predicted, None)
+
+    async def sample_auto(self, candidates: list[Candidate], deadline_s: float) -> SampleOutput:
+        """Run the candidate `serving.budget.choose` picks for `deadline_s` seconds from now under this
+        replica's load; raises DeadlineImpossible / DeadlineOverloaded when none can meet it."""
+        deadline = self.engine.clock() + deadline_s
+        try:
+            choice = choose(
+                candidates,
+                deadline_s,
+                lambda s: self.engine.predicted_latency(s.rows, s.evaluations, deadline),
+                lambda s: self.engine.alone_s(s.rows, s.evaluations),
+            )
+        except (DeadlineImpossible, DeadlineOverloaded) as e:
+            self.metrics.rejected("deadline_impossible" if isinstance(e, DeadlineImpossible) else "deadline_load")
+            raise
+        spec = choice.candidate.spec
+        self.metrics.chose(spec.sampler, spec.steps)
+        return await self._run(spec, deadline, choice.predicted_s, choice.candidate.quality)
+
+    async def _run(
+        self, spec: SampleSpec, deadline: float | None, predicted_s: float | None, quality: float | None
+    ) -> SampleOutput:
         job = prepare(self.ckpt, spec)
         self.metrics.set_in_flight(self._load() + 1)
         try:
-            res = await self.engine.submit(job.sampler, job.labels, spec.guidance, spec.evaluations)
+            res = await self.engine.submit(job.sampler, job.labels, spec.guidance, spec.evaluations, deadline)
         except Overloaded:
             self.metrics.rejected("overloaded")
             raise
@@ -87,17 +126,30 @@ class ModelReplica:
             raise
         finally:
             self.metrics.set_in_flight(self._load())
+        if deadline is not None:
+            self.metrics.deadline(met=self.engine.clock() <= deadline)
         self.metrics.finished(spec.sampler, spec.steps, res.nfe, spec.num_samples, res.queue_s)
-        return SampleOutput(to_data_space(self.ckpt, res.samples), res.nfe, res.queue_s, res.compute_s)
+        samples = to_data_space(self.ckpt, res.samples)
+        return SampleOutput(
+            samples, res.nfe, res.queue_s, res.compute_s, spec.sampler, spec.steps, predicted_s, quality
+        )
 
     def _load(self) -> int:
         s = self.engine.stats()
         return s.in_flight + s.queued
 
-    async def load(self) -> dict[str, int]:
-        """This replica's engine: requests in flight and queued, rows in flight, ticks run."""
+    async def load(self) -> dict[str, int | float]:
+        """This replica's engine: requests in flight and queued, rows in flight, ticks run, and its latency
+        model (tick seconds = tick_fixed_s + tick_per_row_s x rows)."""
         s = self.engine.stats()
-        return {"in_flight": s.in_flight, "queued": s.queued, "rows_in_flight": s.rows_in_flight, "ticks": s.ticks}
+        return {
+            "in_flight": s.in_flight,
+            "queued": s.queued,
+            "rows_in_flight": s.rows_in_flight,
+            "ticks": s.ticks,
+            "tick_fixed_s": self.engine.tick_model.fixed_s,
+            "tick_per_row_s": self.engine.tick_model.per_row_s,
+        }
 
 
 # The config's `deployments` section overrides these defaults (replicas, autoscaling, resources).

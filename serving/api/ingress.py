@@ -22,8 +22,9 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
+from sampling.quality import QualityProfile
 from sampling.render import render_base64
-from sampling.request import InvalidRequest, validate
+from sampling.request import InvalidRequest, SampleSpec, validate
 from serving.api.auth import ApiKeyAuth, configure_security
 from serving.api.docs import serve_docs_locally
 from serving.api.headers import HeaderLimits
@@ -36,6 +37,7 @@ from serving.api.models import (
     SampleResponse,
     error_from_pydantic,
 )
+from serving.budget import Candidate, DeadlineImpossible, DeadlineOverloaded
 from serving.engine import Overloaded, RequestTimeout
 from serving.replica import SampleOutput
 
@@ -44,6 +46,11 @@ from serving.replica import SampleOutput
 REPLICA_LOST = (RayActorError, ReplicaUnavailableError)
 # Serve-level failures of a model deployment: saturated at Serve's queue or no live replica right now.
 UNAVAILABLE = (BackPressureError, DeploymentUnavailableError, *REPLICA_LOST)
+MAX_DEADLINE_MS = 600_000.0
+# The path outside the replica's engine (hops, serialization, noise and data-space conversion) is measured
+# per model as a moving average and kept out of a deadline request's time at the replica.
+PATH_EWMA = 0.2
+PATH_INITIAL_S = 0.01
 
 api = FastAPI(
     title="stepserve",
@@ -103,6 +110,12 @@ class Ingress:
         self.handles = models
         self.infos = {name: ModelInfo.from_dict(info) for name, info in infos.items()}
         self.objectives = {name: info.objective_obj() for name, info in self.infos.items()}
+        self.profiles = {
+            name: QualityProfile.from_json(info.quality_profile)
+            for name, info in self.infos.items()
+            if info.quality_profile is not None
+        }
+        self.path_s = dict.fromkeys(self.infos, PATH_INITIAL_S)
         api.state.max_body_bytes = max_body_bytes
         api.state.body_timeout_s = body_timeout_s
         api.state.model_ids = frozenset(self.infos)
@@ -118,46 +131,128 @@ class Ingress:
         "/v1/samples", response_model=SampleResponse, response_model_exclude_none=False, responses=ERROR_RESPONSES
     )
     async def samples(self, req: SampleRequest) -> Any:
-        """Draw `num_samples` samples of `model` with `sampler` in `steps` steps (guidance w optional)."""
+        """Draw `num_samples` samples of `model` with `sampler` in `steps` steps (guidance w optional); with
+        `deadline_ms`, scheduled for it, and with `steps: "auto"` at the step budget that meets it."""
         t0 = time.perf_counter()
         info = self._info(req.model)
-        spec = req.to_spec(req.seed if req.seed is not None else secrets.randbits(63))
-        try:
-            validate(spec, self.objectives[req.model], info.num_classes, info.limits)
-        except InvalidRequest as e:
-            raise ApiError(e.field, e.message) from None
-        out = await self._sample(req.model, spec)
+        seed = req.seed if req.seed is not None else secrets.randbits(63)
+        deadline_s = self._deadline_s(req)
+        path_s = self.path_s[req.model]  # the path around the engine, kept out of the engine's time
+        before_s = 0.0  # time at the ingress before the call to the replica
+        if req.steps == "auto":
+            candidates = self._candidates(req, info, seed)
+            before_s = time.perf_counter() - t0
+            out = await self._call(req.model, "sample_auto", candidates, deadline_s - before_s - path_s)
+        else:
+            if req.sampler == "auto":
+                raise ApiError("sampler", 'sampler "auto" needs steps "auto" (and deadline_ms)')
+            if req.min_quality is not None:
+                raise ApiError("min_quality", 'min_quality applies only with steps "auto"')
+            spec = req.to_spec(seed)
+            try:
+                validate(spec, self.objectives[req.model], info.num_classes, info.limits)
+            except InvalidRequest as e:
+                raise ApiError(e.field, e.message) from None
+            before_s = time.perf_counter() - t0
+            out = await self._call(
+                req.model, "sample", spec, None if deadline_s is None else deadline_s - before_s - path_s
+            )
         image = await asyncio.to_thread(render_base64, out.samples) if req.format == "png" else None
+        total_s = time.perf_counter() - t0
+        self._observe_path(req.model, total_s - out.queue_s - out.compute_s)
+        predicted_ms = None
+        if out.predicted_s is not None and deadline_s is not None:
+            # the replica's prediction of its engine time, plus the time before the call and the path around it
+            predicted_ms = 1e3 * (before_s + out.predicted_s + path_s)
         return SampleResponse(
             model=req.model,
-            sampler=req.sampler,
-            steps=req.steps,
+            sampler=out.sampler,
+            steps=out.steps,
             num_samples=req.num_samples,
             guidance=req.guidance,
             class_label=req.class_label,
-            seed=spec.seed,
+            seed=seed,
             nfe=out.nfe,
             shape=list(out.samples.shape),
             samples=None if image is not None else out.samples.tolist(),
             image=image,
-            timing={
-                "queue_ms": 1e3 * out.queue_s,
-                "compute_ms": 1e3 * out.compute_s,
-                "total_ms": 1e3 * (time.perf_counter() - t0),
-            },
+            timing={"queue_ms": 1e3 * out.queue_s, "compute_ms": 1e3 * out.compute_s, "total_ms": 1e3 * total_s},
+            deadline_ms=req.deadline_ms,
+            deadline_met=None if deadline_s is None else total_s <= deadline_s,
+            predicted_ms=predicted_ms,
+            predicted_quality=out.quality,
         )
 
-    async def _sample(self, model: str, spec: Any) -> SampleOutput:
+    def _deadline_s(self, req: SampleRequest) -> float | None:
+        if req.deadline_ms is None:
+            if req.steps == "auto":
+                raise ApiError("deadline_ms", 'steps "auto" needs deadline_ms (the latency budget it is chosen for)')
+            return None
+        if not 0 < req.deadline_ms <= MAX_DEADLINE_MS:
+            raise ApiError("deadline_ms", f"deadline_ms must be in (0, {MAX_DEADLINE_MS:.0f}], got {req.deadline_ms}")
+        return req.deadline_ms / 1e3
+
+    def _observe_path(self, model: str, seconds: float) -> None:
+        """Moving average of the time a request spends outside the replica's engine."""
+        self.path_s[model] += PATH_EWMA * (max(0.0, seconds) - self.path_s[model])
+
+    def _candidates(self, req: SampleRequest, info: ModelInfo, seed: int) -> list[Candidate]:
+        """Every profiled (sampler, K) this request may run: validated, within min_quality."""
+        profile = self.profiles.get(req.model)
+        if profile is None:
+            raise ApiError(
+                "steps",
+                f'steps "auto" needs a quality profile and {req.model} has none '
+                "(python -m serving profile --checkpoint DIR makes one); give steps explicitly",
+            )
+        names = profile.samplers() if req.sampler == "auto" else [req.sampler]
+        if req.sampler != "auto" and req.sampler not in profile.samplers():
+            raise ApiError(
+                "sampler",
+                f"sampler {req.sampler[:64]!r} has no quality profile for {req.model}; "
+                f'profiled: {profile.samplers()} (or "auto")',
+            )
+        if req.min_quality is not None and not 0.0 <= req.min_quality <= 1.0:
+            raise ApiError("min_quality", f"min_quality must be in [0, 1], got {req.min_quality}")
+        floor = req.min_quality if req.min_quality is not None else 0.0
+        out: list[Candidate] = []
+        best: tuple[float, str, int] | None = None
+        for name in names:
+            for point in profile.for_sampler(name):
+                spec: SampleSpec = req.to_spec(seed, name, point.steps)
+                try:
+                    validate(spec, self.objectives[req.model], info.num_classes, info.limits)
+                except InvalidRequest as e:
+                    if e.field == "steps":  # over max_steps or the work cap: not a choice for this request
+                        continue
+                    raise ApiError(e.field, e.message) from None
+                if best is None or point.quality > best[0]:
+                    best = (point.quality, name, point.steps)
+                if point.quality >= floor:
+                    out.append(Candidate(spec, point.quality))
+        if best is None:
+            raise ApiError("steps", "no profiled step budget fits this model's limits for this request")
+        if not out:
+            raise ApiError(
+                "min_quality",
+                f"no profiled choice reaches min_quality {floor:g}; the best allowed is {best[0]:.3f} "
+                f"({best[1]}, steps {best[2]})",
+            )
+        return out
+
+    async def _call(self, model: str, method: str, *args: Any) -> SampleOutput:
         """The model replica's answer; a request whose replica died is run once more (Serve routes it to a
-        live replica); refusals become 503s with a Retry-After, a timeout a 504."""
+        live replica); refusals become 503s with a Retry-After, a timeout a 504, an impossible deadline a 422."""
         try:
             try:
-                return await self.handles[model].sample.remote(spec)
+                return await getattr(self.handles[model], method).remote(*args)
             except REPLICA_LOST:
-                return await self.handles[model].sample.remote(spec)
-        except Overloaded as e:
+                return await getattr(self.handles[model], method).remote(*args)
+        except (Overloaded, DeadlineOverloaded) as e:
             # e.message, not str(e): across the handle the exception carries the replica's traceback
             raise ApiError("model", f"{model} is at capacity ({e.message}); retry later", 503, e.retry_after) from None
+        except DeadlineImpossible as e:
+            raise ApiError("deadline_ms", e.message) from None
         except RequestTimeout as e:
             raise ApiError("body", f"{model}: {e.message}; ask for fewer steps or samples", 504) from None
         except UNAVAILABLE as e:

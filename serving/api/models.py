@@ -77,9 +77,20 @@ class SampleRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     model: str = Field(description="model id, as listed by GET /v1/models")
-    sampler: str = Field(description="one of the model's samplers (GET /v1/models/{id}: samplers)")
-    steps: StrictInt = Field(
-        description="step budget K in [1, max_steps] (fm-rk4 runs 4 net evaluations a step, heun 2 but the last)"
+    sampler: str = Field(
+        description='one of the model\'s samplers (GET /v1/models/{id}: samplers), or "auto" with steps "auto"'
+    )
+    steps: StrictInt | Literal["auto"] = Field(
+        description="step budget K in [1, max_steps] (fm-rk4 runs 4 net evaluations a step, heun 2 but the last); "
+        '"auto": the largest K (best predicted quality) predicted to meet deadline_ms under the current load'
+    )
+    deadline_ms: FiniteFloat | None = Field(
+        None,
+        description='latency budget in ms from arrival, in (0, 600000]; required with steps "auto"; with '
+        "fixed steps the request is scheduled for it and the response says whether it was met",
+    )
+    min_quality: FiniteFloat | None = Field(
+        None, description='steps "auto" only: the lowest predicted quality (in [0, 1], the model\'s quality profile)'
     )
     num_samples: StrictInt = Field(1, description="samples to draw, in [1, the model's max_num_samples]")
     guidance: FiniteFloat | None = Field(
@@ -100,10 +111,11 @@ class SampleRequest(BaseModel):
         "json", description="json: samples as nested lists; png: a base64 image (image grid or scatter plot)"
     )
 
-    def to_spec(self, seed: int) -> SampleSpec:
+    def to_spec(self, seed: int, sampler: str | None = None, steps: int | None = None) -> SampleSpec:
+        """The spec of this request (sampler and steps overridden for steps "auto" candidates)."""
         return SampleSpec(
-            sampler=self.sampler,
-            steps=self.steps,
+            sampler=sampler or self.sampler,
+            steps=steps if steps is not None else self.steps,
             num_samples=self.num_samples,
             guidance=self.guidance,
             class_label=self.class_label,
@@ -124,8 +136,8 @@ class Timing(BaseModel):
 
 class SampleResponse(BaseModel):
     model: str
-    sampler: str
-    steps: int
+    sampler: str = Field(description='the sampler that ran (chosen by the server for sampler "auto")')
+    steps: int = Field(description='the step budget K that ran (chosen by the server for steps "auto")')
     num_samples: int
     guidance: float | None
     class_label: int | None
@@ -135,6 +147,14 @@ class SampleResponse(BaseModel):
     samples: list | None = Field(description="data-space samples (images in [0, 1]); null for format png")
     image: str | None = Field(None, description="base64 PNG for format png")
     timing: Timing
+    deadline_ms: float | None = Field(None, description="the request's deadline_ms, echoed")
+    deadline_met: bool | None = Field(None, description="whether timing.total_ms <= deadline_ms; null without one")
+    predicted_ms: float | None = Field(
+        None, description="the server's predicted total_ms when it scheduled the request (deadline requests)"
+    )
+    predicted_quality: float | None = Field(
+        None, description='steps "auto": the quality profile\'s value at the chosen sampler and K, in [0, 1]'
+    )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,91 @@
+"""Choosing the step budget K (and the sampler) for a deadline: `steps: "auto"`.
+
+The HTTP edge turns a request into candidates, one per measured point of the model's quality profile
+(`sampling.quality`) that the request's sampler, limits and `min_quality` allow, each a validated
+`SampleSpec` with the profile's predicted quality. The replica predicts each candidate's finish from its
+engine's current load (`Engine.predicted_latency`) and `choose` takes, among those predicted to meet the
+deadline, the best predicted quality, then the largest K, then the shortest predicted time. As load rises
+the predictions grow and the choice moves down to smaller K, down to the quality floor, before anything is
+refused.
+
+When no candidate meets the deadline: if even an idle replica could not (every candidate's time alone is
+over it) the deadline is impossible for this request (`DeadlineImpossible`, answered 422); otherwise only
+the current load prevents it (`DeadlineOverloaded`, answered 503 with a Retry-After).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sampling.request import SampleSpec
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One (sampler, K) a deadline request may run: its validated spec and the profile's predicted quality."""
+
+    spec: SampleSpec
+    quality: float
+
+
+@dataclass(frozen=True)
+class Choice:
+    candidate: Candidate
+    predicted_s: float
+
+
+class DeadlineImpossible(ValueError):
+    """No candidate meets the deadline even on an idle replica; `fastest_s` is the quickest one alone."""
+
+    def __init__(self, message: str, fastest_s: float) -> None:
+        super().__init__(message, fastest_s)  # both in args: it crosses a Ray handle pickled
+        self.message = message
+        self.fastest_s = fastest_s
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class DeadlineOverloaded(RuntimeError):
+    """No candidate meets the deadline under the current load; retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message, retry_after)
+        self.message = message
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def choose(
+    candidates: Sequence[Candidate],
+    deadline_s: float,
+    predict: Callable[[SampleSpec], float],
+    alone: Callable[[SampleSpec], float],
+) -> Choice:
+    """The best candidate predicted (`predict`: seconds from now to finish under the current load) to finish
+    within `deadline_s`: highest quality, then largest K, then quickest. Raises DeadlineImpossible when no
+    candidate would make it even alone (`alone`: seconds on an idle replica), else DeadlineOverloaded."""
+    if not candidates:
+        raise ValueError("no candidates to choose from")
+    predicted = [(c, predict(c.spec)) for c in candidates]
+    meets = [(c, p) for c, p in predicted if p <= deadline_s]
+    if meets:
+        best, seconds = max(meets, key=lambda cp: (cp[0].quality, cp[0].spec.steps, -cp[1]))
+        return Choice(best, seconds)
+    fastest_alone = min(alone(c.spec) for c in candidates)
+    if fastest_alone > deadline_s:
+        raise DeadlineImpossible(
+            f"deadline_ms {1e3 * deadline_s:.0f} is shorter than the fastest allowed choice takes on an idle "
+            f"replica ({1e3 * fastest_alone:.0f} ms); raise deadline_ms or lower min_quality",
+            fastest_alone,
+        )
+    soonest = min(p for _, p in predicted)
+    raise DeadlineOverloaded(
+        f"no step budget meets deadline_ms {1e3 * deadline_s:.0f} under the current load "
+        f"(the quickest allowed choice is predicted to take {1e3 * soonest:.0f} ms)",
+        int(min(60, max(1, math.ceil(soonest - deadline_s)))),
+    )
