@@ -24,7 +24,7 @@ from loadtests.cli import (
     positive,
     preflight,
 )
-from loadtests.client import LoadTestError, num_classes
+from loadtests.client import LoadTestError, num_classes, sampler_max_steps
 from loadtests.sweep import SweepConfig, run_sweep
 
 
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     result = asyncio.run(run_sweep(cfg))
     models = costmodel.fit_cost_models(result.cells)
     budgets = tuple(b / 1e3 for b in args.slo) if args.slo else costmodel.DEFAULT_BUDGETS_S
-    slo = costmodel.slo_table(result.cells, models, budgets)
+    slo = costmodel.slo_table(result.cells, models, budgets, sampler_max_steps(info))
     results = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"},
         "mode": mode,

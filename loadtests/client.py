@@ -162,6 +162,16 @@ def accepted_samplers(info: dict[str, Any]) -> list[str]:
     return [str(s) for s in info["samplers"]]
 
 
+def sampler_max_steps(info: dict[str, Any]) -> dict[str, int]:
+    """The largest K the service takes per sampler (GET /v1/models/{id}: sampler_max_steps; from
+    limits.max_steps for a service that does not list it)."""
+    listed = info.get("sampler_max_steps")
+    if isinstance(listed, dict):
+        return {str(k): int(v) for k, v in listed.items()}
+    top = (info.get("limits") or {}).get("max_steps")
+    return {s: int(top) for s in accepted_samplers(info)} if isinstance(top, int) else {}
+
+
 def num_classes(info: dict[str, Any]) -> int:
     """Number of classes from model metadata (0 for unconditional models)."""
     return int(info["num_classes"])

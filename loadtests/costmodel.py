@@ -63,12 +63,16 @@ def fit_cost_models(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def slo_table(
-    cells: list[dict[str, Any]], models: list[dict[str, Any]], budgets: tuple[float, ...] = DEFAULT_BUDGETS_S
+    cells: list[dict[str, Any]],
+    models: list[dict[str, Any]],
+    budgets: tuple[float, ...] = DEFAULT_BUDGETS_S,
+    max_steps: dict[str, int] | None = None,
 ) -> list[dict[str, Any]]:
     """For each budget L, sampler and load: the largest swept K whose p95 <= L with no errors
     (k_measured), and the largest K the p95 line allows, floor((L - a) / (b * nfe_per_step)) (k_model;
     `extrapolated` when beyond the swept range; only from a line with b > 0 and r^2 >= MIN_R2). None
-    where no K meets the budget."""
+    where no K meets the budget. A line never proposes more than the sampler's `max_steps` (the service
+    refuses any larger K): k_model is capped there, `capped` set and the line's own value kept as k_line."""
     groups = _groups(cells)
     fits = {(m["sampler"], m["load"]): m for m in models}
     rows = []
@@ -76,11 +80,14 @@ def slo_table(
         swept = sorted(c["steps"] for c in group)
         for budget in budgets:
             meets = [c["steps"] for c in group if c["latency_s"]["p95"] <= budget and not c["errors"]]
-            k_model = None
+            k_line = None
             fit = fits.get((sampler, load), {}).get("p95")
             if fit and fit["b_s_per_nfe"] > 0 and fit["r2"] >= MIN_R2:
                 k = math.floor((budget - fit["a_s"]) / (fit["b_s_per_nfe"] * fits[(sampler, load)]["nfe_per_step"]))
-                k_model = k if k >= 1 else None
+                k_line = k if k >= 1 else None
+            top = (max_steps or {}).get(sampler)
+            capped = k_line is not None and top is not None and k_line > top
+            k_model = top if capped else k_line
             rows.append(
                 {
                     "sampler": sampler,
@@ -90,6 +97,9 @@ def slo_table(
                     "k_measured": max(meets) if meets else None,
                     "k_model": k_model,
                     "extrapolated": k_model is not None and not swept[0] <= k_model <= swept[-1],
+                    "k_line": k_line,
+                    "max_steps": top,
+                    "capped": capped,
                 }
             )
     return rows

@@ -106,10 +106,13 @@ def cost_table(models: list[dict[str, Any]]) -> str:
 
 
 def slo_text(rows: list[dict[str, Any]]) -> str:
-    """Largest K with p95 <= budget: measured in the sweep, and from the p95 line (* = extrapolated)."""
+    """Largest K with p95 <= budget: measured in the sweep, and from the p95 line (* = extrapolated; a line
+    beyond the sampler's max_steps shows max_steps and says so)."""
     out = []
     for r in rows:
         model = "-" if r["k_model"] is None else f"{r['k_model']}{'*' if r['extrapolated'] else ''}"
+        if r.get("capped"):
+            model += f" (line {r['k_line']} > max_steps)"
         measured = "-" if r["k_measured"] is None else str(r["k_measured"])
         out.append([r["sampler"], f"{r['load']:g}", _ms(r["budget_s"]), measured, model])
     return table(["sampler", "load", "budget ms", "K measured", "K model"], out)

@@ -1,4 +1,5 @@
-"""Sampling in one process, without a server: the CLI's `sample` command (any serving backend)."""
+"""In one process, without a server: the CLI's `sample` command (any serving backend) and its `profile`
+command (a checkpoint's quality profile, torch backend)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from sampling.driver import sample
+from sampling.profile import DEFAULT_SAMPLES, DEFAULT_STEPS, NOISE_REPEATS, compute_profile, metric_name, profile_grid
+from sampling.quality import QualityPoint, QualityProfile, weights_sha256, write_quality_profile
 from sampling.render import render_png
 from sampling.request import OFFLINE_LIMITS, SampleSpec, to_data_space, validate
 from serving.backends import load_backend
@@ -46,3 +50,37 @@ def sample_to_file(
         written.append(png)
     print(f"{spec.num_samples} samples in {elapsed:.2f} s ({backend})")
     return written
+
+
+def profile_checkpoint(
+    ckpt_dir: Path,
+    *,
+    samples: int | None = None,
+    steps: tuple[int, ...] = DEFAULT_STEPS,
+    seed: int = 0,
+    progress: bool = True,
+) -> QualityProfile:
+    """Measure the checkpoint's quality profile with the torch backend (EMA weights) and store it in the
+    checkpoint (`quality_profile.json`, recorded in the manifest with its sha256)."""
+    ckpt = load_checkpoint(ckpt_dir)
+    n = samples if samples is not None else DEFAULT_SAMPLES.get(ckpt.data_kind, 0)
+    metric_name(ckpt)  # an unknown data kind fails before any work
+    if n < 2:
+        raise ValueError(f"--samples must be >= 2, got {n}")
+    grid = profile_grid(ckpt, steps)
+    if not grid:
+        raise ValueError(f"no K of {list(steps)} is accepted by any fixed-step sampler of {ckpt.name}")
+    net = load_backend("torch", ckpt, weights="ema")
+    total = sum(len(ks) for ks in grid.values()) + NOISE_REPEATS - 1
+    bar = tqdm(total=total, desc=f"profile {ckpt.name}", unit="pt", disable=not progress, dynamic_ncols=True)
+
+    def on_point(p: QualityPoint) -> None:
+        bar.set_postfix_str(f"{p.sampler} K={p.steps} quality={p.quality:.3f}", refresh=False)
+        bar.update(1)
+
+    try:
+        profile = compute_profile(ckpt, net, weights_sha256(ckpt_dir), grid, n, seed, on_point)
+    finally:
+        bar.close()
+    write_quality_profile(ckpt_dir, profile)
+    return profile

@@ -265,7 +265,8 @@ class Ingress:
 
     @api.get("/v1/models/{model_id}", responses={404: ERROR_RESPONSES[404]})
     async def get_model(self, model_id: str) -> Any:
-        """One model's metadata (kind, net, data shape, classes, samplers, limits) and one replica's load."""
+        """One model's metadata (kind, net, data shape, classes, samplers, limits, quality profile) and one
+        replica's load."""
         info = self._info(model_id, "model_id")
         return {**info.to_json(), "replica_load": await self.handles[model_id].load.remote()}
 

@@ -13,7 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sampling.request import Limits, SampleSpec
+from sampling.quality import load_quality_profile
+from sampling.request import Limits, SampleSpec, max_steps
 from sampling.samplers import SAMPLERS, SPACINGS, samplers_for
 from training.checkpoint import read_manifest
 from training.paths import Objective, objective_from_dict
@@ -174,6 +175,8 @@ class ModelInfo:
     backend: str
     limits: Limits
     training_steps: int | None
+    # The checkpoint's quality profile (sampling/quality.py) as JSON, None when it has none.
+    quality_profile: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelInfo:
@@ -187,11 +190,14 @@ class ModelInfo:
         out = asdict(self)
         out["sampler_options"] = {s: list(SAMPLERS[s].options) for s in self.samplers}
         out["spacings"] = list(SPACINGS) if self.kind == "ddpm" else []
+        # The largest K each sampler takes here: limits.max_steps, for DDPM also T minus the sampler's grid needs.
+        out["sampler_max_steps"] = {s: max_steps(self.objective_obj(), self.limits, s) for s in self.samplers}
         return out
 
 
 def model_info(name: str, checkpoint_dir: str | Path, backend: str, limits: Limits) -> ModelInfo:
     m = read_manifest(checkpoint_dir)
+    profile = load_quality_profile(checkpoint_dir)  # a stale or tampered profile fails the build, loudly
     kind = m["objective"]["kind"]
     num_classes = int(m["data"]["num_classes"])
     return ModelInfo(
@@ -208,6 +214,7 @@ def model_info(name: str, checkpoint_dir: str | Path, backend: str, limits: Limi
         backend=backend,
         limits=limits,
         training_steps=m.get("training", {}).get("steps"),
+        quality_profile=profile.to_json() if profile else None,
     )
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from loadtests import costmodel, plots, prom
+from loadtests import costmodel, plots, prom, report
 from loadtests.client import Record
 from loadtests.runner import poisson_arrivals
 from loadtests.stats import percentiles, summarize
@@ -99,6 +99,17 @@ def test_slo_table_measured_and_model() -> None:
     assert by[0.2]["k_measured"] == 10 and by[0.2]["k_model"] == 21  # floor(0.17 / 0.008) = 21
     assert by[0.5]["k_measured"] == 50 and by[0.5]["k_model"] == 58 and by[0.5]["extrapolated"]
     assert not by[0.2]["extrapolated"]
+
+
+def test_slo_model_never_proposes_more_than_max_steps() -> None:
+    cells = cells_on_a_line(0.02, 0.001, per_step=4)  # p95 = 0.03 + 0.008 K
+    models = costmodel.fit_cost_models(cells)
+    rows = costmodel.slo_table(cells, models, budgets=(0.2, 5.0), max_steps={"fm-rk4": 100})
+    by = {r["budget_s"]: r for r in rows}
+    assert by[5.0]["k_line"] == 621 and by[5.0]["k_model"] == 100 and by[5.0]["capped"]  # floor(4.97 / 0.008)
+    assert by[0.2]["k_model"] == by[0.2]["k_line"] == 21 and not by[0.2]["capped"]
+    text = report.slo_text(rows)
+    assert "100* (line 621 > max_steps)" in text and "621*" not in text.replace("line 621", "")
 
 
 def test_slo_model_needs_a_line_that_fits() -> None:
