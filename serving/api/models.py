@@ -229,4 +229,12 @@ def error_from_pydantic(errors: list[dict[str, Any]]) -> ApiError:
         return ApiError(field, f"unknown field {field!r}")
     if err.get("type") == "model_attributes_type" or field == "body":
         return ApiError("body", "body must be a JSON object with the request's fields")
-    return ApiError(field, f"{field}: {err.get('msg', 'invalid value')}")
+    # A union field (steps: int or "auto") fails once per member, each loc tagged with the member: name the
+    # field alone and say every way it could have been valid.
+    field = field.split(".")[0]
+    msgs = [
+        e.get("msg", "invalid value")
+        for e in errors
+        if [str(p) for p in e.get("loc", ()) if p != "body"][:1] == [field]
+    ]
+    return ApiError(field, f"{field}: {' or '.join(dict.fromkeys(msgs or [err.get('msg', 'invalid value')]))}")

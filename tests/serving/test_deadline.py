@@ -1,0 +1,146 @@
+"""Deadlines and steps "auto" end to end on real Ray Serve over real HTTP.
+
+The model is a tiny moons-fm checkpoint with a quality profile written by the test (quality rising with K:
+the choice logic is what is tested here; profiles measured from samples are tested in
+tests/sampling/test_quality_profile.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from sampling.quality import QualityPoint, QualityProfile, weights_sha256, write_quality_profile
+from sampling.samplers import SAMPLERS
+from tests.serving.conftest import ServeCluster, app_args
+
+pytestmark = pytest.mark.slow
+
+PROFILE_STEPS = (1, 2, 5, 10, 20, 50, 100, 200, 400)
+MODEL = "moons-fm"
+
+
+def _quality(steps: int) -> float:
+    return round(1.0 - 0.9 / steps, 4)  # 0.1 at K = 1 up to ~1 at K = 400
+
+
+@pytest.fixture(scope="module")
+def deadline_url(serve_cluster: ServeCluster, tiny_checkpoints: dict[str, Path], tmp_path_factory) -> str:
+    ckpt = tmp_path_factory.mktemp("deadline") / MODEL
+    shutil.copytree(tiny_checkpoints[MODEL], ckpt)
+    points = [
+        QualityPoint(s, k, k * SAMPLERS[s].evals_per_step, _quality(k), _quality(k))
+        for s in ("fm-euler", "fm-rk4")
+        for k in PROFILE_STEPS
+    ]
+    write_quality_profile(
+        ckpt, QualityProfile("synthetic", "written by the test: 1 - 0.9 / K", weights_sha256(ckpt), tuple(points))
+    )
+    args = app_args({MODEL: ckpt}, limits={"max_num_samples": 256, "max_steps": 1000})
+    return serve_cluster.deploy("deadline", "/deadline", args)
+
+
+def _post(base: str, **body) -> httpx.Response:
+    return httpx.post(f"{base}/v1/samples", json={"model": MODEL, "num_samples": 16, **body}, timeout=120)
+
+
+def _load(base: str) -> dict:
+    return httpx.get(f"{base}/v1/models/{MODEL}", timeout=30).json()["replica_load"]
+
+
+def test_auto_reports_what_ran_and_matches_an_explicit_request(deadline_url: str) -> None:
+    """steps "auto" picks a profiled K; nfe is what that K runs; the same seed at that K asked explicitly
+    gives the same samples."""
+    r = _post(deadline_url, sampler="auto", steps="auto", deadline_ms=5000, seed=11)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["steps"] in PROFILE_STEPS and body["sampler"] in ("fm-euler", "fm-rk4")
+    assert body["nfe"] == body["steps"] * SAMPLERS[body["sampler"]].evals_per_step
+    assert body["predicted_quality"] == _quality(body["steps"])
+    assert body["deadline_ms"] == 5000 and isinstance(body["deadline_met"], bool)
+    assert body["deadline_met"] == (body["timing"]["total_ms"] <= 5000)
+    assert body["predicted_ms"] > 0
+    again = _post(deadline_url, sampler=body["sampler"], steps=body["steps"], seed=11)
+    assert again.status_code == 200
+    np.testing.assert_allclose(np.asarray(body["samples"]), np.asarray(again.json()["samples"]), atol=1e-5)
+
+
+def test_fixed_steps_with_a_deadline_say_whether_it_was_met(deadline_url: str) -> None:
+    r = _post(deadline_url, sampler="fm-euler", steps=3, deadline_ms=60_000)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["steps"] == 3 and body["nfe"] == 3 and body["deadline_met"] is True
+    assert body["predicted_quality"] is None and body["predicted_ms"] > 0
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"sampler": "fm-euler", "steps": "auto"}, "deadline_ms"),  # auto needs a deadline
+        ({"sampler": "auto", "steps": 5}, "sampler"),
+        ({"sampler": "fm-euler", "steps": 5, "min_quality": 0.5}, "min_quality"),
+        ({"sampler": "fm-euler", "steps": "auto", "deadline_ms": 100, "min_quality": 1.5}, "min_quality"),
+        ({"sampler": "fm-euler", "steps": "auto", "deadline_ms": 100, "min_quality": 0.9999}, "min_quality"),
+        ({"sampler": "fm-dopri5", "steps": "auto", "deadline_ms": 100}, "sampler"),  # not profiled
+        ({"sampler": "fm-euler", "steps": 5, "deadline_ms": -1}, "deadline_ms"),
+        ({"sampler": "fm-euler", "steps": "fast"}, "steps"),
+    ],
+)
+def test_bad_deadline_requests_name_the_field(deadline_url: str, body: dict, field: str) -> None:
+    r = _post(deadline_url, **body)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["field"] == field
+
+
+def test_an_impossible_deadline_is_refused_before_any_work(deadline_url: str) -> None:
+    """A deadline no allowed choice meets even on an idle replica: 422 naming deadline_ms, and no tick ran."""
+    before = _load(deadline_url)["ticks"]
+    r = _post(deadline_url, sampler="auto", steps="auto", deadline_ms=0.001)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["field"] == "deadline_ms" and "idle" in r.json()["error"]["message"]
+    assert _load(deadline_url)["ticks"] == before
+
+
+def test_load_lowers_the_chosen_k_instead_of_refusing(deadline_url: str) -> None:
+    """With deadline work ahead of it worth about half its deadline, an auto request still gets a 200, at a
+    smaller K than the same request on the idle replica; with a quality floor it keeps K at or above the
+    floor's K."""
+    deadline_ms = 3000.0
+    idle = _post(deadline_url, sampler="fm-euler", steps="auto", deadline_ms=deadline_ms, seed=1)
+    assert idle.status_code == 200, idle.text
+    k_idle = idle.json()["steps"]
+    assert k_idle == max(PROFILE_STEPS)  # the tiny net runs K = 400 of 16 samples well within 3 s alone
+
+    # Work ahead of the probe: requests with earlier deadlines (EDF puts them first), sized from the
+    # replica's own latency model to take about half the probe's deadline.
+    load = _load(deadline_url)
+    per_row, fixed = load["tick_per_row_s"], load["tick_fixed_s"]
+    n, k = 256, 1000
+    per_request_s = k * (fixed / 4 + per_row * n)  # about four such requests share each tick
+    count = max(2, min(12, round(0.5 * deadline_ms / 1e3 / per_request_s)))
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=deadline_url, timeout=120) as c:
+            body = {"model": MODEL, "sampler": "fm-euler", "steps": k, "num_samples": n, "deadline_ms": 2000.0}
+            loaders = [asyncio.create_task(c.post("/v1/samples", json={**body, "seed": i})) for i in range(count)]
+            t0 = time.perf_counter()
+            while _load(deadline_url)["in_flight"] < count and time.perf_counter() - t0 < 30:
+                await asyncio.sleep(0.02)
+            probe = {"model": MODEL, "sampler": "fm-euler", "steps": "auto", "num_samples": 16, "seed": 1}
+            loaded = await c.post("/v1/samples", json={**probe, "deadline_ms": deadline_ms})
+            floored = await c.post("/v1/samples", json={**probe, "deadline_ms": deadline_ms, "min_quality": 0.9})
+            await asyncio.gather(*loaders)
+            return loaded, floored
+
+    loaded, floored = asyncio.run(scenario())
+    assert loaded.status_code == 200, loaded.text
+    assert loaded.json()["steps"] < k_idle
+    if floored.status_code == 200:
+        assert floored.json()["predicted_quality"] >= 0.9
+    else:  # the floor's smallest K could not make it under this load: refused, not degraded below the floor
+        assert floored.status_code == 503 and floored.headers.get("retry-after")
