@@ -94,6 +94,7 @@ def main(argv: list[str]) -> int:
     if "sampling" in m:
         print(f"default timestep spacing: {m['sampling']['spacing']}")
     print(
-        f"serve it with backend onnxruntime, e.g. models: {{{ckpt.name}: {{path: {ckpt.path.resolve()}, backend: onnxruntime}}}}"
+        f"serve it with backend onnxruntime, e.g. models: "
+        f"{{{ckpt.name}: {{path: {ckpt.path.resolve()}, backend: onnxruntime}}}}"
     )
     return 0
