@@ -1,4 +1,5 @@
 """python -m export --checkpoint DIR --format onnx|tensorrt: compile a checkpoint's net for serving.
+python -m export import diffusers|onnx ...: make a servable checkpoint from a net made elsewhere (export.imports).
 
 Bad input (missing or corrupt checkpoint, impossible options, TensorRT asked for where it is missing)
 ends with one line `error: ...` and exit code 2; an export that breaks its contract (unfused attention
@@ -36,6 +37,8 @@ PARITY_BATCHES = (1, 7, 64)
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m export",
+        epilog="python -m export import diffusers|onnx --help: make a servable checkpoint from a diffusers "
+        "UNet2DModel or any ONNX file with inputs x, t, y.",
         description=(
             "Compile a checkpoint's net (x, t, y -> prediction, dynamic batch) into the checkpoint "
             "directory and record the file with its sha256 in manifest.json. onnx: one graph for guided "
@@ -114,6 +117,11 @@ def _tensorrt(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["import"]:
+        from export.imports.cli import main as import_main
+
+        return import_main(argv[1:])
     args = parse_args(argv)
     try:
         if args.format == "onnx":

@@ -195,13 +195,17 @@ def initial_noise(shape: tuple[int, ...], num_samples: int, seed: int) -> tuple[
 def prepare(ckpt: Checkpoint, spec: SampleSpec) -> Prepared:
     """Noise from the request's seed, the sampler over it and the labels; `spec` must be validated."""
     noise, gen = initial_noise(ckpt.data_shape, spec.num_samples, spec.seed)
-    sampler = start(spec.sampler, ckpt.objective, noise, spec.steps, gen, **spec.options)
+    options = spec.options
+    if ckpt.default_spacing is not None and "spacing" in SAMPLERS[spec.sampler].options:
+        options.setdefault("spacing", ckpt.default_spacing)
+    sampler = start(spec.sampler, ckpt.objective, noise, spec.steps, gen, **options)
     return Prepared(sampler, labels(spec.num_samples, spec.class_label, ckpt.null_label))
 
 
 def to_data_space(ckpt: Checkpoint, x: Tensor) -> np.ndarray:
-    """Samples (N, *shape) from the net's normalized space to data space (float32); images clipped to [0, 1]."""
+    """Samples (N, *shape) from the net's normalized space to data space (float32), clipped to the checkpoint's
+    data range if it has one (digits and imported image models: [0, 1])."""
     out = ckpt.normalization.denormalize(x.float())
-    if ckpt.data_kind == "digits":
-        out = out.clamp(0.0, 1.0)
+    if ckpt.data_clip is not None:
+        out = out.clamp(*ckpt.data_clip)
     return out.numpy()

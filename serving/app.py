@@ -22,6 +22,7 @@ from serving.api.ingress import Ingress
 from serving.api.models import model_info
 from serving.engine import EngineLimits
 from serving.replica import ModelServer
+from training.checkpoint import has_torch_weights, read_manifest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,6 +72,11 @@ def model_deployments(
             raise ValueError(
                 f"model {name}: 2 x max_num_samples ({2 * limits.max_num_samples}) must fit "
                 f"engine.max_rows_per_tick ({engine.max_rows_per_tick}) so a guided request fits one tick"
+            )
+        if m.backend == "torch" and not has_torch_weights(read_manifest(path)):
+            raise ValueError(
+                f"model {name}: backend 'torch' needs torch weights, and {path} has none (a net imported as "
+                "ONNX); use backend 'onnxruntime'"
             )
         infos[name] = dataclasses.asdict(model_info(name, path, m.backend, limits))
         opts = a.deployment_options.get(name, {})

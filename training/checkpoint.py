@@ -92,6 +92,11 @@ def add_file(ckpt_dir: str | Path, name: str, role: str, **info: Any) -> None:
     _write_json_atomic(d / MANIFEST, manifest)
 
 
+def has_torch_weights(manifest: dict[str, Any]) -> bool:
+    """Whether the manifest lists torch weights (an imported ONNX-only net has none)."""
+    return all(name in manifest.get("files", {}) for name in WEIGHT_FILES.values())
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """A loaded, verified checkpoint. Weights are read lazily by `net()`."""
@@ -127,6 +132,25 @@ class Checkpoint:
     def normalization(self) -> Normalization:
         return Normalization(**self.manifest["data"]["normalization"])
 
+    @property
+    def data_clip(self) -> tuple[float, float] | None:
+        """Data-space range samples are clipped to: the manifest's `data.clip`, else [0, 1] for digits."""
+        clip = self.manifest["data"].get("clip")
+        if clip is not None:
+            return float(clip[0]), float(clip[1])
+        return (0.0, 1.0) if self.data_kind == "digits" else None
+
+    @property
+    def default_spacing(self) -> str | None:
+        """The DDPM timestep spacing a request gets when it names none (an imported scheduler's); None: the
+        samplers' own default."""
+        return self.manifest.get("sampling", {}).get("spacing")
+
+    @property
+    def has_torch_weights(self) -> bool:
+        """False for a net imported as an ONNX file only: it serves with onnxruntime (or TensorRT), not torch."""
+        return has_torch_weights(self.manifest)
+
     def files_with_role(self, role: str) -> list[str]:
         return [name for name, info in self.manifest["files"].items() if info.get("role") == role]
 
@@ -145,6 +169,11 @@ class Checkpoint:
         """The net with `weights` ("ema" or "raw") loaded, in eval mode, gradients off."""
         if weights not in WEIGHT_FILES:
             raise ValueError(f"weights must be one of {sorted(WEIGHT_FILES)}, got {weights!r}")
+        if not self.has_torch_weights:
+            raise CheckpointError(
+                f"model {self.name!r} ({self.path}) has no torch weights: its net was imported as ONNX "
+                f"({self.manifest['net']['kind']}); serve it with backend 'onnxruntime'"
+            )
         model = self.build_net()
         state = load_file(self.file(WEIGHT_FILES[weights]))
         model.load_state_dict(state, strict=True)

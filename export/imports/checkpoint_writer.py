@@ -1,0 +1,116 @@
+"""Write a servable checkpoint around an ONNX net made elsewhere: `net-ema.onnx` plus a manifest.
+
+The checkpoint has no torch weights (asking for the torch backend fails with a message naming
+onnxruntime); its one file is the graph, role "onnx", weights "ema", so the onnxruntime backend finds it
+exactly as it finds the project's own exports. Before the manifest is written, the graph is run with
+onnxruntime at two batch sizes to prove it has the contract of the project's exports:
+
+    x: (batch, *shape) float32,  t: (batch,) float32,  y: (batch,) int64 in [0, num_classes]
+    -> (batch, *shape) float32
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from export.imports.scheduler_map import ImportRefused
+from export.onnx_export import INPUT_NAMES
+from sampling.ort_session import cpu_session
+from training.checkpoint import FORMAT_VERSION, MANIFEST, Checkpoint, load_checkpoint, sha256_file
+from training.paths import Objective
+
+ONNX_NAME = "net-ema.onnx"
+INPUT_TYPES = ("tensor(float)", "tensor(float)", "tensor(int64)")
+CHECK_BATCHES = (1, 3)
+
+
+def check_contract(path: Path, shape: tuple[int, ...], null_label: int, t_max: float) -> None:
+    """Run the graph at batch 1 and 3 on random inputs; refuse wrong input names, types or output shapes."""
+    session = cpu_session(path, num_threads=1)
+    inputs = session.get_inputs()
+    names = tuple(i.name for i in inputs)
+    if names != INPUT_NAMES:
+        raise ImportRefused(f"{path.name}: graph inputs are {list(names)}, expected {list(INPUT_NAMES)}")
+    for i, want in zip(inputs, INPUT_TYPES, strict=True):
+        if i.type != want:
+            raise ImportRefused(f"{path.name}: input {i.name!r} is {i.type}, expected {want}")
+    rng = np.random.default_rng(0)
+    for b in CHECK_BATCHES:
+        feeds = {
+            "x": rng.standard_normal((b, *shape)).astype(np.float32),
+            "t": rng.uniform(0, t_max, b).astype(np.float32),
+            "y": rng.integers(0, null_label + 1, b).astype(np.int64),
+        }
+        try:
+            (out, *_) = session.run(None, feeds)
+        except Exception as e:  # onnxruntime raises its own types; the first line says what broke
+            raise ImportRefused(f"{path.name}: does not run on x {(b, *shape)}: {str(e).splitlines()[0]}") from e
+        if out.shape != (b, *shape) or out.dtype != np.float32:
+            raise ImportRefused(
+                f"{path.name}: output is {out.dtype} {out.shape} for x {(b, *shape)}, expected float32 of x's shape"
+            )
+
+
+def write_imported(
+    out: Path,
+    onnx_source: onnx.ModelProto | Path,
+    *,
+    name: str,
+    objective: Objective,
+    data: dict[str, Any],
+    net: dict[str, Any],
+    source: dict[str, Any],
+    spacing: str | None = None,
+    verify: Callable[[Path], dict[str, Any]] | None = None,
+) -> Checkpoint:
+    """A checkpoint in `out` (new or empty) serving the ONNX net; `data` holds kind, shape, normalization,
+    num_classes and optionally clip; `net` describes it (kind, hparams); `source` says where it came from.
+    `verify(onnx_path)` may refuse the graph (ImportRefused) or return facts recorded beside `source`."""
+    if out.exists() and any(out.iterdir()):
+        raise ImportRefused(f"--out {out} exists and is not empty; choose a new directory")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / ONNX_NAME
+    if isinstance(onnx_source, onnx.ModelProto):
+        onnx.save_model(onnx_source, path, save_as_external_data=False)
+    else:
+        shutil.copyfile(onnx_source, path)
+    shape = tuple(int(d) for d in data["shape"])
+    num_classes = int(data["num_classes"])
+    t_max = float(objective.schedule.num_timesteps - 1) if objective.kind == "ddpm" else 1.0
+    try:
+        check_contract(path, shape, num_classes, t_max)
+        checked = verify(path) if verify is not None else {}
+    except ImportRefused:
+        shutil.rmtree(out)
+        raise
+    opset = next((o.version for o in onnx.load(path, load_external_data=False).opset_import if o.domain == ""), None)
+    manifest: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "net": {"kind": net["kind"], "hparams": net.get("hparams", {}), "t_scale": objective.t_scale},
+        "objective": objective.to_dict(),
+        "data": {**data, "shape": list(shape), "num_classes": num_classes, "null_label": num_classes},
+        "training": {},
+        "import": {**source, **checked},
+        "files": {
+            ONNX_NAME: {
+                "role": "onnx",
+                "sha256": sha256_file(path),
+                "weights": "ema",
+                "opset": opset,
+                "inputs": list(INPUT_NAMES),
+                "dynamic_axes": {"batch": 0},
+            }
+        },
+    }
+    if spacing is not None:
+        manifest["sampling"] = {"spacing": spacing}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return load_checkpoint(out)
