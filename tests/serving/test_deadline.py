@@ -46,7 +46,7 @@ def deadline_url(serve_cluster: ServeCluster, tiny_checkpoints: dict[str, Path],
 
 
 def _post(base: str, **body) -> httpx.Response:
-    return httpx.post(f"{base}/v1/samples", json={"model": MODEL, "num_samples": 16, **body}, timeout=120)
+    return httpx.post(f"{base}/v1/samples", json={"model": MODEL, "num_samples": 16} | body, timeout=120)
 
 
 def _load(base: str) -> dict:
@@ -116,13 +116,11 @@ def test_load_lowers_the_chosen_k_instead_of_refusing(deadline_url: str) -> None
     k_idle = idle.json()["steps"]
     assert k_idle == max(PROFILE_STEPS)  # the tiny net runs K = 400 of 16 samples well within 3 s alone
 
-    # Work ahead of the probe: requests with earlier deadlines (EDF puts them first), sized from the
-    # replica's own latency model to take about half the probe's deadline.
-    load = _load(deadline_url)
-    per_row, fixed = load["tick_per_row_s"], load["tick_fixed_s"]
-    n, k = 256, 1000
-    per_request_s = k * (fixed / 4 + per_row * n)  # about four such requests share each tick
-    count = max(2, min(12, round(0.5 * deadline_ms / 1e3 / per_request_s)))
+    # Work ahead of the probe: three requests with earlier deadlines (EDF puts them first), sized from one
+    # such request's time alone to take about 40 % of the probe's deadline together.
+    n, count = 256, 3
+    one = _post(deadline_url, sampler="fm-euler", steps=200, num_samples=n, seed=5).json()["timing"]["compute_ms"]
+    k = int(min(1000, max(20, 200 * 0.4 * deadline_ms / (count * one))))
 
     async def scenario():
         async with httpx.AsyncClient(base_url=deadline_url, timeout=120) as c:
