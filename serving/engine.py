@@ -63,7 +63,9 @@ class EngineLimits:
     scheduling: str = "deadline"
     stretch: float = 1.5  # how much slower than alone others may make a request's ticks
     max_skip_ticks: int = 8  # no request waits longer than this many ticks between two advances
-    efficiency: float = 0.9  # the row budget never makes a tick's fixed cost more than 1 - this of it
+    efficiency: float = 0.9  # below this share of recent tick time on rows, ticks may always grow to it
+    tick_efficiency: float = 0.95  # long requests' ticks stop growing at this share
+    min_tick_rows: int = 256  # the efficient tick size is never taken below this
 
     def __post_init__(self) -> None:
         if self.max_rows_per_tick < 1 or self.max_in_flight < 1 or self.max_queue < 0:
@@ -81,6 +83,8 @@ class EngineLimits:
             stretch=self.stretch,
             max_skip_ticks=self.max_skip_ticks,
             efficiency=self.efficiency,
+            tick_efficiency=self.tick_efficiency,
+            min_tick_rows=self.min_tick_rows,
             fifo=self.scheduling == "fifo",
         )
 

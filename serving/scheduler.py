@@ -9,7 +9,9 @@ runs exactly the rows it returns. The policy, from `Policy`:
   left first (rows x evaluations left), so a short request is not queued behind long ones.
 - **Row budget.** Each request can afford ticks of some length (`allowance`): `stretch` times its own tick
   alone for a short request, more for a request with a deadline if the time left to it divided by the
-  evaluations left allows, no limit for a long request without one. Going
+  evaluations left allows, and for a long request without one the length of a tick whose fixed cost is
+  `1 - tick_efficiency` of it: long ticks stop growing there, so a request arriving meanwhile never
+  waits long for the tick in progress, at little cost in throughput. Going
   down the order, a request joins the tick while the tick's predicted time (`TickModel`) stays within the
   shortest allowance of the requests already in it, so a short or urgent request is not slowed by the
   rows of long ones. A request whose rows do not all fit runs part of them (its evaluation completes
@@ -39,22 +41,28 @@ from serving.latency import TickModel
 @dataclass(frozen=True)
 class Policy:
     """max_rows_per_tick: hard cap of one tick; stretch: how much slower than alone a request's ticks may
-    be made by others; max_skip_ticks: the longest a request waits between two advances; efficiency: the
-    smallest share of a tick spent on rows (not its fixed cost) that the budget may go down to; fifo:
-    every request runs every tick instead."""
+    be made by others; max_skip_ticks: the longest a request without a deadline waits between two advances;
+    efficiency: below this share of recent tick time spent on rows (not fixed cost), ticks may always grow
+    to the efficient size; efficiency_window_s: how far back that share looks; tick_efficiency: long
+    requests' ticks stop growing at this share; min_tick_rows: the efficient size is never taken below
+    this; fifo: every request runs whole every tick instead."""
 
     max_rows_per_tick: int = 4096
     stretch: float = 1.5
     max_skip_ticks: int = 8
     efficiency: float = 0.9
     efficiency_window_s: float = 1.0
+    tick_efficiency: float = 0.95
+    min_tick_rows: int = 256
     fifo: bool = False
 
     def __post_init__(self) -> None:
-        if self.max_rows_per_tick < 1 or self.max_skip_ticks < 1:
-            raise ValueError(f"max_rows_per_tick and max_skip_ticks must be >= 1, got {self}")
-        if not self.stretch >= 1.0 or not 0.0 < self.efficiency < 1.0 or not self.efficiency_window_s > 0:
-            raise ValueError(f"stretch must be >= 1, efficiency in (0, 1) and its window > 0, got {self}")
+        if self.max_rows_per_tick < 1 or self.max_skip_ticks < 1 or self.min_tick_rows < 1:
+            raise ValueError(f"max_rows_per_tick, max_skip_ticks and min_tick_rows must be >= 1, got {self}")
+        if not self.stretch >= 1.0 or not 0.0 < self.efficiency < self.tick_efficiency < 1.0:
+            raise ValueError(f"need stretch >= 1 and 0 < efficiency < tick_efficiency < 1, got {self}")
+        if not self.efficiency_window_s > 0:
+            raise ValueError(f"efficiency_window_s must be > 0, got {self}")
 
 
 class Efficiency:
@@ -103,12 +111,14 @@ class Slot:
         return self.rows * self.evals_left - self.cursor
 
 
-def efficient_rows(model: TickModel, policy: Policy) -> int:
-    """The smallest tick whose fixed cost is at most 1 - efficiency of its time (the budget's floor)."""
+def efficient_rows(model: TickModel, policy: Policy, efficiency: float | None = None) -> int:
+    """The smallest tick whose fixed cost is at most 1 - efficiency (default: the policy's) of its time, and
+    never below min_tick_rows: a fit whose fixed cost comes out near 0 (noise) must not make ticks tiny."""
     if model.per_row_s <= 0.0:
         return policy.max_rows_per_tick
-    rows = model.fixed_s * policy.efficiency / ((1.0 - policy.efficiency) * model.per_row_s)
-    return int(min(policy.max_rows_per_tick, max(1, math.ceil(rows))))
+    e = policy.efficiency if efficiency is None else efficiency
+    rows = model.fixed_s * e / ((1.0 - e) * model.per_row_s)
+    return int(min(policy.max_rows_per_tick, max(policy.min_tick_rows, math.ceil(rows))))
 
 
 def rows_within(seconds: float, model: TickModel, cap: int) -> int:
@@ -172,8 +182,10 @@ def plan_tick(
             break
         starved = starving(s, policy)
         own = allowance(s, now, model, policy)
-        if not plan or starved:
-            take = min(s.rows_now, cap - total) if plan else min(s.rows_now, cap)
+        if not plan:  # the first always runs: what its allowance holds, at least one row
+            take = min(s.rows_now, max(1, rows_within(own, model, cap)))
+        elif starved:
+            take = min(s.rows_now, cap - total)
         else:
             budget = max(floor, rows_within(min(limit_s, own), model, cap))
             take = min(s.rows_now, budget - total, cap - total)

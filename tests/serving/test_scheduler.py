@@ -177,3 +177,14 @@ def test_the_prediction_errs_long_but_not_far(deadline: float | None, longs_n: i
     slack = MODEL.tick_s(2048)
     assert new.predicted * 1.0001 + slack >= actual
     assert new.predicted <= 2.0 * actual + slack
+
+
+def test_a_fit_without_fixed_cost_does_not_make_ticks_tiny() -> None:
+    """A latency fit whose fixed cost came out 0 (noise) would call any tick efficient; long requests still
+    run ticks of at least min_tick_rows."""
+    flat = TickModel([(1, 1e-5), (1000, 1e-2)])  # exactly proportional: fixed 0
+    assert flat.fixed_s == pytest.approx(0.0, abs=1e-12)
+    policy = Policy()
+    slots = [Slot(256, 100, None, i) for i in range(6)]
+    plan = plan_tick(slots, 0.0, flat, policy)
+    assert sum(n for _, n in plan) >= policy.min_tick_rows

@@ -1,0 +1,123 @@
+"""Short requests amid long ones: the deadline scheduler against the FIFO engine, served side by side.
+
+    python -m bench.scheduling [--out DIR] [--quick]
+
+Two applications of the same moons-fm checkpoint, identical but for `engine.scheduling` ("fifo": every
+request every tick, as the engine ran before; "deadline": EDF, then least work first, under a per-tick row
+budget). For each, in alternation (A B A B ...) over rounds:
+
+- alone: a K = 5, 64-sample fm-euler request from one closed-loop client, nothing else running (p50);
+- mixed: the same K = 5 client while six closed-loop clients send K = 100, 256-sample requests (p50 of
+  the K = 5 ones, and the net rows per second of everything answered);
+- saturated: 64 closed-loop clients of 64-sample requests, K = 30 .. 70 (net rows per second).
+
+Reported: K = 5 p50 under load over its p50 alone for each policy (target <= 1.5 for "deadline"), and each
+policy's throughput over FIFO's (target >= 0.9), medians over rounds. Writes scheduling.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.common import ROOT, deploy, local_serve, machine, spec
+from loadtests.runner import closed_loop, make_client
+from serving.app import build_app
+
+MODEL = "moons-fm"
+SHORT = {"model": MODEL, "sampler": "fm-euler", "steps": 5, "num_samples": 64}
+LONG = {"model": MODEL, "sampler": "fm-euler", "steps": 100, "num_samples": 256}
+SAT = [{"model": MODEL, "sampler": "fm-euler", "steps": k, "num_samples": 64} for k in (30, 40, 50, 60, 70)]
+REPLICA = {"ray_actor_options": {"num_cpus": 1}}
+
+
+def _apps(base: str, ckpt: Path) -> dict[str, str]:
+    args = {
+        "models": {MODEL: {"path": str(ckpt)}},
+        "limits": {"max_num_samples": 256},
+        "deployment_options": {MODEL: REPLICA, "Ingress": {"ray_actor_options": {"num_cpus": 0.5}}},
+    }
+    engine = {"max_rows_per_tick": 4096, "max_in_flight": 64, "max_queue": 1024, "max_wait_s": 300.0}
+    return {
+        policy: deploy(build_app({**args, "engine": {**engine, "scheduling": policy}}), policy, base)
+        for policy in ("fifo", "deadline")
+    }
+
+
+def _run(url: str, groups: list[tuple[dict[str, Any], int]], seconds: float) -> dict[str, Any]:
+    """Closed loops of (body, clients) together for `seconds` after a quarter of that as warm-up: the K = 5
+    p50 (ms) when present and the net rows per second of every answered request."""
+    warm = seconds / 4
+
+    async def main():
+        async with make_client(url, timeout=300) as client:
+            parts = await asyncio.gather(
+                *(closed_loop(client, spec(b), n, seconds, warm, 1_000_000 * i) for i, (b, n) in enumerate(groups))
+            )
+        return [r for part in parts for r in part if not r.warmup]
+
+    records = asyncio.run(main())
+    ok = [r for r in records if r.ok]
+    span = max((r.end for r in records), default=warm + seconds) - warm
+    short = [r.latency for r in ok if r.steps == SHORT["steps"]]
+    return {
+        "k5_p50_ms": 1e3 * statistics.median(short) if short else None,
+        "rows_per_s": sum(r.num_samples * (r.nfe or 0) for r in ok) / span,
+        "answered": len(ok),
+        "failed": len(records) - len(ok),
+    }
+
+
+def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
+    window = 8.0 if quick else 15.0
+    rounds = 2 if quick else 3
+    result: dict[str, Any] = {"machine": machine(), "quick": quick, "model": MODEL, "window_s": window}
+    cells: dict[str, dict[str, list]] = {p: {"alone": [], "mixed": [], "saturated": []} for p in ("fifo", "deadline")}
+    with local_serve() as base:
+        urls = _apps(base, ROOT / "models" / MODEL)
+        for url in urls.values():
+            _run(url, [(SHORT, 1), (LONG, 2)], 2.0)  # warm-up
+        for r in range(rounds):
+            for policy, url in urls.items():
+                print(f"round {r + 1}/{rounds}: {policy}", flush=True)
+                cells[policy]["alone"].append(_run(url, [(SHORT, 1)], window / 2))
+                cells[policy]["mixed"].append(_run(url, [(SHORT, 1), (LONG, 6)], window))
+                cells[policy]["saturated"].append(_run(url, [(b, 64 // len(SAT)) for b in SAT], window))
+
+    def med(policy: str, cell: str, key: str) -> float:
+        return statistics.median(c[key] for c in cells[policy][cell])
+
+    result["cells"] = cells
+    result["summary"] = {
+        policy: {
+            "k5_alone_p50_ms": med(policy, "alone", "k5_p50_ms"),
+            "k5_mixed_p50_ms": med(policy, "mixed", "k5_p50_ms"),
+            "k5_slowdown": med(policy, "mixed", "k5_p50_ms") / med(policy, "alone", "k5_p50_ms"),
+            "mixed_rows_per_s_over_fifo": med(policy, "mixed", "rows_per_s") / med("fifo", "mixed", "rows_per_s"),
+            "saturated_rows_per_s_over_fifo": med(policy, "saturated", "rows_per_s")
+            / med("fifo", "saturated", "rows_per_s"),
+        }
+        for policy in ("fifo", "deadline")
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "scheduling.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(json.dumps(result["summary"], indent=2))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.scheduling", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="bench-results")
+    p.add_argument("--quick", action="store_true", help="shorter windows, two rounds")
+    args = p.parse_args(argv)
+    run(Path(args.out), args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
