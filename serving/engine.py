@@ -377,8 +377,9 @@ class Engine:
                     out = await loop.run_in_executor(self._executor, self._forward_chunked, x, t, y)
                 finally:
                     self._running_rows = 0
-                self.tick_model.observe(total, time.perf_counter() - t0)
-                self.efficiency.record(total, self.clock(), self.tick_model)
+                seconds = time.perf_counter() - t0
+                self.tick_model.observe(total, seconds)
+                self.efficiency.record(total, seconds, self.clock(), self.tick_model)
                 self._ticks += 1
                 if self.on_tick is not None:
                     self.on_tick(total, len(plan))

@@ -66,8 +66,9 @@ class Policy:
 
 
 class Efficiency:
-    """The share of recent tick time spent on rows, by the latency model's terms: sum of per_row x rows over
-    sum of tick_s(rows), each tick's weight decaying as exp(-age / window_s). 1.0 before any tick."""
+    """The share of recent tick time spent on rows: sum of per_row_s x rows over the sum of the ticks' measured
+    seconds, each tick's weight decaying as exp(-age / window_s); 1.0 before any tick. Measured times (not
+    the model's) so that per-tick costs the fit misses still count against small ticks."""
 
     def __init__(self, window_s: float) -> None:
         self.window_s = window_s
@@ -75,14 +76,14 @@ class Efficiency:
         self._total_s = 0.0
         self._last: float | None = None
 
-    def record(self, rows: int, now: float, model: TickModel) -> None:
+    def record(self, rows: int, seconds: float, now: float, model: TickModel) -> None:
         decay = 1.0 if self._last is None else math.exp(-max(0.0, now - self._last) / self.window_s)
         self._rows_s = self._rows_s * decay + model.per_row_s * rows
-        self._total_s = self._total_s * decay + model.tick_s(rows)
+        self._total_s = self._total_s * decay + seconds
         self._last = now
 
     def value(self) -> float:
-        return self._rows_s / self._total_s if self._total_s > 0 else 1.0
+        return min(1.0, self._rows_s / self._total_s) if self._total_s > 0 else 1.0
 
 
 @dataclass(eq=False)

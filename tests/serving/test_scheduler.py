@@ -60,8 +60,9 @@ def simulate(reqs: list[Req], policy: Policy, max_ticks: int = 100_000) -> tuple
         by_slot = {id(r.slot): r for r in active}
         plan = [(by_slot[id(s)], n) for s, n in plan_tick([r.slot for r in active], now, MODEL, policy, eff.value())]
         plans.append(plan)
-        now += MODEL.tick_s(sum(n for _, n in plan))
-        eff.record(sum(n for _, n in plan), now, MODEL)
+        rows = sum(n for _, n in plan)
+        now += MODEL.tick_s(rows)
+        eff.record(rows, MODEL.tick_s(rows), now, MODEL)
         ran = {id(r) for r, _ in plan}
         for r in active:
             r.slot.idle_ticks = 0 if id(r) in ran else r.slot.idle_ticks + 1
