@@ -7,7 +7,9 @@ the edge answers 503 with the engine's Retry-After).
 
 from __future__ import annotations
 
+import asyncio
 import math
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +17,8 @@ import numpy as np
 import ray
 from ray import serve
 
-from sampling.request import SampleSpec, prepare, to_data_space
+from sampling.progress import Progress, with_progress
+from sampling.request import Prepared, SampleSpec, prepare, to_data_space
 from serving.backends import load_backend
 from serving.engine import Engine, EngineLimits, Overloaded, RequestTimeout
 from serving.latency import TickModel, profile_backend
@@ -75,7 +78,10 @@ class ModelReplica:
     async def sample(self, spec: SampleSpec) -> SampleOutput:
         """Run a validated request; raises Overloaded when the engine refuses it (full, or its predicted wait
         over the bound) and RequestTimeout when it runs past the engine's request_timeout_s."""
-        job = prepare(self.ckpt, spec)
+        return await self._run(spec, prepare(self.ckpt, spec))
+
+    async def _run(self, spec: SampleSpec, job: Prepared) -> SampleOutput:
+        """Submit a prepared request to the engine, with its metrics; the samples in data space."""
         self.metrics.set_in_flight(self._load() + 1)
         try:
             res = await self.engine.submit(job.sampler, job.labels, spec.guidance, spec.evaluations)
@@ -90,6 +96,27 @@ class ModelReplica:
         self.metrics.finished(spec.sampler, spec.steps, res.nfe, spec.num_samples, res.queue_s)
         return SampleOutput(to_data_space(self.ckpt, res.samples), res.nfe, res.queue_s, res.compute_s)
 
+    async def sample_stream(self, spec: SampleSpec, preview_every: int) -> AsyncIterator[dict[str, Any] | SampleOutput]:
+        """Run a validated request as `sample` does, yielding a progress dict after each net evaluation
+        (`progress_event`; a data-space preview every `preview_every` steps) and finally the `SampleOutput`.
+        Refusals raise before anything is yielded. Closing or cancelling the stream drops the request from
+        the engine."""
+        events: asyncio.Queue[Progress | None] = asyncio.Queue()
+        job = prepare(self.ckpt, spec)
+        # The engine advances the sampler on this event loop, so the wrapper may put to the queue directly.
+        tracked = with_progress(
+            job.sampler, self.ckpt.objective, spec.sampler, spec.steps, events.put_nowait, preview_every
+        )
+        run = asyncio.ensure_future(self._run(spec, Prepared(tracked, job.labels)))
+        run.add_done_callback(lambda _: events.put_nowait(None))
+        guided = spec.guidance is not None
+        try:
+            while (p := await events.get()) is not None:
+                yield progress_event(p, guided, None if p.preview is None else to_data_space(self.ckpt, p.preview))
+            yield await run
+        finally:
+            run.cancel()
+
     def _load(self) -> int:
         s = self.engine.stats()
         return s.in_flight + s.queued
@@ -98,6 +125,20 @@ class ModelReplica:
         """This replica's engine: requests in flight and queued, rows in flight, ticks run."""
         s = self.engine.stats()
         return {"in_flight": s.in_flight, "queued": s.queued, "rows_in_flight": s.rows_in_flight, "ticks": s.ticks}
+
+
+def progress_event(p: Progress, guided: bool, preview: np.ndarray | None) -> dict[str, Any]:
+    """A progress event of a streamed request: step of steps, net evaluations so far (nfe: x2 when guided, as
+    the response counts them) and, every preview_every steps, the data estimate in data space."""
+    event: dict[str, Any] = {
+        "step": p.step,
+        "steps": p.steps,
+        "evaluations": p.evaluation,
+        "nfe": p.evaluation * (2 if guided else 1),
+    }
+    if preview is not None:
+        event["preview"] = preview
+    return event
 
 
 # The config's `deployments` section overrides these defaults (replicas, autoscaling, resources).

@@ -9,13 +9,15 @@ Every refusal is an `ApiError` answered as `{"error": {status, field, message}}`
 # No `from __future__ import annotations` here: Ray Serve rebuilds the routes' signatures for the
 # class-based view, and FastAPI then needs the annotations as real classes, not strings.
 import asyncio
+import json
 import secrets
 import time
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
@@ -30,12 +32,14 @@ from serving.api.headers import HeaderLimits
 from serving.api.middleware import BodySizeLimit, RequestMetrics
 from serving.api.models import (
     ERROR_RESPONSES,
+    STREAM_RESPONSE,
     ApiError,
     ModelInfo,
     SampleRequest,
     SampleResponse,
     error_from_pydantic,
 )
+from serving.api.playground import serve_playground
 from serving.engine import Overloaded, RequestTimeout
 from serving.replica import SampleOutput
 
@@ -51,6 +55,7 @@ api = FastAPI(
     description="Samples from diffusion (DDPM) and flow-matching models with a step budget K and guidance w.",
 )
 serve_docs_locally(api)  # /docs without a CDN
+serve_playground(api)  # the playground page at /
 api.add_middleware(BodySizeLimit)
 api.add_middleware(ApiKeyAuth)  # outside BodySizeLimit: a request without a valid key is refused unread
 api.add_middleware(HeaderLimits)  # outside ApiKeyAuth: an oversized Authorization header is refused first
@@ -78,13 +83,33 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return error_response(error_from_pydantic(list(exc.errors())))
 
 
+def internal_error(exc: BaseException) -> dict[str, Any]:
+    return {"error": {"status": 500, "field": None, "message": f"internal error: {type(exc).__name__}"}}
+
+
 @api.exception_handler(Exception)
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     # Last resort: every expected failure is an ApiError before reaching here.
-    return JSONResponse(
-        {"error": {"status": 500, "field": None, "message": f"internal error: {type(exc).__name__}"}},
-        status_code=500,
-    )
+    return JSONResponse(internal_error(exc), status_code=500)
+
+
+def refusal(model: str, exc: BaseException) -> ApiError:
+    """A model deployment's refusal as the API words it: 503 + Retry-After when at capacity or without a live
+    replica, 504 when the request ran past the time limit."""
+    if isinstance(exc, Overloaded):
+        # e.message, not str(e): across the handle the exception carries the replica's traceback
+        return ApiError("model", f"{model} is at capacity ({exc.message}); retry later", 503, exc.retry_after)
+    if isinstance(exc, RequestTimeout):
+        return ApiError("body", f"{model}: {exc.message}; ask for fewer steps or samples", 504)
+    return ApiError("model", f"{model} is unavailable right now ({type(exc).__name__})", 503, 1)
+
+
+def sse(event: str, data: dict[str, Any]) -> str:
+    """One server-sent event; the JSON is compact, so it holds no newline."""
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+T = TypeVar("T")
 
 
 @serve.deployment(max_ongoing_requests=1024)
@@ -115,10 +140,14 @@ class Ingress:
         return info
 
     @api.post(
-        "/v1/samples", response_model=SampleResponse, response_model_exclude_none=False, responses=ERROR_RESPONSES
+        "/v1/samples",
+        response_model=SampleResponse,
+        response_model_exclude_none=False,
+        responses={**ERROR_RESPONSES, **STREAM_RESPONSE},
     )
     async def samples(self, req: SampleRequest) -> Any:
-        """Draw `num_samples` samples of `model` with `sampler` in `steps` steps (guidance w optional)."""
+        """Draw `num_samples` samples of `model` with `sampler` in `steps` steps (guidance w optional);
+        with `stream: true`, progress events as the sampler runs and the response body as the last event."""
         t0 = time.perf_counter()
         info = self._info(req.model)
         spec = req.to_spec(req.seed if req.seed is not None else secrets.randbits(63))
@@ -126,7 +155,14 @@ class Ingress:
             validate(spec, self.objectives[req.model], info.num_classes, info.limits)
         except InvalidRequest as e:
             raise ApiError(e.field, e.message) from None
+        preview_every = req.preview_every_checked()
+        if req.stream:
+            return await self._stream(req, spec, preview_every, t0)
         out = await self._sample(req.model, spec)
+        return await self._respond(req, spec, out, t0)
+
+    async def _respond(self, req: SampleRequest, spec: Any, out: SampleOutput, t0: float) -> SampleResponse:
+        """The response body of a finished request, streamed or not."""
         image = await asyncio.to_thread(render_base64, out.samples) if req.format == "png" else None
         return SampleResponse(
             model=req.model,
@@ -150,18 +186,60 @@ class Ingress:
     async def _sample(self, model: str, spec: Any) -> SampleOutput:
         """The model replica's answer; a request whose replica died is run once more (Serve routes it to a
         live replica); refusals become 503s with a Retry-After, a timeout a 504."""
+        return await self._call(model, lambda: self.handles[model].sample.remote(spec))
+
+    async def _call(self, model: str, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()` awaited, once more if its replica died; refusals as ApiErrors (`refusal`)."""
         try:
             try:
-                return await self.handles[model].sample.remote(spec)
+                return await call()
             except REPLICA_LOST:
-                return await self.handles[model].sample.remote(spec)
-        except Overloaded as e:
-            # e.message, not str(e): across the handle the exception carries the replica's traceback
-            raise ApiError("model", f"{model} is at capacity ({e.message}); retry later", 503, e.retry_after) from None
-        except RequestTimeout as e:
-            raise ApiError("body", f"{model}: {e.message}; ask for fewer steps or samples", 504) from None
-        except UNAVAILABLE as e:
-            raise ApiError("model", f"{model} is unavailable right now ({type(e).__name__})", 503, 1) from None
+                return await call()
+        except (Overloaded, RequestTimeout, *UNAVAILABLE) as e:
+            raise refusal(model, e) from None
+
+    async def _stream(self, req: SampleRequest, spec: Any, preview_every: int, t0: float) -> StreamingResponse:
+        """A streamed request: the replica's first event is awaited here, so a refusal before any work (503,
+        a dead replica run once more) is an ordinary JSON error; after it, the events as SSE."""
+        handle = self.handles[req.model].options(stream=True)
+
+        async def start() -> tuple[Any, Any]:
+            events = handle.sample_stream.remote(spec, preview_every)
+            try:
+                return events, await events.__anext__()
+            except BaseException:
+                events.cancel()
+                raise
+
+        events, first = await self._call(req.model, start)
+        return StreamingResponse(
+            self._events(req, spec, t0, events, first),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def _events(self, req: SampleRequest, spec: Any, t0: float, events: Any, item: Any) -> AsyncIterator[str]:
+        """`progress` events, then `result` (the response body) or `error` (the API's error body). Leaving
+        early (the client went away) cancels the replica's call, which drops the request from the engine."""
+        finished = False
+        try:
+            while not isinstance(item, SampleOutput):
+                if "preview" in item:
+                    item = {**item, "preview": item["preview"].tolist()}
+                yield sse("progress", item)
+                item = await events.__anext__()
+            finished = True
+            body = await self._respond(req, spec, item, t0)
+            yield sse("result", body.model_dump(mode="json"))
+        except (Overloaded, RequestTimeout, *UNAVAILABLE) as e:
+            finished = True
+            yield sse("error", refusal(req.model, e).to_json())
+        except Exception as e:  # the stream has begun: the error goes in it, in the API's shape
+            finished = True
+            yield sse("error", internal_error(e))
+        finally:
+            if not finished:
+                events.cancel()
 
     @api.get("/v1/models")
     async def list_models(self) -> dict[str, Any]:
