@@ -6,8 +6,10 @@ Sections: quality (bench.quality: quality against K, sampler overhead, training 
 (bench.export: onnxruntime against torch per evaluation), serving (bench.serving: served throughput,
 step-level against request-level batching, lone-request overhead), backends (bench.backends: served
 throughput with onnxruntime against torch), reliability (bench.reliability: goodput and latency at 1x, 2x
-and 3x capacity). Each writes its own JSON file; `summary.json` lists what ran
-and how long it took. On a GPU machine, `python -m bench.gpu` (run by scripts/gpu_check.sh).
+and 3x capacity), streaming (bench.streaming: a streamed K = 50 request against the same unstreamed, and
+the playground's click-to-drawn-samples time in headless Chromium). Each writes its own JSON file;
+`summary.json` lists what ran and how long it took. On a GPU machine, `python -m bench.gpu` (run by
+scripts/gpu_check.sh).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ SECTIONS = {
     "serving": "bench.serving",
     "backends": "bench.backends",
     "reliability": "bench.reliability",
+    "streaming": "bench.streaming",
 }
 
 

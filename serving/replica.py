@@ -96,9 +96,12 @@ class ModelReplica:
         self.metrics.finished(spec.sampler, spec.steps, res.nfe, spec.num_samples, res.queue_s)
         return SampleOutput(to_data_space(self.ckpt, res.samples), res.nfe, res.queue_s, res.compute_s)
 
-    async def sample_stream(self, spec: SampleSpec, preview_every: int) -> AsyncIterator[dict[str, Any] | SampleOutput]:
-        """Run a validated request as `sample` does, yielding a progress dict after each net evaluation
-        (`progress_event`; a data-space preview every `preview_every` steps) and finally the `SampleOutput`.
+    async def sample_stream(
+        self, spec: SampleSpec, preview_every: int
+    ) -> AsyncIterator[list[dict[str, Any]] | SampleOutput]:
+        """Run a validated request as `sample` does, yielding lists of progress dicts, one dict per net
+        evaluation (`progress_event`; a data-space preview every `preview_every` steps; a list holds every
+        event since the last), and finally the `SampleOutput`.
         Refusals raise before anything is yielded. Closing or cancelling the stream drops the request from
         the engine."""
         events: asyncio.Queue[Progress | None] = asyncio.Queue()
@@ -111,11 +114,24 @@ class ModelReplica:
         run.add_done_callback(lambda _: events.put_nowait(None))
         guided = spec.guidance is not None
         try:
-            while (p := await events.get()) is not None:
-                yield progress_event(p, guided, None if p.preview is None else to_data_space(self.ckpt, p.preview))
+            while True:
+                # Every event queued since the last yield goes in one item: one Ray stream item per batch of
+                # events, not per event, keeps the stream's cost off the request's latency.
+                batch = [await events.get()]
+                while not events.empty():
+                    batch.append(events.get_nowait())
+                done = batch[-1] is None
+                progress = [p for p in batch if p is not None]
+                if progress:
+                    yield [progress_event(p, guided, self._preview(p)) for p in progress]
+                if done:
+                    break
             yield await run
         finally:
             run.cancel()
+
+    def _preview(self, p: Progress) -> np.ndarray | None:
+        return None if p.preview is None else to_data_space(self.ckpt, p.preview)
 
     def _load(self) -> int:
         s = self.engine.stats()

@@ -109,6 +109,11 @@ def sse(event: str, data: dict[str, Any]) -> str:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
+def progress_json(event: dict[str, Any]) -> dict[str, Any]:
+    """A replica's progress dict as JSON data (the preview array as nested lists)."""
+    return {**event, "preview": event["preview"].tolist()} if "preview" in event else event
+
+
 T = TypeVar("T")
 
 
@@ -224,9 +229,8 @@ class Ingress:
         finished = False
         try:
             while not isinstance(item, SampleOutput):
-                if "preview" in item:
-                    item = {**item, "preview": item["preview"].tolist()}
-                yield sse("progress", item)
+                # One SSE event per progress dict; the replica sends them in batches (lists).
+                yield "".join(sse("progress", progress_json(p)) for p in item)
                 item = await events.__anext__()
             finished = True
             body = await self._respond(req, spec, item, t0)
