@@ -25,6 +25,8 @@ from serving.latency import TickModel, profile_backend
 from serving.metrics import ModelMetrics
 from training.checkpoint import load_checkpoint
 
+STREAM_INTERVAL_S = 0.025  # a streamed request's events reach the ingress in batches at most this often
+
 
 @dataclass(frozen=True)
 class SampleOutput:
@@ -113,11 +115,17 @@ class ModelReplica:
         run = asyncio.ensure_future(self._run(spec, Prepared(tracked, job.labels)))
         run.add_done_callback(lambda _: events.put_nowait(None))
         guided = spec.guidance is not None
+        loop = asyncio.get_running_loop()
+        last = loop.time()
         try:
             while True:
-                # Every event queued since the last yield goes in one item: one Ray stream item per batch of
-                # events, not per event, keeps the stream's cost off the request's latency.
+                # Every event queued since the last yield goes in one item, at most one item per
+                # STREAM_INTERVAL_S (or at the end): each Ray stream item costs the replica time that a
+                # per-evaluation item would add to every tick.
                 batch = [await events.get()]
+                if batch[0] is not None and (left := last + STREAM_INTERVAL_S - loop.time()) > 0:
+                    await asyncio.wait([run], timeout=left)
+                last = loop.time()
                 while not events.empty():
                     batch.append(events.get_nowait())
                 done = batch[-1] is None
