@@ -8,7 +8,10 @@ MODELS  := moons-ddpm moons-fm digits-ddpm digits-fm
 # Variants the knobs report compares with the defaults (schedule, target, path, net).
 KNOB_MODELS := moons-ddpm-cosine moons-ddpm-v moons-ddpm-x0 moons-fm-vp digits-fm-mlp
 
-.PHONY: install test test-fast bench knobs train export lint format serve cluster-demo clean help
+CHROMIUM := /usr/bin/chromium
+CHROMEDRIVER := /usr/bin/chromedriver
+
+.PHONY: install browser test test-fast bench knobs train export lint format serve cluster-demo clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -27,7 +30,14 @@ serve: install  ## serve the default models on http://127.0.0.1:8000 (local Ray;
 cluster-demo: install  ## a 3-node Ray cluster on this machine (head + 2 workers), the app deployed with `serve deploy`; Ctrl-C stops it
 	scripts/cluster_demo.sh
 
-test: install  ## the whole test suite, slow end-to-end tests included
+# The playground's browser test drives Debian's Chromium (never a downloaded build): installed here as root;
+# otherwise one line says how, and the browser test fails naming it.
+browser:  ## Debian's chromium and chromium-driver for the playground's browser test (apt-get, as root)
+	@if [ -x $(CHROMIUM) ] && [ -x $(CHROMEDRIVER) ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver; \
+	else echo "browser: $(CHROMIUM) or $(CHROMEDRIVER) missing; run 'sudo apt-get install -y chromium chromium-driver' (the playground's browser test fails without them)"; fi
+
+test: install browser  ## the whole test suite, slow end-to-end tests included
 	$(BIN)/pytest -q tests
 
 test-fast: install  ## unit tests only (no Ray, no long training)

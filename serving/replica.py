@@ -11,7 +11,9 @@ a time on its engine's clock.
 
 from __future__ import annotations
 
+import asyncio
 import math
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,13 +21,16 @@ import numpy as np
 import ray
 from ray import serve
 
-from sampling.request import SampleSpec, prepare, to_data_space
+from sampling.progress import Progress, with_progress
+from sampling.request import Prepared, SampleSpec, prepare, to_data_space
 from serving.backends import load_backend
 from serving.budget import Candidate, DeadlineImpossible, DeadlineOverloaded, choose
 from serving.engine import Engine, EngineLimits, Overloaded, RequestTimeout
 from serving.latency import TickModel, profile_backend
 from serving.metrics import ModelMetrics
 from training.checkpoint import load_checkpoint
+
+STREAM_INTERVAL_S = 0.025  # a streamed request's events reach the ingress in batches at most this often
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,7 @@ class ModelReplica:
         predicted = None
         if deadline is not None:
             predicted = self.engine.predicted_latency(spec.rows, spec.evaluations, deadline)
-        return await self._run(spec, deadline, predicted, None)
+        return await self._run(spec, prepare(self.ckpt, spec), deadline, predicted)
 
     async def sample_auto(self, candidates: list[Candidate], deadline_s: float) -> SampleOutput:
         """Run the candidate `serving.budget.choose` picks for `deadline_s` seconds from now under this
@@ -109,12 +114,17 @@ class ModelReplica:
             raise
         spec = choice.candidate.spec
         self.metrics.chose(spec.sampler, spec.steps)
-        return await self._run(spec, deadline, choice.predicted_s, choice.candidate.quality)
+        return await self._run(spec, prepare(self.ckpt, spec), deadline, choice.predicted_s, choice.candidate.quality)
 
     async def _run(
-        self, spec: SampleSpec, deadline: float | None, predicted_s: float | None, quality: float | None
+        self,
+        spec: SampleSpec,
+        job: Prepared,
+        deadline: float | None = None,
+        predicted_s: float | None = None,
+        quality: float | None = None,
     ) -> SampleOutput:
-        job = prepare(self.ckpt, spec)
+        """Submit a prepared request to the engine, with its metrics; the samples in data space."""
         self.metrics.set_in_flight(self._load() + 1)
         try:
             res = await self.engine.submit(job.sampler, job.labels, spec.guidance, spec.evaluations, deadline)
@@ -134,6 +144,49 @@ class ModelReplica:
             samples, res.nfe, res.queue_s, res.compute_s, spec.sampler, spec.steps, predicted_s, quality
         )
 
+    async def sample_stream(
+        self, spec: SampleSpec, preview_every: int
+    ) -> AsyncIterator[list[dict[str, Any]] | SampleOutput]:
+        """Run a validated request as `sample` does, yielding lists of progress dicts, one dict per net
+        evaluation (`progress_event`; a data-space preview every `preview_every` steps; a list holds every
+        event since the last), and finally the `SampleOutput`.
+        Refusals raise before anything is yielded. Closing or cancelling the stream drops the request from
+        the engine."""
+        events: asyncio.Queue[Progress | None] = asyncio.Queue()
+        job = prepare(self.ckpt, spec)
+        # The engine advances the sampler on this event loop, so the wrapper may put to the queue directly.
+        tracked = with_progress(
+            job.sampler, self.ckpt.objective, spec.sampler, spec.steps, events.put_nowait, preview_every
+        )
+        run = asyncio.ensure_future(self._run(spec, Prepared(tracked, job.labels)))
+        run.add_done_callback(lambda _: events.put_nowait(None))
+        guided = spec.guidance is not None
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        try:
+            while True:
+                # Every event queued since the last yield goes in one item, at most one item per
+                # STREAM_INTERVAL_S (or at the end): each Ray stream item costs the replica time that a
+                # per-evaluation item would add to every tick.
+                batch = [await events.get()]
+                if batch[0] is not None and (left := last + STREAM_INTERVAL_S - loop.time()) > 0:
+                    await asyncio.wait([run], timeout=left)
+                last = loop.time()
+                while not events.empty():
+                    batch.append(events.get_nowait())
+                done = batch[-1] is None
+                progress = [p for p in batch if p is not None]
+                if progress:
+                    yield [progress_event(p, guided, self._preview(p)) for p in progress]
+                if done:
+                    break
+            yield await run
+        finally:
+            run.cancel()
+
+    def _preview(self, p: Progress) -> np.ndarray | None:
+        return None if p.preview is None else to_data_space(self.ckpt, p.preview)
+
     def _load(self) -> int:
         s = self.engine.stats()
         return s.in_flight + s.queued
@@ -150,6 +203,20 @@ class ModelReplica:
             "tick_fixed_s": self.engine.tick_model.fixed_s,
             "tick_per_row_s": self.engine.tick_model.per_row_s,
         }
+
+
+def progress_event(p: Progress, guided: bool, preview: np.ndarray | None) -> dict[str, Any]:
+    """A progress event of a streamed request: step of steps, net evaluations so far (nfe: x2 when guided, as
+    the response counts them) and, every preview_every steps, the data estimate in data space."""
+    event: dict[str, Any] = {
+        "step": p.step,
+        "steps": p.steps,
+        "evaluations": p.evaluation,
+        "nfe": p.evaluation * (2 if guided else 1),
+    }
+    if preview is not None:
+        event["preview"] = preview
+    return event
 
 
 # The config's `deployments` section overrides these defaults (replicas, autoscaling, resources).

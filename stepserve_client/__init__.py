@@ -22,6 +22,7 @@ from stepserve_client.errors import (
     TransportFailure,
     Unavailable,
 )
+from stepserve_client.stream import Progress
 
 __all__ = [
     "NO_RETRY",
@@ -30,6 +31,7 @@ __all__ = [
     "BadRequest",
     "Client",
     "NotFound",
+    "Progress",
     "RetryPolicy",
     "SampleResult",
     "ServerError",

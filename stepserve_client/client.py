@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,7 @@ from stepserve_client.errors import (
     retry_after_seconds,
     transport_failure,
 )
+from stepserve_client.stream import EventParser, Progress, decode
 
 SAMPLES_PATH = "/v1/samples"
 
@@ -114,6 +116,19 @@ def sample_body(
     return body
 
 
+def stream_body(body: dict[str, Any], preview_every: int | None) -> dict[str, Any]:
+    """`body` as a streamed request."""
+    out = {**body, "stream": True}
+    if preview_every is not None:
+        out["preview_every"] = preview_every
+    return out
+
+
+def stream_item(item: Progress | dict[str, Any]) -> Progress | SampleResult:
+    """A decoded event as the client yields it: progress as is, the result body as a SampleResult."""
+    return item if isinstance(item, Progress) else SampleResult.from_body(item)
+
+
 def _wait_for(resp: httpx.Response, policy: RetryPolicy, attempt: int) -> float | None:
     """Seconds to wait before retrying `resp`, or None when it must be raised (not a 503, retries spent,
     or the service asks for a longer wait than the policy allows)."""
@@ -200,6 +215,25 @@ class Client:
             raise ValueError("format 'png' answers an image, not samples: use sample_result(...).image")
         return result.samples
 
+    def stream(
+        self, model: str, sampler: str, steps: int, preview_every: int | None = None, **options: Any
+    ) -> Iterator[Progress | SampleResult]:
+        """A streamed request: a `Progress` after each net evaluation (a data-space `preview` every
+        `preview_every` steps), then the `SampleResult`. A refusal before the stream (e.g. 422, 503, not
+        retried) or an error event in it raises the typed error. Leaving the loop early cancels the request."""
+        body = stream_body(sample_body(model, sampler, steps, **options), preview_every)
+        try:
+            with self.http.stream("POST", SAMPLES_PATH, json=body) as resp:
+                if resp.status_code != 200:
+                    resp.read()
+                    raise error_from_response(resp)
+                parser = EventParser()
+                for line in resp.iter_lines():
+                    for event, data in parser.feed([line]):
+                        yield stream_item(decode(event, data))
+        except httpx.TransportError as e:
+            raise transport_failure(e, f"{self.base_url}{SAMPLES_PATH}") from None
+
     def models(self) -> list[dict[str, Any]]:
         """Every served model's metadata (GET /v1/models)."""
         return list(self.get("/v1/models")["models"])
@@ -270,6 +304,23 @@ class AsyncClient:
         if result.samples is None:
             raise ValueError("format 'png' answers an image, not samples: use sample_result(...).image")
         return result.samples
+
+    async def stream(
+        self, model: str, sampler: str, steps: int, preview_every: int | None = None, **options: Any
+    ) -> AsyncIterator[Progress | SampleResult]:
+        """As `Client.stream`, iterated with `async for`."""
+        body = stream_body(sample_body(model, sampler, steps, **options), preview_every)
+        try:
+            async with self.http.stream("POST", SAMPLES_PATH, json=body) as resp:
+                if resp.status_code != 200:
+                    await resp.aread()
+                    raise error_from_response(resp)
+                parser = EventParser()
+                async for line in resp.aiter_lines():
+                    for event, data in parser.feed([line]):
+                        yield stream_item(decode(event, data))
+        except httpx.TransportError as e:
+            raise transport_failure(e, f"{self.base_url}{SAMPLES_PATH}") from None
 
     async def models(self) -> list[dict[str, Any]]:
         return list((await self.get("/v1/models"))["models"])

@@ -66,19 +66,24 @@ def retry_after_seconds(resp: httpx.Response) -> float | None:
 
 def error_from_response(resp: httpx.Response) -> StepserveError:
     """The typed error of a non-200 answer, with the API's field and message when the body has them."""
-    field, message = None, resp.text[:500]
     try:
         body: Any = resp.json()
     except ValueError:
         body = None
+    return error_from_body(body, resp.status_code, resp.text[:500], retry_after_seconds(resp))
+
+
+def error_from_body(body: Any, status: int, fallback: str = "", retry_after: float | None = None) -> StepserveError:
+    """The typed error of the API's error body `{"error": {status, field, message}}` (also what a stream's
+    `error` event carries); `fallback` is the message when the body is not that shape."""
+    field, message = None, fallback
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         field = body["error"].get("field")
         message = str(body["error"].get("message", message))
-    status = resp.status_code
     cls = {404: NotFound, 503: Unavailable}.get(status)
     if cls is None:
         cls = BadRequest if status in (400, 413, 422) else ServerError
-    return cls(message, status, field, retry_after_seconds(resp))
+    return cls(message, status, field, retry_after)
 
 
 def transport_failure(e: httpx.TransportError, url: str) -> TransportFailure:

@@ -33,8 +33,9 @@ logger = logging.getLogger("ray.serve")
 
 # Probes and the API's description need no key: /healthz reveals only model names and whether they answer,
 # and the OpenAPI document and Swagger UI describe the public API (they are the same for every deployment).
-OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
-OPEN_PREFIXES = ("/docs/static/",)
+# The playground page (`/`, `/playground/...`) is as public as /docs: the page takes a key in a field for its calls.
+OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/"})
+OPEN_PREFIXES = ("/docs/static/", "/playground/")
 MIN_KEY_CHARS = 16  # a shorter key is guessable; refused at startup rather than served weakly
 KEY_CHARS = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII without spaces: what an HTTP header carries intact
 

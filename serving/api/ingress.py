@@ -9,13 +9,15 @@ Every refusal is an `ApiError` answered as `{"error": {status, field, message}}`
 # No `from __future__ import annotations` here: Ray Serve rebuilds the routes' signatures for the
 # class-based view, and FastAPI then needs the annotations as real classes, not strings.
 import asyncio
+import json
 import secrets
 import time
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
@@ -31,12 +33,14 @@ from serving.api.headers import HeaderLimits
 from serving.api.middleware import BodySizeLimit, RequestMetrics
 from serving.api.models import (
     ERROR_RESPONSES,
+    STREAM_RESPONSE,
     ApiError,
     ModelInfo,
     SampleRequest,
     SampleResponse,
     error_from_pydantic,
 )
+from serving.api.playground import serve_playground
 from serving.budget import Candidate, DeadlineImpossible, DeadlineOverloaded
 from serving.engine import Overloaded, RequestTimeout
 from serving.replica import SampleOutput
@@ -46,6 +50,8 @@ from serving.replica import SampleOutput
 REPLICA_LOST = (RayActorError, ReplicaUnavailableError)
 # Serve-level failures of a model deployment: saturated at Serve's queue or no live replica right now.
 UNAVAILABLE = (BackPressureError, DeploymentUnavailableError, *REPLICA_LOST)
+# What a model deployment refuses with, answered by `refusal`.
+REFUSALS = (Overloaded, RequestTimeout, DeadlineOverloaded, DeadlineImpossible, *UNAVAILABLE)
 MAX_DEADLINE_MS = 600_000.0
 # The path outside the replica's engine (hops, serialization, noise and data-space conversion) is measured
 # per model as a moving average and kept out of a deadline request's time at the replica.
@@ -58,6 +64,7 @@ api = FastAPI(
     description="Samples from diffusion (DDPM) and flow-matching models with a step budget K and guidance w.",
 )
 serve_docs_locally(api)  # /docs without a CDN
+serve_playground(api)  # the playground page at /
 api.add_middleware(BodySizeLimit)
 api.add_middleware(ApiKeyAuth)  # outside BodySizeLimit: a request without a valid key is refused unread
 api.add_middleware(HeaderLimits)  # outside ApiKeyAuth: an oversized Authorization header is refused first
@@ -85,13 +92,41 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return error_response(error_from_pydantic(list(exc.errors())))
 
 
+def internal_error(exc: BaseException) -> dict[str, Any]:
+    return {"error": {"status": 500, "field": None, "message": f"internal error: {type(exc).__name__}"}}
+
+
 @api.exception_handler(Exception)
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     # Last resort: every expected failure is an ApiError before reaching here.
-    return JSONResponse(
-        {"error": {"status": 500, "field": None, "message": f"internal error: {type(exc).__name__}"}},
-        status_code=500,
-    )
+    return JSONResponse(internal_error(exc), status_code=500)
+
+
+def refusal(model: str, exc: BaseException) -> ApiError:
+    """A model deployment's refusal as the API words it: 503 + Retry-After when at capacity (or no step budget
+    meets the deadline under the current load) or without a live replica, 504 when the request ran past the
+    time limit, 422 when no step budget could meet the deadline even on an idle replica."""
+    if isinstance(exc, (Overloaded, DeadlineOverloaded)):
+        # e.message, not str(e): across the handle the exception carries the replica's traceback
+        return ApiError("model", f"{model} is at capacity ({exc.message}); retry later", 503, exc.retry_after)
+    if isinstance(exc, RequestTimeout):
+        return ApiError("body", f"{model}: {exc.message}; ask for fewer steps or samples", 504)
+    if isinstance(exc, DeadlineImpossible):
+        return ApiError("deadline_ms", exc.message)
+    return ApiError("model", f"{model} is unavailable right now ({type(exc).__name__})", 503, 1)
+
+
+def sse(event: str, data: dict[str, Any]) -> str:
+    """One server-sent event; the JSON is compact, so it holds no newline."""
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+def progress_json(event: dict[str, Any]) -> dict[str, Any]:
+    """A replica's progress dict as JSON data (the preview array as nested lists)."""
+    return {**event, "preview": event["preview"].tolist()} if "preview" in event else event
+
+
+T = TypeVar("T")
 
 
 @serve.deployment(max_ongoing_requests=1024)
@@ -128,42 +163,63 @@ class Ingress:
         return info
 
     @api.post(
-        "/v1/samples", response_model=SampleResponse, response_model_exclude_none=False, responses=ERROR_RESPONSES
+        "/v1/samples",
+        response_model=SampleResponse,
+        response_model_exclude_none=False,
+        responses={**ERROR_RESPONSES, **STREAM_RESPONSE},
     )
     async def samples(self, req: SampleRequest) -> Any:
         """Draw `num_samples` samples of `model` with `sampler` in `steps` steps (guidance w optional); with
-        `deadline_ms`, scheduled for it, and with `steps: "auto"` at the step budget that meets it."""
+        `deadline_ms`, scheduled for it, and with `steps: "auto"` at the step budget that meets it; with
+        `stream: true`, progress events as the sampler runs and the response body as the last event."""
         t0 = time.perf_counter()
         info = self._info(req.model)
         seed = req.seed if req.seed is not None else secrets.randbits(63)
         deadline_s = self._deadline_s(req)
+        preview_every = req.preview_every_checked()
+        if req.stream and deadline_s is not None:
+            raise ApiError("stream", 'stream: true does not take deadline_ms (nor steps "auto"); drop one of them')
+        handle = self.handles[req.model]
         path_s = self.path_s[req.model]  # the path around the engine, kept out of the engine's time
-        before_s = 0.0  # time at the ingress before the call to the replica
         if req.steps == "auto":
             candidates = self._candidates(req, info, seed)
-            before_s = time.perf_counter() - t0
-            out = await self._call(req.model, "sample_auto", candidates, deadline_s - before_s - path_s)
-        else:
-            if req.sampler == "auto":
-                raise ApiError("sampler", 'sampler "auto" needs steps "auto" (and deadline_ms)')
-            if req.min_quality is not None:
-                raise ApiError("min_quality", 'min_quality applies only with steps "auto"')
-            spec = req.to_spec(seed)
-            try:
-                validate(spec, self.objectives[req.model], info.num_classes, info.limits)
-            except InvalidRequest as e:
-                raise ApiError(e.field, e.message) from None
-            before_s = time.perf_counter() - t0
-            out = await self._call(
-                req.model, "sample", spec, None if deadline_s is None else deadline_s - before_s - path_s
-            )
+            before_s = time.perf_counter() - t0  # time at the ingress before the call to the replica
+            left_s = deadline_s - before_s - path_s
+            out = await self._call(req.model, lambda: handle.sample_auto.remote(candidates, left_s))
+            return await self._respond(req, seed, out, t0, deadline_s, before_s + path_s)
+        if req.sampler == "auto":
+            raise ApiError("sampler", 'sampler "auto" needs steps "auto" (and deadline_ms)')
+        if req.min_quality is not None:
+            raise ApiError("min_quality", 'min_quality applies only with steps "auto"')
+        spec = req.to_spec(seed)
+        try:
+            validate(spec, self.objectives[req.model], info.num_classes, info.limits)
+        except InvalidRequest as e:
+            raise ApiError(e.field, e.message) from None
+        if req.stream:
+            return await self._stream(req, spec, preview_every, t0)
+        before_s = time.perf_counter() - t0
+        left = None if deadline_s is None else deadline_s - before_s - path_s
+        out = await self._call(req.model, lambda: handle.sample.remote(spec, left))
+        return await self._respond(req, seed, out, t0, deadline_s, before_s + path_s)
+
+    async def _respond(
+        self,
+        req: SampleRequest,
+        seed: int,
+        out: SampleOutput,
+        t0: float,
+        deadline_s: float | None = None,
+        outside_s: float = 0.0,
+    ) -> SampleResponse:
+        """The response body of a finished request, streamed or not. outside_s: the time before the call
+        and the predicted path around the engine (for predicted_ms)."""
         image = await asyncio.to_thread(render_base64, out.samples) if req.format == "png" else None
         total_s = time.perf_counter() - t0
         self._observe_path(req.model, total_s - out.queue_s - out.compute_s)
         predicted_ms = None
         if out.predicted_s is not None and deadline_s is not None:
-            # the replica's prediction of its engine time, plus the time before the call and the path around it
-            predicted_ms = 1e3 * (before_s + out.predicted_s + path_s)
+            predicted_ms = 1e3 * (outside_s + out.predicted_s)
         return SampleResponse(
             model=req.model,
             sampler=out.sampler,
@@ -240,23 +296,57 @@ class Ingress:
             )
         return out
 
-    async def _call(self, model: str, method: str, *args: Any) -> SampleOutput:
-        """The model replica's answer; a request whose replica died is run once more (Serve routes it to a
-        live replica); refusals become 503s with a Retry-After, a timeout a 504, an impossible deadline a 422."""
+    async def _call(self, model: str, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()` awaited, once more if its replica died; refusals as ApiErrors (`refusal`)."""
         try:
             try:
-                return await getattr(self.handles[model], method).remote(*args)
+                return await call()
             except REPLICA_LOST:
-                return await getattr(self.handles[model], method).remote(*args)
-        except (Overloaded, DeadlineOverloaded) as e:
-            # e.message, not str(e): across the handle the exception carries the replica's traceback
-            raise ApiError("model", f"{model} is at capacity ({e.message}); retry later", 503, e.retry_after) from None
-        except DeadlineImpossible as e:
-            raise ApiError("deadline_ms", e.message) from None
-        except RequestTimeout as e:
-            raise ApiError("body", f"{model}: {e.message}; ask for fewer steps or samples", 504) from None
-        except UNAVAILABLE as e:
-            raise ApiError("model", f"{model} is unavailable right now ({type(e).__name__})", 503, 1) from None
+                return await call()
+        except REFUSALS as e:
+            raise refusal(model, e) from None
+
+    async def _stream(self, req: SampleRequest, spec: Any, preview_every: int, t0: float) -> StreamingResponse:
+        """A streamed request: the replica's first event is awaited here, so a refusal before any work (503,
+        a dead replica run once more) is an ordinary JSON error; after it, the events as SSE."""
+        handle = self.handles[req.model].options(stream=True)
+
+        async def start() -> tuple[Any, Any]:
+            events = handle.sample_stream.remote(spec, preview_every)
+            try:
+                return events, await events.__anext__()
+            except BaseException:
+                events.cancel()
+                raise
+
+        events, first = await self._call(req.model, start)
+        return StreamingResponse(
+            self._events(req, spec, t0, events, first),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def _events(self, req: SampleRequest, spec: Any, t0: float, events: Any, item: Any) -> AsyncIterator[str]:
+        """`progress` events, then `result` (the response body) or `error` (the API's error body). Leaving
+        early (the client went away) cancels the replica's call, which drops the request from the engine."""
+        finished = False
+        try:
+            while not isinstance(item, SampleOutput):
+                # One SSE event per progress dict; the replica sends them in batches (lists).
+                yield "".join(sse("progress", progress_json(p)) for p in item)
+                item = await events.__anext__()
+            finished = True
+            body = await self._respond(req, spec.seed, item, t0)
+            yield sse("result", body.model_dump(mode="json"))
+        except REFUSALS as e:
+            finished = True
+            yield sse("error", refusal(req.model, e).to_json())
+        except Exception as e:  # the stream has begun: the error goes in it, in the API's shape
+            finished = True
+            yield sse("error", internal_error(e))
+        finally:
+            if not finished:
+                events.cancel()
 
     @api.get("/v1/models")
     async def list_models(self) -> dict[str, Any]:
@@ -265,8 +355,7 @@ class Ingress:
 
     @api.get("/v1/models/{model_id}", responses={404: ERROR_RESPONSES[404]})
     async def get_model(self, model_id: str) -> Any:
-        """One model's metadata (kind, net, data shape, classes, samplers, limits, quality profile) and one
-        replica's load."""
+        """One model's metadata (kind, net, data shape, classes, samplers, limits) and one replica's load."""
         info = self._info(model_id, "model_id")
         return {**info.to_json(), "replica_load": await self.handles[model_id].load.remote()}
 

@@ -72,6 +72,19 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+DEFAULT_PREVIEW_EVERY = 5
+MAX_PREVIEW_EVERY = 1000
+
+# The 200 of a streamed request (`stream: true`), besides the JSON body of an unstreamed one.
+STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the response body; with stream: true, text/event-stream: `progress` events, then `result` "
+        "(this body) or `error` (the error body)",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+
+
 class SampleRequest(BaseModel):
     """POST /v1/samples. Unknown fields are refused."""
 
@@ -112,6 +125,16 @@ class SampleRequest(BaseModel):
         "json", description="json: samples as nested lists; png: a base64 image (image grid or scatter plot)"
     )
 
+    # Streaming (text/event-stream): progress events, then the response body as the last event.
+    stream: bool = Field(
+        False, description="true: answer text/event-stream, one progress event per net evaluation, then the result"
+    )
+    preview_every: StrictInt | None = Field(
+        None,
+        description=f"stream only: a preview of the data estimate every this many steps, in [1, {MAX_PREVIEW_EVERY}] "
+        f"(default {DEFAULT_PREVIEW_EVERY})",
+    )
+
     def to_spec(self, seed: int, sampler: str | None = None, steps: int | None = None) -> SampleSpec:
         """The spec of this request (sampler and steps overridden for steps "auto" candidates)."""
         return SampleSpec(
@@ -127,6 +150,18 @@ class SampleRequest(BaseModel):
             atol=self.atol,
             max_nfe=self.max_nfe,
         )
+
+    def preview_every_checked(self) -> int:
+        """The stream's preview interval; an ApiError naming `preview_every` when out of range or not streamed."""
+        if self.preview_every is None:
+            return DEFAULT_PREVIEW_EVERY
+        if not self.stream:
+            raise ApiError("preview_every", "preview_every needs stream: true")
+        if not 1 <= self.preview_every <= MAX_PREVIEW_EVERY:
+            raise ApiError(
+                "preview_every", f"preview_every must be in [1, {MAX_PREVIEW_EVERY}], got {self.preview_every}"
+            )
+        return self.preview_every
 
 
 class Timing(BaseModel):

@@ -167,3 +167,16 @@ def test_no_key_in_any_ray_log(keyed_apps: dict) -> None:
             if key.encode() in data:
                 found.setdefault(name, []).append(str(p.relative_to(session)))
     assert not found, f"API keys found in Ray's session files: {found}"
+
+
+def test_playground_page_is_open_and_its_calls_take_the_key(keyed_apps: dict) -> None:
+    base, key = keyed_apps["env"], KEYS["env"]
+    page = httpx.get(f"{base}/", timeout=30)
+    assert page.status_code == 200 and 'id="api_key"' in page.text
+    assert 'src="/keyenv/playground/playground.js"' in page.text  # the page's URLs start at the route prefix
+    assert httpx.get(f"{base}/playground/playground.js", timeout=30).status_code == 200
+    streamed = {**BODY, "stream": True}
+    assert_error(httpx.post(f"{base}/v1/samples", json=streamed, timeout=30), 401, "authorization")
+    r = httpx.post(f"{base}/v1/samples", json=streamed, headers=bearer(key), timeout=60)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    assert r.text.count("event: progress") == BODY["steps"] and "event: result" in r.text

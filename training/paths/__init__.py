@@ -1,7 +1,7 @@
 """Paths and objectives: DDPM schedules and targets, the FM linear path, and their losses."""
 
 from training.paths.conversions import TARGETS, to_eps_x0
-from training.paths.fm_paths import FM_PATHS, PathCoefficients, path_coefficients
+from training.paths.fm_paths import FM_PATHS, PathCoefficients, path_coefficients, velocity_to_data
 from training.paths.objectives import (
     DDPM_T_SCALE,
     FM_T_SCALE,
@@ -27,4 +27,5 @@ __all__ = [
     "objective_from_dict",
     "path_coefficients",
     "to_eps_x0",
+    "velocity_to_data",
 ]

@@ -63,3 +63,17 @@ def path_coefficients(path: str, t: Tensor) -> PathCoefficients:
 def path_t_end(path: str) -> float:
     """Where samplers stop integrating: 1 (data) for linear, 1 - 1/T for vp."""
     return VP_T_END if path == "vp" else 1.0
+
+
+def velocity_to_data(path: str, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
+    """The data (x1) estimate from a velocity prediction v at (x_t, t) (B, ...), t (B,).
+
+    From x_t = alpha x1 + sigma x0 and v = alpha' x1 + sigma' x0, eliminating the noise x0:
+        x1 = (sigma v - sigma' x_t) / (sigma alpha' - sigma' alpha);
+    on the linear path the denominator is 1 and x1 = x_t + (1 - t) v.
+    """
+    c = path_coefficients(path, t.to(x_t.dtype))
+    shape = (-1, *([1] * (x_t.dim() - 1)))
+    a, s = c.alpha.reshape(shape), c.sigma.reshape(shape)
+    da, ds = c.d_alpha.reshape(shape), c.d_sigma.reshape(shape)
+    return (s * v - ds * x_t) / (s * da - ds * a)
