@@ -354,6 +354,7 @@ class Engine:
                 if not self._queue:
                     await self._wake.wait()
                 continue
+            started = time.perf_counter()  # the whole tick is timed: planning and bookkeeping cost per tick too
             by_slot = {id(j.slot): j for j in self._active}
             plan = [
                 (by_slot[id(s)], n)
@@ -371,15 +372,11 @@ class Engine:
                 t = torch.cat([p[1] for p in pieces])
                 y = torch.cat([p[2] for p in pieces])
                 total = int(x.shape[0])
-                t0 = time.perf_counter()
                 self._running_rows, self._running_since = total, self.clock()
                 try:
                     out = await loop.run_in_executor(self._executor, self._forward_chunked, x, t, y)
                 finally:
                     self._running_rows = 0
-                seconds = time.perf_counter() - t0
-                self.tick_model.observe(total, seconds)
-                self.efficiency.record(total, seconds, self.clock(), self.tick_model)
                 self._ticks += 1
                 if self.on_tick is not None:
                     self.on_tick(total, len(plan))
@@ -401,6 +398,9 @@ class Engine:
                 if j.slot.cursor >= j.rows:
                     pred = j.parts[0] if len(j.parts) == 1 else torch.cat(j.parts)
                     self._advance(j, combine(pred, j.guidance))
+            seconds = time.perf_counter() - started
+            self.tick_model.observe(total, seconds)
+            self.efficiency.record(total, seconds, self.clock(), self.tick_model)
 
     def _forward_chunked(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
         """One backend call, or several in a row when the tick exceeds the backend's `max_batch` (a TensorRT
