@@ -35,14 +35,16 @@ NOISE_REPEATS = 4  # draws (the profile's own seed and 3 more) of the point whos
 METRICS = {"moons": "sw_ratio", "digits": "frechet_ratio"}
 
 
-def profile_grid(ckpt: Checkpoint, steps: tuple[int, ...] = DEFAULT_STEPS, limits: Limits = Limits()) -> dict[str, list[int]]:
+def profile_grid(
+    ckpt: Checkpoint, steps: tuple[int, ...] = DEFAULT_STEPS, limits: Limits | None = None
+) -> dict[str, list[int]]:
     """sampler -> the Ks of `steps` it accepts (capped at its max_steps), for every fixed-step sampler of the
     model; adaptive solvers (fm-dopri5) have no fixed K and are left out."""
     grid = {}
     for name in samplers_for(ckpt.objective):
         if SAMPLERS[name].adaptive:
             continue
-        top = max_steps(ckpt.objective, limits, name)
+        top = max_steps(ckpt.objective, limits or Limits(), name)
         ks = sorted({k for k in steps if 1 <= k <= top})
         if ks:
             grid[name] = ks

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.checkpoint import CheckpointError, WEIGHT_FILES, add_file, read_manifest, verify_file
+from training.checkpoint import WEIGHT_FILES, CheckpointError, add_file, read_manifest, verify_file
 
 QUALITY_FILE = "quality_profile.json"
 QUALITY_ROLE = "quality"
@@ -33,7 +33,13 @@ class QualityPoint:
     quality: float
 
     def to_json(self) -> dict[str, Any]:
-        return {"sampler": self.sampler, "steps": self.steps, "nfe": self.nfe, "value": self.value, "quality": self.quality}
+        return {
+            "sampler": self.sampler,
+            "steps": self.steps,
+            "nfe": self.nfe,
+            "value": self.value,
+            "quality": self.quality,
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> QualityPoint:

@@ -59,7 +59,9 @@ def _add_profile_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint directory, e.g. models/moons-fm")
     p.add_argument(
-        "--samples", type=int, help=f"samples per point (default by data kind: {defaults}; digits: split equally over the classes)"
+        "--samples",
+        type=int,
+        help=f"samples per point (default by data kind: {defaults}; digits: split equally over the classes)",
     )
     p.add_argument(
         "--steps",

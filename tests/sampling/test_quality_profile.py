@@ -35,7 +35,8 @@ def _copy(tmp_path: Path, name: str = "moons-fm-vp") -> Path:
 
 def _profile(sha: str) -> QualityProfile:
     points = (QualityPoint("fm-euler", 5, 5, 2.5, 0.4), QualityPoint("fm-euler", 1, 1, 10.0, 0.1))
-    return QualityProfile("sw_ratio", "quality = min(1, 1 / value)", sha, (*points, QualityPoint("fm-rk4", 2, 8, 1.25, 0.8)))
+    points += (QualityPoint("fm-rk4", 2, 8, 1.25, 0.8),)
+    return QualityProfile("sw_ratio", "quality = min(1, 1 / value)", sha, points)
 
 
 def test_profile_round_trips_and_sorts_by_steps() -> None:
@@ -88,7 +89,8 @@ def test_profile_cli_writes_a_profile_that_loads(tmp_path: Path, capsys: pytest.
     assert profile.samplers() == fixed and "fm-dopri5" not in profile.samplers()
     assert {p.steps for p in profile.points} == {1, 4}  # 2000 > max_steps 1000: skipped
     for p in profile.points:
-        assert p.nfe == SAMPLERS[p.sampler].nfe(p.steps) and p.quality == pytest.approx(min(1.0, 1.0 / p.value), abs=1e-3)
+        assert p.nfe == SAMPLERS[p.sampler].nfe(p.steps)
+        assert p.quality == pytest.approx(min(1.0, 1.0 / p.value), abs=1e-3)
     assert "sd of quality" in profile.definition and "300 unconditional samples" in profile.definition
     assert "wrote" in capsys.readouterr().out
 
