@@ -103,9 +103,11 @@ def test_profile_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureF
 
 def test_ddpm_grid_is_capped_at_each_samplers_max_steps() -> None:
     ckpt = load_checkpoint(ROOT / "models" / "moons-ddpm")
-    grid = profile_grid(ckpt, (1, 500, 999, 1000))
+    grid = profile_grid(ckpt, (1, 500, 999, 1000), max_nfe=None)
     assert grid["ddpm"] == [1, 500, 999, 1000] and grid["dpm-solver++"] == [1, 500, 999]  # needs K + 1 timesteps
     assert all(k <= max_steps(ckpt.objective, Limits(), s) for s, ks in grid.items() for k in ks)
+    # the default NFE cap: heun spends 2 evaluations a step (1 the last), so K = 50 is 99 NFE and K = 100 is 199
+    assert profile_grid(ckpt, (50, 100))["heun"] == [50] and profile_grid(ckpt, (50, 100))["ddim"] == [50, 100]
 
 
 @pytest.mark.parametrize("name", DEFAULT_MODELS)
