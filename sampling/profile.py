@@ -104,7 +104,8 @@ def definition(ckpt: Checkpoint, n: int, seed: int, noise: dict[str, Any]) -> st
         f"quality = min(1, 1 / value): 1.0 = as close to the data as another draw of the data. {what}; EMA "
         f"weights, torch backend, NFE per sample unguided. Noise: sd of quality {noise['sd']:.3f} (range "
         f"{noise['min']:.3f}..{noise['max']:.3f}) over {noise['repeats']} seeds at {noise['sampler']} "
-        f"K={noise['steps']}; differences below about 2 sd are not significant."
+        f"K={noise['steps']}: the spread of a point's level from seed to seed. All points share seed 0 (noise and data "
+        "draws), so differences along K within the profile are smoother than that."
     )
 
 
