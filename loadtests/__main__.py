@@ -3,6 +3,7 @@
 python -m loadtests --url URL --model M --sampler S[,S2] --steps 5,10,20,50
                     (--concurrency 1,4,16 | --rate 2,8,32) --duration SECONDS --out DIR
 python -m loadtests autoscale --url URL --model M --sampler S --steps K --rates 1,4,16,4,1 ...
+python -m loadtests deadline --url URL --model M --sampler S|auto --deadline-ms 50,100 --duration SECONDS ...
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         "a + b * NFE per sampler and print the largest K meeting a p95 budget. Closed loop (--concurrency): "
         "N clients send back to back. Open loop (--rate): Poisson arrivals fired on schedule whether or not "
         "earlier requests have answered, so queueing shows in latency. `python -m loadtests autoscale -h` "
-        "ramps load up and down and traces replicas.",
+        "ramps load up and down and traces replicas; `python -m loadtests deadline -h` measures "
+        'goodput of deadline requests (steps "auto").',
     )
     add_service_args(p)
     p.add_argument("--steps", required=True, type=int_list, help="step budgets K, comma-separated, e.g. 5,10,20,50")
@@ -157,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         from loadtests.autoscale import main as autoscale_main
 
         return autoscale_main(argv[1:])
+    if argv[:1] == ["deadline"]:
+        from loadtests.deadline import main as deadline_main
+
+        return deadline_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return run(args)

@@ -22,11 +22,13 @@ class Record:
     clock: `scheduled` is when it was meant to start (open loop: the Poisson arrival; closed loop: the
     moment a worker was free), `start` when it was sent, `end` when the response (or error) arrived.
     status: the HTTP status as text, or "timeout" / "connect" / "transport" when no response came.
-    server_*: the service's own timing fields (None when absent)."""
+    server_*: the service's own timing fields (None when absent). served_sampler / served_steps: what the
+    service ran (it picks them for `steps: "auto"`); deadline_* / predicted_*: the response's step-budget
+    fields (None when absent or null)."""
 
     index: int
     sampler: str
-    steps: int
+    steps: int | str
     load: float
     scheduled: float
     start: float
@@ -40,6 +42,12 @@ class Record:
     server_total_s: float | None = None
     retry_after: str | None = None
     detail: str | None = None  # the error body (truncated) of a non-200 answer, or the transport error
+    served_sampler: str | None = None
+    served_steps: int | None = None
+    deadline_ms: float | None = None
+    deadline_met: bool | None = None
+    predicted_ms: float | None = None
+    predicted_quality: float | None = None
 
     @property
     def latency(self) -> float:
@@ -59,18 +67,25 @@ def _ms(timing: dict[str, Any], key: str) -> float | None:
     return float(value) * 1e-3 if isinstance(value, int | float) else None
 
 
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
 @dataclass(frozen=True)
 class RequestSpec:
-    """What every request of one sweep cell asks for; `payload(i)` varies seed and class label."""
+    """What every request of one sweep cell asks for; `payload(i)` varies seed and class label. steps is
+    an int or "auto" (then deadline_ms is required by the service)."""
 
     model: str
     sampler: str
-    steps: int
+    steps: int | str
     num_samples: int
     guidance: float | None = None
     class_labels: tuple[int, ...] | None = None  # cycled over requests; None = unconditional
     seed: int = 0
     eta: float | None = None
+    deadline_ms: float | None = None
+    min_quality: float | None = None
 
     def payload(self, index: int) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -86,6 +101,10 @@ class RequestSpec:
             body["class_label"] = self.class_labels[index % len(self.class_labels)]
         if self.eta is not None:
             body["eta"] = self.eta
+        if self.deadline_ms is not None:
+            body["deadline_ms"] = self.deadline_ms
+        if self.min_quality is not None:
+            body["min_quality"] = self.min_quality
         return body
 
 
@@ -126,6 +145,12 @@ async def send(
         rec.server_queue_s = _ms(result.timing, "queue_ms")
         rec.server_compute_s = _ms(result.timing, "compute_ms")
         rec.server_total_s = _ms(result.timing, "total_ms")
+        rec.served_sampler, rec.served_steps = result.sampler, result.steps
+        body = result.body
+        rec.deadline_ms = _number(body.get("deadline_ms"))
+        rec.deadline_met = body["deadline_met"] if isinstance(body.get("deadline_met"), bool) else None
+        rec.predicted_ms = _number(body.get("predicted_ms"))
+        rec.predicted_quality = _number(body.get("predicted_quality"))
     rec.end = time.perf_counter() - t0
     return rec
 

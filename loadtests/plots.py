@@ -179,3 +179,64 @@ def autoscale_trace(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper left")
     return _save(fig, path)
+
+
+def deadline_goodput(cells: list[dict[str, Any]], path: Path) -> Path:
+    """Goodput (answers within their deadline per second), deadline attainment and mean predicted quality
+    against the offered rate: one colour per deadline, solid the steps "auto" arm, dashed the fixed-K arm."""
+    deadlines = sorted({c["deadline_ms"] for c in cells})
+    colours = dict(zip(deadlines, plt.cm.viridis(np.linspace(0, 0.85, len(deadlines))), strict=True))
+    panels = (
+        ("goodput_rps", "goodput (met deadlines / s)", 1.0),
+        ("attainment", "deadline attainment (%)", 100.0),
+        ("quality", "mean predicted quality", 1.0),
+    )
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, (key, label, scale) in zip(axes, panels, strict=True):
+        for (arm, deadline), group in sorted(_by(cells, "arm", "deadline_ms").items()):
+            group = sorted(group, key=lambda c: c["offered_rps"])
+            value = (lambda c: (c["quality"] or {}).get("mean")) if key == "quality" else (lambda c, k=key: c[k])
+            ys = [np.nan if value(c) is None else scale * value(c) for c in group]
+            ax.plot(
+                [c["offered_rps"] for c in group],
+                ys,
+                "-" if arm == "auto" else "--",
+                marker="o",
+                ms=3,
+                color=colours[deadline],
+                label=f"{arm} {deadline:g} ms",
+            )
+        if key == "goodput_rps":
+            top = max(c["offered_rps"] for c in cells)
+            ax.plot([0, top], [0, top], ":", color="grey", label="goodput = offered")
+        ax.set(xlabel="offered rate (req/s)", ylabel=label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def deadline_k_histogram(cells: list[dict[str, Any]], path: Path) -> Path:
+    """The K the service chose for steps "auto" requests: one panel per deadline, bars per load level."""
+    auto = [c for c in cells if c["arm"] == "auto"]
+    deadlines = sorted({c["deadline_ms"] for c in auto}) or [0.0]
+    fig, axes = plt.subplots(1, len(deadlines), figsize=(4.5 * len(deadlines), 3.6), squeeze=False, sharey=True)
+    for ax, deadline in zip(axes[0], deadlines, strict=True):
+        group = sorted((c for c in auto if c["deadline_ms"] == deadline), key=lambda c: c["load_multiple"])
+        labels = sorted({(h["sampler"], h["steps"] or 0) for c in group for h in c["k_histogram"]}, key=lambda x: x[1])
+        width = 0.8 / max(1, len(group))
+        for i, c in enumerate(group):
+            counts = {(h["sampler"], h["steps"] or 0): h["count"] for h in c["k_histogram"]}
+            total = max(1, sum(counts.values()))
+            xs = np.arange(len(labels)) + i * width
+            ax.bar(xs, [100 * counts.get(lab, 0) / total for lab in labels], width, label=f"{c['load_multiple']:g}x")
+        ax.set_xticks(np.arange(len(labels)) + 0.4 - width / 2, [f"{s}\nK={k}" for s, k in labels], fontsize=7)
+        ax.set(title=f"deadline {deadline:g} ms", ylabel="share of answers (%)")
+        ax.legend(fontsize=7, title="load")
+    return _save(fig, path)
+
+
+def _by(cells: list[dict[str, Any]], *keys: str) -> dict[tuple, list[dict[str, Any]]]:
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for c in cells:
+        groups[tuple(c[k] for k in keys)].append(c)
+    return groups

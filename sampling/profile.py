@@ -30,20 +30,31 @@ from training.checkpoint import Checkpoint
 DEFAULT_STEPS = (1, 2, 3, 5, 8, 10, 15, 20, 30, 50, 100)
 # Samples per point: enough that the measured noise (sd of quality over seeds) is about 0.1 on moons and 0.03
 # on digits at a mid-range point; the SW ratio needs many points because its denominator is itself a noise floor.
-DEFAULT_SAMPLES = {"moons": 4000, "digits": 500}
+DEFAULT_SAMPLES = {"moons": 3000, "digits": 500}
+# Points past this many net evaluations per sample are skipped by default: by then every sampler of the default
+# models has levelled off (docs/knobs.md), and the profile's cost grows with NFE x samples.
+DEFAULT_MAX_NFE = 100
+NOISE_NFE = 20  # the noise is measured at the first sampler's point nearest this NFE
 NOISE_REPEATS = 4  # draws (the profile's own seed and 3 more) of the point whose noise is measured
 METRICS = {"moons": "sw_ratio", "digits": "frechet_ratio"}
 
 
-def profile_grid(ckpt: Checkpoint, steps: tuple[int, ...] = DEFAULT_STEPS, limits: Limits = Limits()) -> dict[str, list[int]]:
-    """sampler -> the Ks of `steps` it accepts (capped at its max_steps), for every fixed-step sampler of the
-    model; adaptive solvers (fm-dopri5) have no fixed K and are left out."""
+def profile_grid(
+    ckpt: Checkpoint,
+    steps: tuple[int, ...] = DEFAULT_STEPS,
+    limits: Limits | None = None,
+    max_nfe: int | None = DEFAULT_MAX_NFE,
+) -> dict[str, list[int]]:
+    """sampler -> the Ks of `steps` it accepts (capped at its max_steps, and at `max_nfe` evaluations per sample
+    unless None), for every fixed-step sampler of the model; adaptive solvers (fm-dopri5) have no fixed K and
+    are left out."""
     grid = {}
     for name in samplers_for(ckpt.objective):
         if SAMPLERS[name].adaptive:
             continue
-        top = max_steps(ckpt.objective, limits, name)
-        ks = sorted({k for k in steps if 1 <= k <= top})
+        top = max_steps(ckpt.objective, limits or Limits(), name)
+        nfe = SAMPLERS[name].nfe
+        ks = sorted({k for k in steps if 1 <= k <= top and (max_nfe is None or nfe(k) <= max_nfe)})
         if ks:
             grid[name] = ks
     return grid
@@ -93,7 +104,8 @@ def definition(ckpt: Checkpoint, n: int, seed: int, noise: dict[str, Any]) -> st
         f"quality = min(1, 1 / value): 1.0 = as close to the data as another draw of the data. {what}; EMA "
         f"weights, torch backend, NFE per sample unguided. Noise: sd of quality {noise['sd']:.3f} (range "
         f"{noise['min']:.3f}..{noise['max']:.3f}) over {noise['repeats']} seeds at {noise['sampler']} "
-        f"K={noise['steps']}; differences below about 2 sd are not significant."
+        f"K={noise['steps']}: the spread of a point's level from seed to seed. All points share seed 0 (noise and data "
+        "draws), so differences along K within the profile are smoother than that."
     )
 
 
@@ -106,8 +118,8 @@ def compute_profile(
     seed: int = 0,
     on_point: Callable[[QualityPoint], None] | None = None,
 ) -> QualityProfile:
-    """Measure every (sampler, K) of `grid`, then the noise at the first sampler's largest K (NOISE_REPEATS
-    seeds); `on_point` is called after each measurement (progress)."""
+    """Measure every (sampler, K) of `grid`, then the noise at the first sampler's K nearest NOISE_NFE
+    (NOISE_REPEATS seeds); `on_point` is called after each measurement (progress)."""
     points = []
     for sampler, ks in grid.items():
         for k in ks:
@@ -115,7 +127,7 @@ def compute_profile(
             if on_point:
                 on_point(points[-1])
     sampler = next(iter(grid))
-    k = grid[sampler][-1]
+    k = min(grid[sampler], key=lambda k: abs(SAMPLERS[sampler].nfe(k) - NOISE_NFE))
     base = next(p for p in points if (p.sampler, p.steps) == (sampler, k))
     qs = [base.quality]
     for r in range(1, NOISE_REPEATS):

@@ -33,7 +33,13 @@ class QualityPoint:
     quality: float
 
     def to_json(self) -> dict[str, Any]:
-        return {"sampler": self.sampler, "steps": self.steps, "nfe": self.nfe, "value": self.value, "quality": self.quality}
+        return {
+            "sampler": self.sampler,
+            "steps": self.steps,
+            "nfe": self.nfe,
+            "value": self.value,
+            "quality": self.quality,
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> QualityPoint:

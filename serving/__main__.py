@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sampling.profile import DEFAULT_SAMPLES, DEFAULT_STEPS
+from sampling.profile import DEFAULT_MAX_NFE, DEFAULT_SAMPLES, DEFAULT_STEPS
 from serving.offline import profile_checkpoint, sample_to_file
 from serving.serve_cli import add_serve_parser
 
@@ -55,7 +55,8 @@ def _add_profile_parser(sub: argparse._SubParsersAction) -> None:
         "sha256 of the weights it was measured on. quality = min(1, 1 / value) in [0, 1], where value is a "
         "distance to the data over the same distance between two draws of the data (moons: sliced-Wasserstein "
         "ratio; digits: Frechet ratio in a digits classifier's feature space). K beyond a sampler's max_steps "
-        "is skipped. One point is redrawn with 3 more seeds and the spread is stored as the profile's noise.",
+        "and points past --max-nfe evaluations per sample are skipped. One point is redrawn with 3 more seeds "
+        "and the spread is stored as the profile's noise.",
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint directory, e.g. models/moons-fm")
     p.add_argument(
@@ -69,13 +70,24 @@ def _add_profile_parser(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_STEPS,
         help=f"K grid, comma-separated (default {','.join(map(str, DEFAULT_STEPS))})",
     )
+    p.add_argument(
+        "--max-nfe",
+        type=int,
+        default=DEFAULT_MAX_NFE,
+        help=f"skip points past this many net evaluations per sample (default {DEFAULT_MAX_NFE}; 0: no cap)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of every point's noise and data draws (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _profile(args: argparse.Namespace) -> int:
     profile = profile_checkpoint(
-        Path(args.checkpoint), samples=args.samples, steps=args.steps, seed=args.seed, progress=not args.no_progress
+        Path(args.checkpoint),
+        samples=args.samples,
+        steps=args.steps,
+        max_nfe=args.max_nfe or None,
+        seed=args.seed,
+        progress=not args.no_progress,
     )
     for name in profile.samplers():
         row = "  ".join(f"K={p.steps}:{p.quality:.3f}" for p in profile.for_sampler(name))

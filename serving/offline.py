@@ -11,7 +11,15 @@ import torch
 from tqdm import tqdm
 
 from sampling.driver import sample
-from sampling.profile import DEFAULT_SAMPLES, DEFAULT_STEPS, NOISE_REPEATS, compute_profile, metric_name, profile_grid
+from sampling.profile import (
+    DEFAULT_MAX_NFE,
+    DEFAULT_SAMPLES,
+    DEFAULT_STEPS,
+    NOISE_REPEATS,
+    compute_profile,
+    metric_name,
+    profile_grid,
+)
 from sampling.quality import QualityPoint, QualityProfile, weights_sha256, write_quality_profile
 from sampling.render import render_png
 from sampling.request import OFFLINE_LIMITS, SampleSpec, to_data_space, validate
@@ -57,6 +65,7 @@ def profile_checkpoint(
     *,
     samples: int | None = None,
     steps: tuple[int, ...] = DEFAULT_STEPS,
+    max_nfe: int | None = DEFAULT_MAX_NFE,
     seed: int = 0,
     progress: bool = True,
 ) -> QualityProfile:
@@ -67,7 +76,7 @@ def profile_checkpoint(
     metric_name(ckpt)  # an unknown data kind fails before any work
     if n < 2:
         raise ValueError(f"--samples must be >= 2, got {n}")
-    grid = profile_grid(ckpt, steps)
+    grid = profile_grid(ckpt, steps, max_nfe=max_nfe)
     if not grid:
         raise ValueError(f"no K of {list(steps)} is accepted by any fixed-step sampler of {ckpt.name}")
     net = load_backend("torch", ckpt, weights="ema")

@@ -26,6 +26,16 @@ from training.data import digits_raw, moons_raw
 MODEL = "stub-moons"
 DIGITS = "stub-digits"
 SAMPLERS = {"fm-euler": 1, "fm-rk4": 4}
+# The request fields of POST /v1/samples without the step-budget fields (deadline_ms, steps "auto", min_quality).
+FIELDS = {"model", "sampler", "steps", "num_samples", "guidance", "class_label", "seed", "eta", "spacing", "format"}
+
+
+def _refusal(body: dict) -> dict | None:
+    """The real service's first complaint (pydantic order: field types, then unknown fields), or None."""
+    if not isinstance(body.get("steps"), int):
+        return {"field": "steps", "message": "steps: Input should be a valid integer"}
+    unknown = sorted(set(body) - FIELDS)
+    return {"field": unknown[0], "message": f"unknown field {unknown[0]!r}"} if unknown else None
 
 
 @dataclass
@@ -33,6 +43,7 @@ class StubService:
     base_s: float = 0.05
     per_step_s: float = 0.002
     max_num_samples: int = 256
+    strict: bool = False  # refuse what the service without deadline requests refuses, with its 422 bodies
     url: str = ""
     received: int = 0
     start_times: list[float] = field(default_factory=list)
@@ -70,6 +81,8 @@ class StubService:
             self.start_times.append(time.perf_counter())
             body = await request.json()
             self.bodies.append(body)
+            if self.strict and (refusal := _refusal(body)) is not None:
+                return JSONResponse({"error": {"status": 422, **refusal}}, status_code=422)
             sampler, steps, n = body["sampler"], body["steps"], body.get("num_samples", 1)
             if sampler not in SAMPLERS or body.get("model") not in infos:
                 requests.labels(body.get("model", ""), sampler, "422").inc()

@@ -35,9 +35,8 @@ def _copy(tmp_path: Path, name: str = "moons-fm-vp") -> Path:
 
 def _profile(sha: str) -> QualityProfile:
     points = (QualityPoint("fm-euler", 5, 5, 2.5, 0.4), QualityPoint("fm-euler", 1, 1, 10.0, 0.1))
-    return QualityProfile(
-        "sw_ratio", "quality = min(1, 1 / value)", sha, (*points, QualityPoint("fm-rk4", 2, 8, 1.25, 0.8))
-    )
+    points += (QualityPoint("fm-rk4", 2, 8, 1.25, 0.8),)
+    return QualityProfile("sw_ratio", "quality = min(1, 1 / value)", sha, points)
 
 
 def test_profile_round_trips_and_sorts_by_steps() -> None:
@@ -90,9 +89,8 @@ def test_profile_cli_writes_a_profile_that_loads(tmp_path: Path, capsys: pytest.
     assert profile.samplers() == fixed and "fm-dopri5" not in profile.samplers()
     assert {p.steps for p in profile.points} == {1, 4}  # 2000 > max_steps 1000: skipped
     for p in profile.points:
-        assert p.nfe == SAMPLERS[p.sampler].nfe(p.steps) and p.quality == pytest.approx(
-            min(1.0, 1.0 / p.value), abs=1e-3
-        )
+        assert p.nfe == SAMPLERS[p.sampler].nfe(p.steps)
+        assert p.quality == pytest.approx(min(1.0, 1.0 / p.value), abs=1e-3)
     assert "sd of quality" in profile.definition and "300 unconditional samples" in profile.definition
     assert "wrote" in capsys.readouterr().out
 
@@ -105,9 +103,11 @@ def test_profile_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureF
 
 def test_ddpm_grid_is_capped_at_each_samplers_max_steps() -> None:
     ckpt = load_checkpoint(ROOT / "models" / "moons-ddpm")
-    grid = profile_grid(ckpt, (1, 500, 999, 1000))
+    grid = profile_grid(ckpt, (1, 500, 999, 1000), max_nfe=None)
     assert grid["ddpm"] == [1, 500, 999, 1000] and grid["dpm-solver++"] == [1, 500, 999]  # needs K + 1 timesteps
     assert all(k <= max_steps(ckpt.objective, Limits(), s) for s, ks in grid.items() for k in ks)
+    # the default NFE cap: heun spends 2 evaluations a step (1 the last), so K = 50 is 99 NFE and K = 100 is 199
+    assert profile_grid(ckpt, (50, 100))["heun"] == [50] and profile_grid(ckpt, (50, 100))["ddim"] == [50, 100]
 
 
 @pytest.mark.parametrize("name", DEFAULT_MODELS)

@@ -1,0 +1,39 @@
+"""GET /v1/models/{id} shows the checkpoint's quality profile, over real HTTP from a real Serve application."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from sampling.quality import load_quality_profile
+from tests.conftest import ROOT
+from tests.serving.conftest import ServeCluster, app_args
+
+
+@pytest.mark.slow
+def test_model_metadata_carries_the_quality_profile(serve_cluster: ServeCluster) -> None:
+    checkpoints = {"moons-fm": ROOT / "models" / "moons-fm", "moons-fm-vp": ROOT / "models" / "moons-fm-vp"}
+    base = serve_cluster.deploy("profiled", "/profiled", app_args(checkpoints, limits={"max_steps": 300}))
+    try:
+        with httpx.Client(base_url=base, timeout=30) as c:
+            one = c.get("/v1/models/moons-fm").json()
+            plain = c.get("/v1/models/moons-fm-vp").json()
+            listed = {m["id"]: m for m in c.get("/v1/models").json()["models"]}
+    finally:
+        serve_cluster.delete("profiled")
+    expected = load_quality_profile(checkpoints["moons-fm"]).to_json()
+    assert one["quality_profile"] == expected and listed["moons-fm"]["quality_profile"] == expected
+    assert {p["sampler"] for p in one["quality_profile"]["points"]} == {"fm-euler", "fm-heun", "fm-rk4"}
+    assert "min(1, 1 / value)" in one["quality_profile"]["definition"]
+    assert plain["quality_profile"] is None  # a checkpoint without a profile
+    assert one["sampler_max_steps"] == {"fm-euler": 300, "fm-heun": 300, "fm-rk4": 300, "fm-dopri5": 300}
+
+
+def test_model_info_lists_each_samplers_max_steps_and_the_profile() -> None:
+    """Without Ray: the metadata the ingress serves, built from the manifest (DDPM: T minus the grid's needs)."""
+    from sampling.request import Limits
+    from serving.api.models import model_info
+
+    info = model_info("moons-ddpm", ROOT / "models" / "moons-ddpm", "torch", Limits()).to_json()
+    assert info["sampler_max_steps"] == {"ddpm": 1000, "ddim": 1000, "dpm-solver++": 999, "heun": 1000}
+    assert info["quality_profile"] == load_quality_profile(ROOT / "models" / "moons-ddpm").to_json()
