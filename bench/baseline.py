@@ -20,7 +20,9 @@ from serving.replica import ModelReplica, SampleOutput
 
 
 class RequestBatchedReplica(ModelReplica):
-    async def sample(self, spec: SampleSpec) -> SampleOutput:
+    async def sample(self, spec: SampleSpec, deadline_s: float | None = None) -> SampleOutput:
+        """Request-level batching knows no deadlines: `deadline_s` is ignored (the response still says
+        whether the deadline was met)."""
         return await self._batch(spec)
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.01)
