@@ -8,8 +8,9 @@ step-level against request-level batching, lone-request overhead), backends (ben
 throughput with onnxruntime against torch), reliability (bench.reliability: goodput and latency at 1x, 2x
 and 3x capacity), scheduling (bench.scheduling: short requests amid long ones, the deadline scheduler
 against FIFO), deadline (bench.deadline: goodput of steps "auto" against fixed K and request-level
-batching at 1x, 2x and 4x capacity), streaming (bench.streaming: a streamed K = 50 request against the same unstreamed, and
-the playground's click-to-drawn-samples time in headless Chromium). Each writes its own JSON file;
+batching at 1x, 2x and 4x capacity), streaming (bench.streaming: a streamed K = 50 request against the
+same unstreamed, and the playground's click-to-drawn-samples time in headless Chromium). Each writes its
+own JSON file;
 `summary.json` lists what ran and how long it took. On a GPU machine, `python -m bench.gpu` (run by
 scripts/gpu_check.sh).
 """
