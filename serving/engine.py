@@ -400,7 +400,7 @@ class Engine:
                     self._advance(j, combine(pred, j.guidance))
             seconds = time.perf_counter() - started
             self.tick_model.observe(total, seconds)
-            self.efficiency.record(total, seconds, self.clock(), self.tick_model)
+            self.efficiency.record(total, self.clock(), self.tick_model, self.policy)
 
     def _forward_chunked(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
         """One backend call, or several in a row when the tick exceeds the backend's `max_batch` (a TensorRT

@@ -16,9 +16,9 @@ runs exactly the rows it returns. The policy, from `Policy`:
   shortest allowance of the requests already in it, so a short or urgent request is not slowed by the
   rows of long ones. A request whose rows do not all fit runs part of them (its evaluation completes
   over several ticks). Two floors keep throughput: the first request in the order always runs, and
-  when the share of recent tick time spent on rows rather than on ticks' fixed cost (`Efficiency`, over
-  about `efficiency_window_s`) has fallen below `efficiency`, a tick may always grow to `efficient_rows`,
-  the size at which the fixed cost is at most `1 - efficiency` of it. So an occasional short request
+  when recent ticks' throughput relative to ticks of the efficient size (`Efficiency`, over about
+  `efficiency_window_s`) has fallen below `efficiency`, a tick may always grow to `efficient_rows`, the
+  size at which the fixed cost is at most `1 - efficiency` of it. So an occasional short request
   gets small ticks, and a steady stream of them cannot cut throughput much below `efficiency` of the best.
 - `Policy.fifo` turns all of that off: every request runs all its rows every tick (continuous batching
   as it was; kept to compare against).
@@ -66,24 +66,28 @@ class Policy:
 
 
 class Efficiency:
-    """The share of recent tick time spent on rows: sum of per_row_s x rows over the sum of the ticks' measured
-    seconds, each tick's weight decaying as exp(-age / window_s); 1.0 before any tick. Measured times (not
-    the model's) so that per-tick costs the fit misses still count against small ticks."""
+    """How close recent ticks came to the throughput of efficient ones, by the latency model: the time their
+    rows would take in ticks of `efficient_rows` at `tick_efficiency` over the time the ticks took, each
+    tick's share capped at 1 and weighted by exp(-age / window_s); 1.0 before any tick. Both times come from
+    the model, so noise in measured times (other load on the machine) does not move it."""
 
     def __init__(self, window_s: float) -> None:
         self.window_s = window_s
-        self._rows_s = 0.0
+        self._ideal_s = 0.0
         self._total_s = 0.0
         self._last: float | None = None
 
-    def record(self, rows: int, seconds: float, now: float, model: TickModel) -> None:
+    def record(self, rows: int, now: float, model: TickModel, policy: Policy) -> None:
         decay = 1.0 if self._last is None else math.exp(-max(0.0, now - self._last) / self.window_s)
-        self._rows_s = self._rows_s * decay + model.per_row_s * rows
-        self._total_s = self._total_s * decay + seconds
+        size = efficient_rows(model, policy, policy.tick_efficiency)
+        took = model.tick_s(rows)
+        ideal = min(took, rows * model.tick_s(size) / size)
+        self._ideal_s = self._ideal_s * decay + ideal
+        self._total_s = self._total_s * decay + took
         self._last = now
 
     def value(self) -> float:
-        return min(1.0, self._rows_s / self._total_s) if self._total_s > 0 else 1.0
+        return self._ideal_s / self._total_s if self._total_s > 0 else 1.0
 
 
 @dataclass(eq=False)
