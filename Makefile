@@ -8,7 +8,7 @@ MODELS  := moons-ddpm moons-fm digits-ddpm digits-fm
 # Variants the knobs report compares with the defaults (schedule, target, path, net).
 KNOB_MODELS := moons-ddpm-cosine moons-ddpm-v moons-ddpm-x0 moons-fm-vp digits-fm-mlp
 
-.PHONY: install test test-fast bench knobs train export lint format serve cluster-demo clean help
+.PHONY: install test test-fast bench knobs train profile export lint format serve cluster-demo clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -46,6 +46,10 @@ format: install
 
 train: install  ## train the default models and the knob variants into models/
 	@for m in $(MODELS) $(KNOB_MODELS); do $(PYTHON) -m training --config configs/$$m.yaml --out models/$$m || exit 1; done
+	@$(MAKE) --no-print-directory profile  # new weights make the old profiles stale
+
+profile: install  ## measure the default models' quality profiles (quality_profile.json in models/<name>)
+	@for m in $(MODELS); do $(PYTHON) -m serving profile --checkpoint models/$$m || exit 1; done
 
 bench: install  ## benchmarks; JSON into bench-results/
 	$(PYTHON) -m bench --out bench-results
