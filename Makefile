@@ -11,7 +11,7 @@ KNOB_MODELS := moons-ddpm-cosine moons-ddpm-v moons-ddpm-x0 moons-fm-vp digits-f
 CHROMIUM := /usr/bin/chromium
 CHROMEDRIVER := /usr/bin/chromedriver
 
-.PHONY: install browser test test-fast bench knobs train export lint format serve cluster-demo clean help
+.PHONY: install browser test test-fast bench knobs train profile export lint format serve cluster-demo clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -56,6 +56,10 @@ format: install
 
 train: install  ## train the default models and the knob variants into models/
 	@for m in $(MODELS) $(KNOB_MODELS); do $(PYTHON) -m training --config configs/$$m.yaml --out models/$$m || exit 1; done
+	@$(MAKE) --no-print-directory profile  # new weights make the old profiles stale
+
+profile: install  ## measure the default models' quality profiles (quality_profile.json in models/<name>)
+	@for m in $(MODELS); do $(PYTHON) -m serving profile --checkpoint models/$$m || exit 1; done
 
 bench: install  ## benchmarks; JSON into bench-results/
 	$(PYTHON) -m bench --out bench-results

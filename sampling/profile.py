@@ -81,7 +81,7 @@ def measure(ckpt: Checkpoint, forward: Forward, sampler: str, steps: int, n: int
             q = metrics.digits_quality(to_data_space(ckpt, x), labels, seed=seed)
             value = q["frechet"] / q["frechet_data"]
         else:
-            metric_name(ckpt)
+            metric_name(ckpt)  # moons; any other data kind is refused here
             x = to_data_space(ckpt, sample(ckpt, forward, SampleSpec(sampler, steps, n, seed=seed)))
             value = metrics.sw_ratio(x, seed=seed, n=n)
     return QualityPoint(sampler, steps, nfe, round(value, 4), round(min(1.0, 1.0 / value), 4))
