@@ -2,9 +2,10 @@
 
     python -m bench.scheduling [--out DIR] [--quick]
 
-Two applications of the same moons-fm checkpoint, identical but for `engine.scheduling` ("fifo": every
+Applications of the same moons-fm checkpoint, identical but for the engine's policy ("fifo": every
 request every tick, as the engine ran before; "deadline": EDF, then least work first, under a per-tick row
-budget). For each, in alternation (A B A B ...) over rounds:
+budget, with its default throughput guard `efficiency` 0.9 and with 0.75). For each, in alternation
+(A B C A B C ...) over rounds:
 
 - alone: a K = 5, 64-sample fm-euler request from one closed-loop client, nothing else running (p50);
 - mixed: the same K = 5 client while six closed-loop clients send K = 100, 256-sample requests (p50 of
@@ -36,6 +37,13 @@ SHORT = {"model": MODEL, "sampler": "fm-euler", "steps": 5, "num_samples": 64}
 LONG = {"model": MODEL, "sampler": "fm-euler", "steps": 100, "num_samples": 256}
 SAT = [{"model": MODEL, "sampler": "fm-euler", "steps": k, "num_samples": 64} for k in (30, 40, 50, 60, 70)]
 REPLICA = {"ray_actor_options": {"num_cpus": 1}}
+# The engine's policies compared: FIFO, the deadline scheduler with its defaults, and the same with a looser
+# throughput guard (efficiency 0.75: short requests keep their small ticks longer under a steady stream).
+POLICIES = {
+    "fifo": {"scheduling": "fifo"},
+    "deadline": {"scheduling": "deadline"},
+    "deadline-e075": {"scheduling": "deadline", "efficiency": 0.75},
+}
 
 
 def _apps(base: str, ckpt: Path) -> dict[str, str]:
@@ -46,8 +54,7 @@ def _apps(base: str, ckpt: Path) -> dict[str, str]:
     }
     engine = {"max_rows_per_tick": 4096, "max_in_flight": 64, "max_queue": 1024, "max_wait_s": 300.0}
     return {
-        policy: deploy(build_app({**args, "engine": {**engine, "scheduling": policy}}), policy, base)
-        for policy in ("fifo", "deadline")
+        name: deploy(build_app({**args, "engine": {**engine, **knobs}}), name, base) for name, knobs in POLICIES.items()
     }
 
 
@@ -82,7 +89,7 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
     window = 8.0 if quick else 15.0
     rounds = 2 if quick else 3
     result: dict[str, Any] = {"machine": machine(), "quick": quick, "model": MODEL, "window_s": window}
-    cells: dict[str, dict[str, list]] = {p: {"alone": [], "mixed": [], "saturated": []} for p in ("fifo", "deadline")}
+    cells: dict[str, dict[str, list]] = {p: {"alone": [], "mixed": [], "saturated": []} for p in POLICIES}
     with local_serve() as base:
         urls = _apps(base, ROOT / "models" / MODEL)
         for url in urls.values():
@@ -110,7 +117,7 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
             "saturated_rows_per_s_over_fifo": med(policy, "saturated", "rows_per_s")
             / med("fifo", "saturated", "rows_per_s"),
         }
-        for policy in ("fifo", "deadline")
+        for policy in POLICIES
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "scheduling.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
