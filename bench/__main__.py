@@ -6,8 +6,9 @@ Sections: quality (bench.quality: quality against K, sampler overhead, training 
 (bench.export: onnxruntime against torch per evaluation), serving (bench.serving: served throughput,
 step-level against request-level batching, lone-request overhead), backends (bench.backends: served
 throughput with onnxruntime against torch), reliability (bench.reliability: goodput and latency at 1x, 2x
-and 3x capacity). Each writes its own JSON file; `summary.json` lists what ran
-and how long it took. On a GPU machine, `python -m bench.gpu` (run by scripts/gpu_check.sh).
+and 3x capacity), path (bench.path: the request path's fixed cost against no-op Serve applications). Each
+writes its own JSON file; `summary.json` lists what ran and how long it took. On a GPU machine, `python -m bench.gpu`
+(run by scripts/gpu_check.sh).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ SECTIONS = {
     "serving": "bench.serving",
     "backends": "bench.backends",
     "reliability": "bench.reliability",
+    "path": "bench.path",
 }
 
 
