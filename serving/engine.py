@@ -295,13 +295,12 @@ class Engine:
                 t = torch.cat([p[1] for p in parts])
                 y = torch.cat([p[2] for p in parts])
                 t0 = time.perf_counter()
-                if self.tick_model.tick_s(int(x.shape[0])) <= INLINE_TICK_S:
+                inline = self.tick_model.tick_s(int(x.shape[0])) <= INLINE_TICK_S
+                if inline:
                     out = self._forward_chunked(x, t, y)
-                    self.tick_model.observe(int(x.shape[0]), time.perf_counter() - t0)
-                    await asyncio.sleep(0)  # new requests and the HTTP edge get the loop between ticks
                 else:
                     out = await loop.run_in_executor(self._executor, self._forward_chunked, x, t, y)
-                    self.tick_model.observe(int(x.shape[0]), time.perf_counter() - t0)
+                self.tick_model.observe(int(x.shape[0]), time.perf_counter() - t0)
                 self._ticks += 1
                 if self.on_tick is not None:
                     self.on_tick(int(x.shape[0]), len(batch))
@@ -316,6 +315,8 @@ class Engine:
                 if j.done:  # cancelled while the net ran
                     continue
                 self._advance(j, combine(chunk, j.guidance))
+            if inline:  # finished requests answer, new ones and the HTTP edge get the loop, before the next tick
+                await asyncio.sleep(0)
 
     def _forward_chunked(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
         """One backend call, or several in a row when the tick exceeds the backend's `max_batch` (a TensorRT
