@@ -9,8 +9,8 @@ throughput with onnxruntime against torch), reliability (bench.reliability: good
 and 3x capacity), scheduling (bench.scheduling: short requests amid long ones, the deadline scheduler
 against FIFO), deadline (bench.deadline: goodput of steps "auto" against fixed K and request-level
 batching at 1x, 2x and 4x capacity), streaming (bench.streaming: a streamed K = 50 request against the
-same unstreamed, and the playground's click-to-drawn-samples time in headless Chromium). Each writes its
-own JSON file;
+same unstreamed, and the playground's click-to-drawn-samples time in headless Chromium), path (bench.path:
+the request path's fixed cost against no-op Serve applications). Each writes its own JSON file;
 `summary.json` lists what ran and how long it took. On a GPU machine, `python -m bench.gpu` (run by
 scripts/gpu_check.sh).
 """
@@ -33,6 +33,7 @@ SECTIONS = {
     "scheduling": "bench.scheduling",
     "deadline": "bench.deadline",
     "streaming": "bench.streaming",
+    "path": "bench.path",
 }
 
 

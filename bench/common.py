@@ -83,7 +83,8 @@ def spec(body: dict[str, Any]) -> RequestSpec:
 def load(url: str, bodies: list[dict[str, Any]], concurrency: int, seconds: float) -> dict[str, Any]:
     """Closed loop: `concurrency` clients split evenly over `bodies` (each client repeats its body), for
     `seconds` after a quarter of that as warm-up. Returns the counted records and the net rows per second
-    (sum of num_samples x nfe of the 200s over the window from the end of warm-up to the last answer)."""
+    (sum of num_samples x nfe of the 200s over the window from the end of warm-up to the last answer) and the
+    200s per second over the same window."""
     warm = seconds / 4
 
     async def main() -> list[Record]:
@@ -99,7 +100,11 @@ def load(url: str, bodies: list[dict[str, Any]], concurrency: int, seconds: floa
     records = asyncio.run(main())
     ok = [r for r in records if r.ok]
     span = max((r.end for r in records), default=warm + seconds) - warm
-    return {"records": records, "rows_per_s": sum(r.num_samples * (r.nfe or 0) for r in ok) / span}
+    return {
+        "records": records,
+        "rows_per_s": sum(r.num_samples * (r.nfe or 0) for r in ok) / span,
+        "requests_per_s": len(ok) / span,
+    }
 
 
 def p50_ms(records: list[Record], steps: int) -> float:

@@ -49,6 +49,10 @@ class AppArgs(BaseModel):
     auth: AuthArgs | None = None
     max_headers: int = Field(DEFAULT_MAX_HEADERS, ge=8)
     max_header_bytes: int = Field(DEFAULT_MAX_HEADER_BYTES, ge=1024)
+    # One hop instead of two: each model's engine runs inside the Ingress replicas (no model deployments), so
+    # the Ingress deployment's options (replicas, autoscaling, num_cpus) are the models'. For a one-model
+    # application on one node; see docs/architecture.md ("The request path").
+    single_hop: bool = False
     # Deployment options by deployment name, for applications built in code (tests, benchmarks); in a
     # Serve config file use its `deployments` section instead, which takes precedence over these.
     deployment_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -59,12 +63,10 @@ def resolve(path: str) -> str:
     return str(p if p.is_absolute() else PROJECT_ROOT / p)
 
 
-def model_deployments(
-    a: AppArgs, server: serve.Deployment = ModelServer
-) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """One bound `server` deployment per model, and each model's metadata (checked against the engine)."""
+def model_replicas(a: AppArgs) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Each model's `ModelReplica` keyword arguments and its metadata (checked against the engine)."""
     engine = EngineLimits(**a.engine)
-    handles, infos = {}, {}
+    replicas, infos = {}, {}
     for name, m in a.models.items():
         path = resolve(m.path or str(Path(a.models_dir) / name))
         limits = Limits(**{**a.limits, **m.limits})
@@ -79,15 +81,37 @@ def model_deployments(
                 "ONNX); use backend 'onnxruntime'"
             )
         infos[name] = dataclasses.asdict(model_info(name, path, m.backend, limits))
-        opts = a.deployment_options.get(name, {})
-        handles[name] = server.options(name=name, **opts).bind(name, path, m.backend, m.backend_options, a.engine)
+        replicas[name] = {
+            "name": name,
+            "path": path,
+            "backend": m.backend,
+            "backend_options": m.backend_options,
+            "engine": a.engine,
+        }
+    return replicas, infos
+
+
+def model_deployments(
+    a: AppArgs, server: serve.Deployment = ModelServer
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """One bound `server` deployment per model, and each model's metadata (checked against the engine)."""
+    replicas, infos = model_replicas(a)
+    handles = {
+        name: server.options(name=name, **a.deployment_options.get(name, {})).bind(**kwargs)
+        for name, kwargs in replicas.items()
+    }
     return handles, infos
 
 
 def assemble(args: dict[str, Any], server: serve.Deployment = ModelServer) -> serve.Application:
     """The Ingress bound to one `server` deployment per model, from a Serve config's `args` (see AppArgs)."""
     a = AppArgs.model_validate(args)
-    handles, infos = model_deployments(a, server)
+    if a.single_hop:
+        local, infos = model_replicas(a)
+        handles: dict[str, Any] = {}
+    else:
+        local = None
+        handles, infos = model_deployments(a, server)
     ingress = Ingress.options(name="Ingress", **a.deployment_options.get("Ingress", {}))
     auth = a.auth.model_copy(update={"keys_file": resolve(a.auth.keys_file)}) if a.auth and a.auth.keys_file else a.auth
     security = {
@@ -95,7 +119,7 @@ def assemble(args: dict[str, Any], server: serve.Deployment = ModelServer) -> se
         "max_headers": a.max_headers,
         "max_header_bytes": a.max_header_bytes,
     }
-    return ingress.bind(handles, infos, a.max_body_bytes, a.body_timeout_s, security)
+    return ingress.bind(handles, infos, a.max_body_bytes, a.body_timeout_s, security, local)
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:

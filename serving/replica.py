@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ from serving.metrics import ModelMetrics
 from training.checkpoint import load_checkpoint
 
 STREAM_INTERVAL_S = 0.025  # a streamed request's events reach the ingress in batches at most this often
+TICK_MODEL_EXPORT_S = 0.5  # how often the tick model's gauges are refreshed (Ray exports metrics every ~1 s)
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class ModelReplica:
             options.setdefault("num_threads", replica_cpus())
         self.backend = load_backend(backend, self.ckpt, **options)
         self.metrics = ModelMetrics(name)
+        self._tick_model_exported = 0.0
         limits = EngineLimits(**(engine or {}))
         top = limits.max_rows_per_tick
         profile = profile_backend(self.backend, self.ckpt.data_shape, self.ckpt.null_label, (1, 64, min(1024, top)))
@@ -86,7 +89,10 @@ class ModelReplica:
 
     def _on_tick(self, rows: int, requests: int) -> None:
         self.metrics.on_tick(rows, requests)
-        self.metrics.set_tick_model(self.engine.tick_model.fixed_s, self.engine.tick_model.per_row_s)
+        now = time.monotonic()
+        if now - self._tick_model_exported >= TICK_MODEL_EXPORT_S:  # a gauge: its last value per export is what counts
+            self._tick_model_exported = now
+            self.metrics.set_tick_model(self.engine.tick_model.fixed_s, self.engine.tick_model.per_row_s)
 
     async def sample(self, spec: SampleSpec, deadline_s: float | None = None) -> SampleOutput:
         """Run a validated request, with `deadline_s` seconds left to its deadline or None; raises Overloaded

@@ -43,6 +43,7 @@ from serving.api.models import (
 from serving.api.playground import serve_playground
 from serving.budget import Candidate, DeadlineImpossible, DeadlineOverloaded
 from serving.engine import Overloaded, RequestTimeout
+from serving.local import local_models
 from serving.replica import SampleOutput
 
 # The model replica died or went away with the request: safe to run again elsewhere, since a request's
@@ -141,8 +142,10 @@ class Ingress:
         max_body_bytes: int,
         body_timeout_s: float = 10.0,
         security: dict[str, Any] | None = None,
+        local: dict[str, dict[str, Any]] | None = None,
     ) -> None:
-        self.handles = models
+        # `local`: models whose replica runs in this process (single_hop, serving.local), called like handles.
+        self.handles = {**models, **local_models(local or {})}
         self.infos = {name: ModelInfo.from_dict(info) for name, info in infos.items()}
         self.objectives = {name: info.objective_obj() for name, info in self.infos.items()}
         self.profiles = {
@@ -186,7 +189,7 @@ class Ingress:
             before_s = time.perf_counter() - t0  # time at the ingress before the call to the replica
             left_s = deadline_s - before_s - path_s
             out = await self._call(req.model, lambda: handle.sample_auto.remote(candidates, left_s))
-            return await self._respond(req, seed, out, t0, deadline_s, before_s + path_s)
+            return JSONResponse(await self._respond(req, seed, out, t0, deadline_s, before_s + path_s))
         if req.sampler == "auto":
             raise ApiError("sampler", 'sampler "auto" needs steps "auto" (and deadline_ms)')
         if req.min_quality is not None:
@@ -201,7 +204,7 @@ class Ingress:
         before_s = time.perf_counter() - t0
         left = None if deadline_s is None else deadline_s - before_s - path_s
         out = await self._call(req.model, lambda: handle.sample.remote(spec, left))
-        return await self._respond(req, seed, out, t0, deadline_s, before_s + path_s)
+        return JSONResponse(await self._respond(req, seed, out, t0, deadline_s, before_s + path_s))
 
     async def _respond(
         self,
@@ -211,7 +214,7 @@ class Ingress:
         t0: float,
         deadline_s: float | None = None,
         outside_s: float = 0.0,
-    ) -> SampleResponse:
+    ) -> dict[str, Any]:
         """The response body of a finished request, streamed or not. outside_s: the time before the call
         and the predicted path around the engine (for predicted_ms)."""
         image = await asyncio.to_thread(render_base64, out.samples) if req.format == "png" else None
@@ -220,24 +223,26 @@ class Ingress:
         predicted_ms = None
         if out.predicted_s is not None and deadline_s is not None:
             predicted_ms = 1e3 * (outside_s + out.predicted_s)
-        return SampleResponse(
-            model=req.model,
-            sampler=out.sampler,
-            steps=out.steps,
-            num_samples=req.num_samples,
-            guidance=req.guidance,
-            class_label=req.class_label,
-            seed=seed,
-            nfe=out.nfe,
-            shape=list(out.samples.shape),
-            samples=None if image is not None else out.samples.tolist(),
-            image=image,
-            timing={"queue_ms": 1e3 * out.queue_s, "compute_ms": 1e3 * out.compute_s, "total_ms": 1e3 * total_s},
-            deadline_ms=req.deadline_ms,
-            deadline_met=None if deadline_s is None else total_s <= deadline_s,
-            predicted_ms=predicted_ms,
-            predicted_quality=out.quality,
-        )
+        # Built as the response model's JSON directly: validating the samples again through SampleResponse
+        # cost more than the rest of the route for large requests (the route still declares the model).
+        return {
+            "model": req.model,
+            "sampler": out.sampler,
+            "steps": out.steps,
+            "num_samples": req.num_samples,
+            "guidance": req.guidance,
+            "class_label": req.class_label,
+            "seed": seed,
+            "nfe": out.nfe,
+            "shape": list(out.samples.shape),
+            "samples": None if image is not None else out.samples.tolist(),
+            "image": image,
+            "timing": {"queue_ms": 1e3 * out.queue_s, "compute_ms": 1e3 * out.compute_s, "total_ms": 1e3 * total_s},
+            "deadline_ms": req.deadline_ms,
+            "deadline_met": None if deadline_s is None else total_s <= deadline_s,
+            "predicted_ms": predicted_ms,
+            "predicted_quality": out.quality,
+        }
 
     def _deadline_s(self, req: SampleRequest) -> float | None:
         if req.deadline_ms is None:
@@ -337,7 +342,7 @@ class Ingress:
                 item = await events.__anext__()
             finished = True
             body = await self._respond(req, spec.seed, item, t0)
-            yield sse("result", body.model_dump(mode="json"))
+            yield sse("result", body)
         except REFUSALS as e:
             finished = True
             yield sse("error", refusal(req.model, e).to_json())

@@ -201,3 +201,27 @@ def test_replica_sets_torch_threads_to_its_cpus(stepserve_url: str, tiny_checkpo
     path = str(tiny_checkpoints["moons-fm"])
     assert ray.get(threads_after_replica_start.options(num_cpus=2).remote(path)) == 2
     assert ray.get(threads_after_replica_start.options(num_cpus=0.5).remote(path)) == 1
+
+
+def test_single_hop_answers_as_the_two_hop_application(
+    serve_cluster: ServeCluster, tiny_checkpoints: dict[str, Path], stepserve_url: str
+) -> None:
+    """`single_hop`: the model's engine inside the Ingress replica. Same samples for the same seed, same
+    refusals, the replica's load on GET /v1/models/{id}, healthy."""
+    args = {**app_args(tiny_checkpoints, models=("moons-fm",)), "single_hop": True}
+    args["deployment_options"] = {"Ingress": {"ray_actor_options": {"num_cpus": 0.5}}}
+    url = serve_cluster.deploy("onehop", "/onehop", args)
+    body = {"model": "moons-fm", "sampler": "fm-euler", "steps": 8, "num_samples": 16, "seed": 5}
+    with httpx.Client(timeout=60) as c:
+        one, two = c.post(f"{url}/v1/samples", json=body), c.post(f"{stepserve_url}/v1/samples", json=body)
+        assert one.status_code == two.status_code == 200, one.text
+        a, b = one.json(), two.json()
+        assert a.keys() == b.keys() and a["nfe"] == b["nfe"] == 8 and a["shape"] == [16, 2]
+        np.testing.assert_array_equal(np.asarray(a["samples"]), np.asarray(b["samples"]))
+        bad = c.post(f"{url}/v1/samples", json={**body, "sampler": "ddim"})
+        assert bad.status_code == 422 and bad.json()["error"]["field"] == "sampler", bad.text
+        other = c.post(f"{url}/v1/samples", json={**body, "model": "digits-fm"})
+        assert other.status_code == 404 and other.json()["error"]["field"] == "model"
+        assert c.get(f"{url}/v1/models/moons-fm").json()["replica_load"]["ticks"] >= 8
+        assert c.get(f"{url}/healthz").json() == {"status": "ok", "models": ["moons-fm"], "unavailable": []}
+    serve_cluster.delete("onehop")

@@ -1,0 +1,147 @@
+"""The request path's fixed cost against Ray Serve's own, measured side by side in one run.
+
+Reference applications, built here: a no-op Serve deployment behind the HTTP proxy (one hop: proxy ->
+replica, which reads the body and answers a fixed, valid K = 1 response) and a no-op with two hops
+(proxy -> replica -> a second deployment by handle, as the service's Ingress -> model replica). Against
+them, the service serving moons-fm as shipped (two hops: Ingress, then the model replica) and with
+`single_hop` (the model's engine inside the Ingress replica: one hop).
+
+1. lone request: K = 10 fm-euler, 64 samples, one client. (served p50 - in-process p50) / the one-hop
+   no-op's p50 round trip (target <= 1.3); in-process: the bare sampler in this process, no engine.
+2. tiny-request ceiling: K = 1, one sample, 16 closed-loop clients: the service's 200s per second / the
+   one-hop no-op's (target >= 0.8).
+
+Windows interleave the variants (A B C A B C ...), medians over rounds.
+Run: `python -m bench --only path [--quick]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.requests import Request
+from starlette.responses import Response
+
+from bench.common import ROOT, deploy, load, local_serve, machine, p50_ms
+from bench.serving import bare_latency_ms
+from serving.app import build_app
+
+MODEL = "moons-fm"
+LONE = {"model": MODEL, "sampler": "fm-euler", "steps": 10, "num_samples": 64}
+TINY = {"model": MODEL, "sampler": "fm-euler", "steps": 1, "num_samples": 1}
+CLIENTS = 16
+# What the no-ops answer: a K = 1, one-sample response as the service shapes it (the client parses it).
+NOOP_BODY = json.dumps(
+    {
+        **TINY,
+        "guidance": None,
+        "class_label": None,
+        "seed": 0,
+        "nfe": 1,
+        "shape": [1, 2],
+        "samples": [[0.5, -0.25]],
+        "image": None,
+        "timing": {"queue_ms": 0.0, "compute_ms": 0.0, "total_ms": 0.0},
+    }
+).encode()
+
+
+@serve.deployment(max_ongoing_requests=1024)
+class NoopInner:
+    """The second hop of the two-hop no-op: answers the fixed body."""
+
+    async def __call__(self, body: bytes) -> bytes:
+        return NOOP_BODY
+
+
+@serve.deployment(max_ongoing_requests=1024)
+class Noop:
+    """Reads the request's body and answers the fixed body, itself (one hop) or from `inner` (two hops)."""
+
+    def __init__(self, inner: DeploymentHandle | None = None) -> None:
+        self.inner = inner
+
+    async def __call__(self, request: Request) -> Response:
+        body = await request.body()
+        out = NOOP_BODY if self.inner is None else await self.inner.remote(body)
+        return Response(out, media_type="application/json")
+
+
+def _deploy_variants(base: str, ckpt_dir: Path) -> dict[str, str]:
+    replica = {"ray_actor_options": {"num_cpus": 1}}  # as bench.serving: torch runs 1 thread
+    ingress = {"ray_actor_options": {"num_cpus": 0.5}}
+    args = {
+        "models": {MODEL: {"path": str(ckpt_dir)}},
+        "limits": {"max_num_samples": 64},
+        "engine": {"max_rows_per_tick": 4096, "max_in_flight": 64, "max_queue": 1024},
+        "deployment_options": {MODEL: replica, "Ingress": ingress},
+    }
+    return {
+        "noop_one_hop": deploy(Noop.options(name="Noop", **ingress).bind(), "noop1", base),
+        "noop_two_hops": deploy(
+            Noop.options(name="Noop", **ingress).bind(NoopInner.options(**replica).bind()), "noop2", base
+        ),
+        "two_hops": deploy(build_app(args), "twohop", base),
+        "one_hop": deploy(
+            build_app({**args, "single_hop": True, "deployment_options": {"Ingress": replica}}), "onehop", base
+        ),
+    }
+
+
+def run(out_dir: Path, quick: bool) -> dict[str, Any]:
+    """Both measurements; writes out_dir/path.json and returns the same dict."""
+    ckpt_dir = ROOT / "models" / MODEL
+    window = 4.0 if quick else 6.0
+    rounds = 2 if quick else 3
+    result: dict[str, Any] = {"machine": machine(), "quick": quick, "model": MODEL, "clients": CLIENTS}
+    with local_serve() as base:
+        urls = _deploy_variants(base, ckpt_dir)
+        served = [v for v in urls if not v.startswith("noop")]
+        for url in urls.values():  # warm-up: first requests after a deployment are slower
+            load(url, [TINY], 4, 1.0)
+        lone: dict[str, list[float]] = {v: [] for v in urls}
+        tiny: dict[str, list[float]] = {v: [] for v in urls}
+        bare = []
+        for _ in range(rounds):
+            for v, url in urls.items():
+                steps = 1 if v.startswith("noop") else 10
+                lone[v].append(p50_ms(load(url, [TINY if steps == 1 else LONE], 1, window)["records"], steps))
+            bare.append(bare_latency_ms(ckpt_dir, 10, 64, repeats=50))
+            for v, url in urls.items():
+                tiny[v].append(load(url, [TINY], CLIENTS, window)["requests_per_s"])
+        med = {v: statistics.median(x) for v, x in lone.items()}
+        ceil = {v: statistics.median(x) for v, x in tiny.items()}
+        result["lone"] = {
+            "request": LONE,
+            "p50_ms": lone,
+            "bare_p50_ms": bare,
+            "overhead_over_one_hop_noop": {v: (med[v] - statistics.median(bare)) / med["noop_one_hop"] for v in served},
+        }
+        result["tiny"] = {
+            "request": TINY,
+            "requests_per_s": tiny,
+            "over_one_hop_noop": {v: ceil[v] / ceil["noop_one_hop"] for v in urls},
+        }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "path.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.path", description="the request path against no-op Serve apps")
+    p.add_argument("--out", default="bench-results", help="directory for path.json")
+    p.add_argument("--quick", action="store_true", help="shorter windows, fewer rounds")
+    args = p.parse_args(argv)
+    res = run(Path(args.out), args.quick)
+    print(json.dumps({"lone": res["lone"]["overhead_over_one_hop_noop"], "tiny": res["tiny"]["over_one_hop_noop"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
