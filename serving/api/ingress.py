@@ -103,7 +103,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(internal_error(exc), status_code=500)
 
 
-def refusal(model: str, exc: BaseException) -> ApiError:
+def refusal(model: str, exc: BaseException, quiet_s: float = 0.0) -> ApiError:
     """A model deployment's refusal as the API words it: 503 + Retry-After when at capacity (or no step budget
     meets the deadline under the current load) or without a live replica, 504 when the request ran past the
     time limit, 422 when no step budget could meet the deadline even on an idle replica."""
@@ -113,6 +113,8 @@ def refusal(model: str, exc: BaseException) -> ApiError:
     if isinstance(exc, RequestTimeout):
         return ApiError("body", f"{model}: {exc.message}; ask for fewer steps or samples", 504)
     if isinstance(exc, DeadlineImpossible):
+        if exc.fastest_s <= quiet_s:  # impossible only in the time a congested path left: load, not the request
+            return ApiError("model", f"{model} is at capacity ({exc.message} after the wait); retry later", 503, 1)
         return ApiError("deadline_ms", exc.message)
     return ApiError("model", f"{model} is unavailable right now ({type(exc).__name__})", 503, 1)
 
@@ -188,7 +190,10 @@ class Ingress:
             candidates = self._candidates(req, info, seed)
             before_s = time.perf_counter() - t0  # time at the ingress before the call to the replica
             left_s = deadline_s - before_s - path_s
-            out = await self._call(req.model, lambda: handle.sample_auto.remote(candidates, left_s))
+            # What the engine would have on a quiet service: a choice that fits that is refused for load (503).
+            quiet_s = deadline_s - PATH_INITIAL_S
+            out = await self._call(req.model, lambda: handle.sample_auto.remote(candidates, left_s), quiet_s)
+
             return JSONResponse(await self._respond(req, seed, out, t0, deadline_s, before_s + path_s))
         if req.sampler == "auto":
             raise ApiError("sampler", 'sampler "auto" needs steps "auto" (and deadline_ms)')
@@ -301,15 +306,16 @@ class Ingress:
             )
         return out
 
-    async def _call(self, model: str, call: Callable[[], Awaitable[T]]) -> T:
-        """`call()` awaited, once more if its replica died; refusals as ApiErrors (`refusal`)."""
+    async def _call(self, model: str, call: Callable[[], Awaitable[T]], quiet_s: float = 0.0) -> T:
+        """`call()` awaited, once more if its replica died; refusals as ApiErrors (`refusal`; quiet_s: the
+        engine time a deadline request would have on a quiet service)."""
         try:
             try:
                 return await call()
             except REPLICA_LOST:
                 return await call()
         except REFUSALS as e:
-            raise refusal(model, e) from None
+            raise refusal(model, e, quiet_s) from None
 
     async def _stream(self, req: SampleRequest, spec: Any, preview_every: int, t0: float) -> StreamingResponse:
         """A streamed request: the replica's first event is awaited here, so a refusal before any work (503,
