@@ -109,7 +109,7 @@ def serve_cluster() -> ServeCluster:
     os.environ.update(TEST_ENV)
     cluster = ServeCluster(http_port=free_port(), metrics_port=free_port())
     ray.init(
-        num_cpus=8,  # logical CPUs: replicas ask for 0.5 each; the machine's cores are shared
+        num_cpus=32,  # logical CPUs: replicas ask for 0.5 each (many applications live at once); the cores are shared
         include_dashboard=False,
         namespace="serve",
         _metrics_export_port=cluster.metrics_port,
