@@ -8,8 +8,8 @@ runs exactly the rows it returns. The policy, from `Policy`:
   then requests with a deadline, earliest first (EDF); then the default class (no deadline), least work
   left first (rows x evaluations left), so a short request is not queued behind long ones.
 - **Row budget.** Each request can afford ticks of some length (`allowance`): `stretch` times its own tick
-  alone for a short request, more for a request with a deadline if the time left to it divided by the
-  evaluations left allows, and for a long request without one the length of a tick whose fixed cost is
+  alone for a short request, more for a request with a deadline if half the time left to it divided by
+  the evaluations left allows, and for a long request without one the length of a tick whose fixed cost is
   `1 - tick_efficiency` of it: long ticks stop growing there, so a request arriving meanwhile never
   waits long for the tick in progress, at little cost in throughput. Going
   down the order, a request joins the tick while the tick's predicted time (`TickModel`) stays within the
@@ -36,6 +36,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from serving.latency import TickModel
+
+DEADLINE_SHARE = 0.5  # the share of a deadline request's slack that other requests' rows may take
 
 
 @dataclass(frozen=True)
@@ -154,13 +156,13 @@ def starving(slot: Slot, policy: Policy) -> bool:
 
 
 def allowance(slot: Slot, now: float, model: TickModel, policy: Policy) -> float:
-    """The tick length `slot` can afford. With a deadline: the time left to it per evaluation left, and at
+    """The tick length `slot` can afford. With a deadline: half the time left to it per evaluation left, and at
     least `stretch` times its own tick alone. Without: `stretch` times its tick alone while the time it has
     left alone is short (at most the slack the efficiency target allows in one window, (1 - efficiency) x
     efficiency_window_s); a longer request sets no limit, so long requests alone run in full ticks."""
     own = policy.stretch * model.tick_s(slot.rows)
-    if slot.deadline is not None:
-        return max((slot.deadline - now) / max(slot.evals_left, 1), own)
+    if slot.deadline is not None:  # half the slack: the other half is the margin against misprediction
+        return max(DEADLINE_SHARE * (slot.deadline - now) / max(slot.evals_left, 1), own)
     left_alone = slot.evals_left * model.tick_s(slot.rows)
     return own if left_alone <= (1.0 - policy.efficiency) * policy.efficiency_window_s else math.inf
 

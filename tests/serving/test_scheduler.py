@@ -162,7 +162,7 @@ def test_allowance_grows_with_deadline_slack() -> None:
     tight = Slot(64, 10, deadline=0.0, seq=0)
     loose = Slot(64, 10, deadline=10.0, seq=1)
     assert allowance(tight, 0.0, MODEL, policy) == pytest.approx(policy.stretch * MODEL.tick_s(64))
-    assert allowance(loose, 0.0, MODEL, policy) == pytest.approx(1.0)  # 10 s over 10 evaluations
+    assert allowance(loose, 0.0, MODEL, policy) == pytest.approx(0.5)  # half of 10 s over 10 evaluations
 
 
 @pytest.mark.parametrize("deadline", [None, 0.5])

@@ -1,0 +1,76 @@
+"""Choosing K for a deadline (`serving.budget.choose`) over the scheduler's predictions, on a fixed latency
+model and a fake clock: the idle choice, K lowered by load, refusals for load and for impossibility."""
+
+from __future__ import annotations
+
+import pytest
+
+from sampling.request import SampleSpec
+from serving.budget import Candidate, DeadlineImpossible, DeadlineOverloaded, choose
+from serving.latency import TickModel
+from serving.scheduler import Load, Policy, Slot, predicted_latency
+
+MODEL = TickModel([(1, 1e-3 + 1e-5), (1000, 1e-3 + 1e-2)])  # 1 ms a tick plus 10 us a row
+POLICY = Policy()
+STEPS = (1, 2, 5, 10, 20, 50, 100, 200, 400)
+CANDIDATES = [Candidate(SampleSpec("fm-euler", k, num_samples=16, seed=1), 1.0 - 0.9 / k) for k in STEPS]
+
+
+def _alone(spec: SampleSpec) -> float:
+    return spec.evaluations * MODEL.tick_s(spec.rows)
+
+
+def _choose(load: Load, deadline_s: float, now: float = 0.0):
+    return choose(
+        CANDIDATES,
+        deadline_s,
+        lambda s: predicted_latency(s.rows, s.evaluations, now + deadline_s, load, now, MODEL, POLICY),
+        _alone,
+    )
+
+
+def _ahead(seconds: float, deadline: float) -> list[Slot]:
+    """Three requests with an earlier deadline holding about `seconds` of work at the efficient tick size."""
+    per_row_eval = 1.2e-5  # about what a row evaluation costs in efficient ticks under MODEL
+    evals = max(1, round(seconds / per_row_eval / (3 * 256)))
+    return [Slot(256, evals, deadline, seq=i) for i in range(3)]
+
+
+def test_idle_takes_the_best_quality_that_fits() -> None:
+    deadline = 1.5 * _alone(CANDIDATES[-1].spec)  # K = 400 alone fits with room
+    choice = _choose(Load([]), deadline)
+    assert choice.candidate.spec.steps == 400
+    assert choice.predicted_s == pytest.approx(_alone(CANDIDATES[-1].spec), rel=0.2)
+
+
+def test_load_ahead_lowers_k_instead_of_refusing() -> None:
+    deadline = 1.5 * _alone(CANDIDATES[-1].spec)
+    idle = _choose(Load([]), deadline).candidate.spec.steps
+    loaded = _choose(Load(_ahead(0.7 * deadline, deadline=0.1 * deadline)), deadline)
+    assert loaded.candidate.spec.steps < idle
+    assert loaded.predicted_s <= deadline
+    # more load, smaller K: the choice falls with the work ahead
+    heavier = _choose(Load(_ahead(0.9 * deadline, deadline=0.1 * deadline)), deadline)
+    assert heavier.candidate.spec.steps <= loaded.candidate.spec.steps
+
+
+def test_no_k_meets_the_deadline_under_this_load() -> None:
+    deadline = 1.5 * _alone(CANDIDATES[-1].spec)
+    with pytest.raises(DeadlineOverloaded) as refused:
+        _choose(Load(_ahead(3.0 * deadline, deadline=0.1 * deadline)), deadline)
+    assert refused.value.retry_after >= 1
+
+
+def test_a_deadline_shorter_than_the_fastest_choice_alone_is_impossible() -> None:
+    fastest = _alone(CANDIDATES[0].spec)
+    with pytest.raises(DeadlineImpossible) as refused:
+        _choose(Load([]), 0.5 * fastest)
+    assert refused.value.fastest_s == pytest.approx(fastest)
+
+
+def test_requests_without_deadlines_do_not_push_a_deadline_request_back() -> None:
+    """Default-class work is ordered after deadline requests: it can stretch a deadline request's ticks by at
+    most `stretch` (1.5), so a deadline twice the best choice's time alone still gets it."""
+    deadline = 2.0 * _alone(CANDIDATES[-1].spec)
+    background = [Slot(256, 10_000, None, seq=i) for i in range(6)]
+    assert _choose(Load(background), deadline).candidate.spec.steps == 400
