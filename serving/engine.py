@@ -47,8 +47,8 @@ from serving.latency import TickModel
 from serving.scheduler import Efficiency, Load, Policy, Slot, plan_tick, predicted_latency
 from serving.scheduler import order as order_slots
 
-# A tick predicted to take at most this long runs on the event loop itself: handing it to the executor thread
-# and back costs about as much as the net call, and the loop yields right after it.
+# A lone request's tick predicted to take at most this long runs on the event loop itself: handing it to the
+# executor thread and back costs about as much as the net call, and the loop yields right after it.
 INLINE_TICK_S = 0.002
 
 
@@ -377,7 +377,9 @@ class Engine:
                 y = torch.cat([p[2] for p in pieces])
                 total = int(x.shape[0])
                 self._running_rows, self._running_since = total, self.clock()
-                inline = self.tick_model.tick_s(total) <= INLINE_TICK_S
+                # Inline only for a lone request: under load, back-to-back inline ticks would hold the loop
+                # that also takes in new requests and sends finished ones back.
+                inline = len(self._active) == 1 and not self._queue and self.tick_model.tick_s(total) <= INLINE_TICK_S
                 try:
                     if inline:
                         out = self._forward_chunked(x, t, y)

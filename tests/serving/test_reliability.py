@@ -76,7 +76,9 @@ def test_overload_at_three_times_capacity_sheds_fast_and_serves_the_rest(shed_ur
     asyncio.run(_closed(shed_url, 8, 2.0))  # warm-up: the first requests after deployment are slower
     warm = asyncio.run(_closed(shed_url, 8, 4.0))
     ok = [lat for status, lat, _ in warm if status == "200"]
-    capacity = len(ok) / 4.0  # requests per second the replica sustains, measured just now
+    # Requests per second the replica sustains, measured just now: the closed loop's rate, or 8 clients over
+    # its median latency when stragglers (the first requests after deployment) held the loop's rate down.
+    capacity = max(len(ok) / 4.0, 8 / statistics.median(ok)) if ok else 0.0
     assert capacity > 0.5, warm[:3]
     rate = 3 * capacity
     results = asyncio.run(_open(shed_url, rate, 10.0))
