@@ -8,18 +8,22 @@ runs exactly the rows it returns. The policy, from `Policy`:
   then requests with a deadline, earliest first (EDF); then the default class (no deadline), least work
   left first (rows x evaluations left), so a short request is not queued behind long ones.
 - **Row budget.** Each request can afford ticks of some length (`allowance`): `stretch` times its own tick
-  alone for a short request, more for a request with a deadline if half the time left to it divided by
-  the evaluations left allows, and for a long request without one the length of a tick whose fixed cost is
-  `1 - tick_efficiency` of it: long ticks stop growing there, so a request arriving meanwhile never
-  waits long for the tick in progress, at little cost in throughput. Going
-  down the order, a request joins the tick while the tick's predicted time (`TickModel`) stays within the
-  shortest allowance of the requests already in it, so a short or urgent request is not slowed by the
-  rows of long ones. A request whose rows do not all fit runs part of them (its evaluation completes
-  over several ticks). Two floors keep throughput: the first request in the order always runs, and
-  when recent ticks' throughput relative to ticks of the efficient size (`Efficiency`, over about
-  `efficiency_window_s`) has fallen below `efficiency`, a tick may always grow to `efficient_rows`, the
-  size at which the fixed cost is at most `1 - efficiency` of it. So an occasional short request
-  gets small ticks, and a steady stream of them cannot cut throughput much below `efficiency` of the best.
+  alone for a short request without a deadline (one whose time left alone is within the slack the
+  throughput guard allows in one window), more for a request with a deadline if half the time left to it
+  divided by the evaluations left allows, and no limit for a long request without one. Going down the
+  order, a request joins the tick while the tick's predicted time (`TickModel`) stays within the shortest
+  allowance of the requests already in it that bind it, so a short or urgent request is not slowed by the
+  rows of long ones: a request with a deadline binds every request after it, one without binds only
+  requests at least `size_ratio` times its size (rows x evaluations asked for). Requests of like size share
+  whole ticks, as under FIFO: splitting their rows would cost fixed tick time and gain them little (the
+  tail of a long request is not a short request). A request whose rows do not all fit runs part of them
+  (its evaluation completes over several ticks).
+- **Throughput guard.** The first request in the order always runs, and when recent ticks' throughput
+  relative to ticks of the efficient size (`Efficiency`: ticks whose fixed cost is `1 - tick_efficiency` of
+  them, over about `efficiency_window_s`) has fallen below `efficiency`, a tick may always grow to
+  `efficient_rows`, the size at which the fixed cost is at most `1 - efficiency` of it. So an occasional
+  short request gets small ticks, and a steady stream of them cannot cut throughput much below
+  `efficiency` of the best.
 - `Policy.fifo` turns all of that off: every request runs all its rows every tick (continuous batching
   as it was; kept to compare against).
 
@@ -45,9 +49,10 @@ class Policy:
     """max_rows_per_tick: hard cap of one tick; stretch: how much slower than alone a request's ticks may
     be made by others; max_skip_ticks: the longest a request without a deadline waits between two advances;
     efficiency: below this share of recent tick time spent on rows (not fixed cost), ticks may always grow
-    to the efficient size; efficiency_window_s: how far back that share looks; tick_efficiency: long
-    requests' ticks stop growing at this share; min_tick_rows: the efficient size is never taken below
-    this; fifo: every request runs whole every tick instead."""
+    to the efficient size; efficiency_window_s: how far back that share looks; tick_efficiency: the share of
+    the ticks that share is measured against; min_tick_rows: the efficient size is never taken below
+    this; size_ratio: a request without a deadline limits the ticks only of requests at least this many
+    times its size; fifo: every request runs whole every tick instead."""
 
     max_rows_per_tick: int = 4096
     stretch: float = 1.5
@@ -56,6 +61,7 @@ class Policy:
     efficiency_window_s: float = 1.0
     tick_efficiency: float = 0.95
     min_tick_rows: int = 256
+    size_ratio: float = 4.0
     fifo: bool = False
 
     def __post_init__(self) -> None:
@@ -63,8 +69,8 @@ class Policy:
             raise ValueError(f"max_rows_per_tick, max_skip_ticks and min_tick_rows must be >= 1, got {self}")
         if not self.stretch >= 1.0 or not 0.0 < self.efficiency < self.tick_efficiency < 1.0:
             raise ValueError(f"need stretch >= 1 and 0 < efficiency < tick_efficiency < 1, got {self}")
-        if not self.efficiency_window_s > 0:
-            raise ValueError(f"efficiency_window_s must be > 0, got {self}")
+        if not self.efficiency_window_s > 0 or not self.size_ratio >= 1.0:
+            raise ValueError(f"need efficiency_window_s > 0 and size_ratio >= 1, got {self}")
 
 
 class Efficiency:
@@ -98,7 +104,8 @@ class Slot:
 
     rows: rows of one evaluation; cursor: rows of the current evaluation already run; evals_left: evaluations
     left, the current one included; deadline: absolute seconds, None for the default class;
-    idle_ticks: ticks since it last advanced; seq: arrival order."""
+    idle_ticks: ticks since it last advanced; seq: arrival order; size: rows x evaluations asked for, fixed
+    for its life (0: rows x evals_left at creation)."""
 
     rows: int
     evals_left: int
@@ -106,6 +113,11 @@ class Slot:
     seq: int
     cursor: int = 0
     idle_ticks: int = 0
+    size: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.size:
+            self.size = self.rows * self.evals_left
 
     @property
     def rows_now(self) -> int:
@@ -167,6 +179,12 @@ def allowance(slot: Slot, now: float, model: TickModel, policy: Policy) -> float
     return own if left_alone <= (1.0 - policy.efficiency) * policy.efficiency_window_s else math.inf
 
 
+def binds(slot: Slot, other: Slot, policy: Policy) -> bool:
+    """Whether `slot`'s allowance limits the ticks `other` joins: always with a deadline; without, only when
+    `other` is at least size_ratio times its size."""
+    return slot.deadline is not None or other.size >= policy.size_ratio * slot.size
+
+
 def budget_floor(model: TickModel, policy: Policy, recent_efficiency: float) -> int:
     """The rows a tick may always grow to: `efficient_rows` once recent efficiency is below the target, else 0."""
     return efficient_rows(model, policy) if recent_efficiency < policy.efficiency else 0
@@ -182,8 +200,8 @@ def plan_tick(
         return [(s, s.rows_now) for s in slots]
     floor = budget_floor(model, policy, recent_efficiency)
     plan: list[tuple[Slot, int]] = []
+    allowances: list[float] = []  # of the requests in the plan, in plan order
     total = 0
-    limit_s = math.inf
     for s in order(slots, policy):
         if total >= cap:
             break
@@ -194,13 +212,15 @@ def plan_tick(
         elif starved:
             take = min(s.rows_now, cap - total)
         else:
-            budget = max(floor, rows_within(min(limit_s, own), model, cap))
+            bound = (a for (p, _), a in zip(plan, allowances, strict=True) if binds(p, s, policy))
+            limit_s = min(bound, default=math.inf)
+            budget = max(floor, rows_within(limit_s, model, cap))  # joining beats waiting, whatever its own
             take = min(s.rows_now, budget - total, cap - total)
         if take <= 0:
             continue
         plan.append((s, take))
+        allowances.append(own)
         total += take
-        limit_s = min(limit_s, own)
     return plan
 
 
@@ -237,9 +257,13 @@ def predicted_latency(
     ranked = order([*load.slots, probe], policy)
     before = ranked[: ranked.index(probe)]
     ahead = sum(s.work_left for s in before)
-    # Its ticks: its own rows plus what the budget lets the rest add (never more than they have).
+    # Its ticks: its own rows and those of requests it does not bind (like sizes share whole ticks), plus what
+    # the budget lets the rest add (never more than they have).
     own = allowance(probe, now, model, policy)
-    budget = max(budget_floor(model, policy, load.recent_efficiency), rows_within(own, model, cap), min(rows, cap))
+    unbound = sum(s.rows for s in load.slots if not binds(probe, s, policy))
+    budget = max(
+        budget_floor(model, policy, load.recent_efficiency), rows_within(own, model, cap), min(rows + unbound, cap)
+    )
     if rows <= cap:
         own_s = evaluations * model.tick_s(min(rows + others, budget))
     else:  # each evaluation runs in ceil(rows / cap) full ticks

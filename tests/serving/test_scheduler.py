@@ -14,6 +14,7 @@ from serving.scheduler import (
     Policy,
     Slot,
     allowance,
+    binds,
     efficient_rows,
     plan_tick,
     predicted_latency,
@@ -200,3 +201,34 @@ def test_a_steady_stream_of_short_requests_keeps_most_of_the_throughput() -> Non
         shorts = [Req(f"s{i}", 64, 5, arrive=i * alone_s(64, 5)) for i in range(150)]
         makespans[name], _ = simulate([*longs, *shorts], policy)
     assert makespans["fifo"] / makespans["deadline"] >= 0.88
+
+
+def test_requests_of_like_size_share_whole_ticks_as_under_fifo() -> None:
+    """Eight K = 50, 256-row requests arriving staggered (so some are always near their end) and a mix of
+    64-row requests with K from 30 to 70: within size_ratio of each other, none limits another's ticks, so
+    every request runs all its rows every tick, as under FIFO, and the whole takes FIFO's time."""
+    for make in (
+        lambda: [Req(f"r{i}", 256, 50, arrive=i * 0.02) for i in range(8)],
+        lambda: [Req(f"r{i}", 64, (30, 40, 50, 60, 70)[i % 5], arrive=i * 0.01) for i in range(40)],
+    ):
+        makespans = {}
+        for name, policy in (("fifo", Policy(fifo=True)), ("deadline", Policy())):
+            reqs = make()
+            makespans[name], plans = simulate(reqs, policy)
+            if name == "deadline":
+                for p in plans:
+                    assert all(n == r.rows for r, n in p)  # no request split
+                assert max(len(p) for p in plans) == max(len(p) for p in simulate(make(), Policy(fifo=True))[1])
+        assert makespans["deadline"] == pytest.approx(makespans["fifo"], rel=1e-9)
+
+
+def test_a_request_limits_only_requests_several_times_its_size_or_everyone_with_a_deadline() -> None:
+    policy = Policy(size_ratio=4.0)
+    small = Slot(64, 5, None, seq=0)  # size 320
+    assert not binds(small, Slot(64, 19, None, seq=1), policy)  # 1 216 < 4 x 320
+    assert binds(small, Slot(64, 20, None, seq=2), policy)  # 1 280 = 4 x 320
+    assert binds(Slot(64, 5, 1.0, seq=3), Slot(1, 1, None, seq=4), policy)  # a deadline binds all after it
+    # The size is what it asked for: a long request near its end still counts as long.
+    tail = Slot(256, 100, None, seq=5)
+    tail.evals_left = 1
+    assert tail.size == 25_600 and not binds(tail, Slot(256, 100, None, seq=6), policy)
