@@ -8,6 +8,11 @@ deadline, the best predicted quality, then the largest K, then the shortest pred
 the predictions grow and the choice moves down to smaller K, down to the quality floor, before anything is
 refused.
 
+Predictions are calibrated online (`Calibration`): the replica records, for each deadline request it runs,
+its time in the engine over the time predicted, and scales later predictions by a high quantile of those
+ratios, so a replica whose predictions run short (other load on its cores, a latency model off at some tick
+sizes) chooses smaller K rather than missing deadlines, and one whose predictions run long chooses larger K.
+
 When no candidate meets the deadline: if even an idle replica could not (every candidate's time alone is
 over it) the deadline is impossible for this request (`DeadlineImpossible`, answered 422); otherwise only
 the current load prevents it (`DeadlineOverloaded`, answered 503 with a Retry-After).
@@ -16,10 +21,49 @@ the current load prevents it (`DeadlineOverloaded`, answered 503 with a Retry-Af
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from sampling.request import SampleSpec
+
+
+class Calibration:
+    """How far a replica's latency predictions fell short lately: the `quantile` of actual / predicted over
+    the last `window` requests, clipped to `bounds`; 1.0 until `min_count` have finished. A prediction times
+    `factor()` is then met by about `quantile` of requests, as long as conditions hold."""
+
+    def __init__(
+        self,
+        window: int = 200,
+        quantile: float = 0.95,
+        min_count: int = 20,
+        bounds: tuple[float, float] = (0.5, 5.0),
+    ) -> None:
+        if window < 1 or not 0.0 < quantile <= 1.0 or not 1 <= min_count <= window:
+            raise ValueError(
+                f"need window >= 1, 0 < quantile <= 1 and 1 <= min_count <= window, "
+                f"got {window}, {quantile}, {min_count}"
+            )
+        if not 0.0 < bounds[0] <= 1.0 <= bounds[1]:
+            raise ValueError(f"bounds must hold 1.0 and be positive, got {bounds}")
+        self.quantile = quantile
+        self.min_count = min_count
+        self.bounds = bounds
+        self._ratios: deque[float] = deque(maxlen=window)
+
+    def record(self, predicted_s: float, actual_s: float) -> None:
+        """One finished request: what was predicted (> 0, else ignored) and what it took."""
+        if predicted_s > 0.0 and math.isfinite(predicted_s) and actual_s >= 0.0:
+            self._ratios.append(actual_s / predicted_s)
+
+    def factor(self) -> float:
+        if len(self._ratios) < self.min_count:
+            return 1.0
+        q = float(np.quantile(np.fromiter(self._ratios, float), self.quantile))
+        return min(self.bounds[1], max(self.bounds[0], q))
 
 
 @dataclass(frozen=True)

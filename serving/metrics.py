@@ -108,16 +108,23 @@ class ModelMetrics:
             boundaries=STEPS_BOUNDS,
             tag_keys=("model", "sampler"),
         )
+        self.calibration = Gauge(
+            "stepserve_prediction_factor",
+            description='What steps "auto" scales the engine\'s latency predictions by: a high quantile of recent '
+            "deadline requests' actual over predicted engine time (1 until enough have finished).",
+            tag_keys=("model",),
+        )
         self.deadlines = Counter(
             "stepserve_deadline_requests",
             description="Requests with a deadline that finished, by whether the replica finished them in time.",
             tag_keys=("model", "outcome"),
         )
-        for metric in (self.queue_wait, self.net_rows, self.tick_rows, self.in_flight):
+        for metric in (self.queue_wait, self.net_rows, self.tick_rows, self.in_flight, self.calibration):
             metric.set_default_tags({"model": model})
         # A gauge exists only once set: without this an idle replica (none served yet) has no series, and
         # dashboards show "no data" instead of 0.
         self.in_flight.set(0)
+        self.calibration.set(1.0)
 
     def on_tick(self, rows: int, requests: int) -> None:
         self.tick_rows.observe(rows)
@@ -140,6 +147,9 @@ class ModelMetrics:
 
     def set_in_flight(self, n: int) -> None:
         self.in_flight.set(n)
+
+    def set_calibration(self, factor: float) -> None:
+        self.calibration.set(factor)
 
     def set_tick_model(self, fixed_s: float, per_row_s: float) -> None:
         self.tick_model.set(fixed_s, tags={"model": self.model, "term": "fixed"})

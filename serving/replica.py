@@ -25,7 +25,7 @@ from ray import serve
 from sampling.progress import Progress, with_progress
 from sampling.request import Prepared, SampleSpec, prepare, to_data_space
 from serving.backends import load_backend
-from serving.budget import Candidate, DeadlineImpossible, DeadlineOverloaded, choose
+from serving.budget import Calibration, Candidate, DeadlineImpossible, DeadlineOverloaded, choose
 from serving.engine import Engine, EngineLimits, Overloaded, RequestTimeout
 from serving.latency import TickModel, profile_backend
 from serving.metrics import ModelMetrics
@@ -84,6 +84,8 @@ class ModelReplica:
         top = limits.max_rows_per_tick
         profile = profile_backend(self.backend, self.ckpt.data_shape, self.ckpt.null_label, (1, 64, min(1024, top)))
         self.engine = Engine(self.backend, self.ckpt.null_label, limits, self._on_tick, TickModel(profile))
+        # steps "auto" scales the engine's predictions by how far they fell short lately (serving.budget)
+        self.calibration = Calibration()
         self.metrics.set_in_flight(0)
         self.metrics.set_tick_model(self.engine.tick_model.fixed_s, self.engine.tick_model.per_row_s)
 
@@ -98,21 +100,26 @@ class ModelReplica:
         """Run a validated request, with `deadline_s` seconds left to its deadline or None; raises Overloaded
         when the engine refuses it (full, or its predicted wait over the bound) and RequestTimeout when it runs
         past the engine's request_timeout_s."""
-        deadline = None if deadline_s is None else self.engine.clock() + deadline_s
-        predicted = None
-        if deadline is not None:
-            predicted = self.engine.predicted_latency(spec.rows, spec.evaluations, deadline)
-        return await self._run(spec, prepare(self.ckpt, spec), deadline, predicted)
+        if deadline_s is None:
+            return await self._run(spec, prepare(self.ckpt, spec))
+        start = self.engine.clock()
+        deadline = start + deadline_s
+        predicted = self.engine.predicted_latency(spec.rows, spec.evaluations, deadline)
+        out = await self._run(spec, prepare(self.ckpt, spec), deadline, self.calibration.factor() * predicted)
+        self._calibrate(predicted, self.engine.clock() - start)
+        return out
 
     async def sample_auto(self, candidates: list[Candidate], deadline_s: float) -> SampleOutput:
         """Run the candidate `serving.budget.choose` picks for `deadline_s` seconds from now under this
         replica's load; raises DeadlineImpossible / DeadlineOverloaded when none can meet it."""
-        deadline = self.engine.clock() + deadline_s
+        start = self.engine.clock()
+        deadline = start + deadline_s
+        factor = self.calibration.factor()
         try:
             choice = choose(
                 candidates,
                 deadline_s,
-                lambda s: self.engine.predicted_latency(s.rows, s.evaluations, deadline),
+                lambda s: factor * self.engine.predicted_latency(s.rows, s.evaluations, deadline),
                 lambda s: self.engine.alone_s(s.rows, s.evaluations),
             )
         except (DeadlineImpossible, DeadlineOverloaded) as e:
@@ -120,7 +127,13 @@ class ModelReplica:
             raise
         spec = choice.candidate.spec
         self.metrics.chose(spec.sampler, spec.steps)
-        return await self._run(spec, prepare(self.ckpt, spec), deadline, choice.predicted_s, choice.candidate.quality)
+        out = await self._run(spec, prepare(self.ckpt, spec), deadline, choice.predicted_s, choice.candidate.quality)
+        self._calibrate(choice.predicted_s / factor, self.engine.clock() - start)
+        return out
+
+    def _calibrate(self, predicted_s: float, actual_s: float) -> None:
+        self.calibration.record(predicted_s, actual_s)
+        self.metrics.set_calibration(self.calibration.factor())
 
     async def _run(
         self,
@@ -199,7 +212,8 @@ class ModelReplica:
 
     async def load(self) -> dict[str, int | float]:
         """This replica's engine: requests in flight and queued, rows in flight, ticks run, and its latency
-        model (tick seconds = tick_fixed_s + tick_per_row_s x rows)."""
+        model (tick seconds = tick_fixed_s + tick_per_row_s x rows) and the factor steps "auto" scales its
+        predictions by (serving.budget.Calibration)."""
         s = self.engine.stats()
         return {
             "in_flight": s.in_flight,
@@ -208,6 +222,7 @@ class ModelReplica:
             "ticks": s.ticks,
             "tick_fixed_s": self.engine.tick_model.fixed_s,
             "tick_per_row_s": self.engine.tick_model.per_row_s,
+            "prediction_factor": self.calibration.factor(),
         }
 
 

@@ -3,10 +3,11 @@ model and a fake clock: the idle choice, K lowered by load, refusals for load an
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from sampling.request import SampleSpec
-from serving.budget import Candidate, DeadlineImpossible, DeadlineOverloaded, choose
+from serving.budget import Calibration, Candidate, DeadlineImpossible, DeadlineOverloaded, choose
 from serving.latency import TickModel
 from serving.scheduler import Load, Policy, Slot, predicted_latency
 
@@ -74,3 +75,34 @@ def test_requests_without_deadlines_do_not_push_a_deadline_request_back() -> Non
     deadline = 2.0 * _alone(CANDIDATES[-1].spec)
     background = [Slot(256, 10_000, None, seq=i) for i in range(6)]
     assert _choose(Load(background), deadline).candidate.spec.steps == 400
+
+
+def test_calibrated_predictions_are_met_by_about_the_quantile_of_requests() -> None:
+    """A predictor that runs short by a random factor (lognormal, median 1.3): after a window of requests the
+    factor scales fresh predictions so that about 95 % of fresh requests finish within them, where the raw
+    predictions are met by under a quarter."""
+    rng = np.random.default_rng(0)
+    cal = Calibration(window=400, quantile=0.95)
+    assert cal.factor() == 1.0  # nothing recorded yet
+    for predicted, err in zip(rng.uniform(0.01, 0.5, 400), rng.lognormal(np.log(1.3), 0.3, 400), strict=True):
+        cal.record(predicted, predicted * err)
+    fresh = rng.lognormal(np.log(1.3), 0.3, 20_000)
+    assert np.mean(fresh <= 1.0) < 0.25
+    assert np.mean(fresh <= cal.factor()) == pytest.approx(0.95, abs=0.02)
+
+
+def test_calibration_forgets_old_requests_and_stays_within_bounds() -> None:
+    cal = Calibration(window=50, min_count=10, bounds=(0.5, 5.0))
+    for _ in range(9):
+        cal.record(0.1, 0.3)
+    assert cal.factor() == 1.0  # fewer than min_count
+    cal.record(0.1, 0.3)
+    assert cal.factor() == pytest.approx(3.0)
+    for _ in range(50):  # the window now holds only these
+        cal.record(0.2, 0.1)
+    assert cal.factor() == pytest.approx(0.5)
+    for _ in range(50):
+        cal.record(0.01, 1.0)  # 100x short: clipped
+    assert cal.factor() == 5.0
+    cal.record(0.0, 1.0)  # no prediction: ignored
+    assert cal.factor() == 5.0

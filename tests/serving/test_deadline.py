@@ -172,3 +172,7 @@ def test_chosen_k_and_attainment_are_exported(serve_cluster: ServeCluster, deadl
         time.sleep(1.0)
     assert chosen >= 1  # this module's auto requests that ran
     assert finished >= chosen  # every deadline request that finished is counted met or missed
+    # The calibration of the replica's predictions, exported and shown in its load (1 until 20 have finished).
+    factor = _load(deadline_url)["prediction_factor"]
+    assert 0.5 <= factor <= 5.0
+    assert total(samples, "ray_stepserve_prediction_factor", **expected) > 0
