@@ -7,7 +7,10 @@ them, the service serving moons-fm as shipped (two hops: Ingress, then the model
 `single_hop` (the model's engine inside the Ingress replica: one hop).
 
 1. lone request: K = 10 fm-euler, 64 samples, one client. (served p50 - in-process p50) / the one-hop
-   no-op's p50 round trip (target <= 1.3); in-process: the bare sampler in this process, no engine.
+   no-op's p50 round trip (target <= 1.3); in-process: the bare sampler in this process, no engine. Also
+   recorded, to say where the time goes: the served responses' engine time (compute) and route time
+   (total; the client's latency minus it is Serve's path), and the engine time of the same request through
+   a `ModelReplica` in this process (the engine without Serve).
 2. tiny-request ceiling: K = 1, one sample, 16 closed-loop clients: the service's 200s per second / the
    one-hop no-op's (target >= 0.8).
 
@@ -18,6 +21,7 @@ Run: `python -m bench --only path [--quick]`.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import statistics
 from pathlib import Path
@@ -30,7 +34,9 @@ from starlette.responses import Response
 
 from bench.common import ROOT, deploy, load, local_serve, machine, p50_ms
 from bench.serving import bare_latency_ms
+from sampling.request import SampleSpec
 from serving.app import build_app
+from serving.replica import ModelReplica
 
 MODEL = "moons-fm"
 LONE = {"model": MODEL, "sampler": "fm-euler", "steps": 10, "num_samples": 64}
@@ -73,6 +79,22 @@ class Noop:
         return Response(out, media_type="application/json")
 
 
+def replica_compute_ms(ckpt_dir: Path, steps: int, num_samples: int, repeats: int) -> float:
+    """Median engine time (the response's compute) of a lone fm-euler request through a `ModelReplica` in this
+    process (torch, 1 thread, as a served replica of 1 CPU runs it): the engine without Serve around it."""
+
+    async def main() -> list[float]:
+        replica = ModelReplica(MODEL, str(ckpt_dir), backend_options={"num_threads": 1})
+        times = []
+        for seed in range(repeats):
+            out = await replica.sample(SampleSpec("fm-euler", steps, num_samples, seed=seed))
+            times.append(out.compute_s)
+        await replica.engine.close()
+        return times[5:]  # the first ticks refit the latency model
+
+    return 1e3 * statistics.median(asyncio.run(main()))
+
+
 def _deploy_variants(base: str, ckpt_dir: Path) -> dict[str, str]:
     replica = {"ray_actor_options": {"num_cpus": 1}}  # as bench.serving: torch runs 1 thread
     ingress = {"ray_actor_options": {"num_cpus": 0.5}}
@@ -106,13 +128,27 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
         for url in urls.values():  # warm-up: first requests after a deployment are slower
             load(url, [TINY], 4, 1.0)
         lone: dict[str, list[float]] = {v: [] for v in urls}
+        # where a served lone request's time goes, from the response's timing: inside the engine (compute)
+        # and inside the ingress route (total); the client's latency minus total is Serve's path
+        inside: dict[str, list[dict[str, float]]] = {v: [] for v in served}
         tiny: dict[str, list[float]] = {v: [] for v in urls}
         bare = []
+        in_replica = []
         for _ in range(rounds):
             for v, url in urls.items():
                 steps = 1 if v.startswith("noop") else 10
-                lone[v].append(p50_ms(load(url, [TINY if steps == 1 else LONE], 1, window)["records"], steps))
+                records = load(url, [TINY if steps == 1 else LONE], 1, window)["records"]
+                lone[v].append(p50_ms(records, steps))
+                if v in inside:
+                    timed = [r for r in records if r.ok and r.server_compute_s is not None]
+                    inside[v].append(
+                        {
+                            "compute_ms": 1e3 * statistics.median(r.server_compute_s for r in timed),
+                            "route_total_ms": 1e3 * statistics.median(r.server_total_s for r in timed),
+                        }
+                    )
             bare.append(bare_latency_ms(ckpt_dir, 10, 64, repeats=50))
+            in_replica.append(replica_compute_ms(ckpt_dir, 10, 64, repeats=50))
             for v, url in urls.items():
                 tiny[v].append(load(url, [TINY], CLIENTS, window)["requests_per_s"])
         med = {v: statistics.median(x) for v, x in lone.items()}
@@ -121,6 +157,8 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
             "request": LONE,
             "p50_ms": lone,
             "bare_p50_ms": bare,
+            "inside_p50_ms": inside,
+            "replica_in_process_compute_p50_ms": in_replica,
             "overhead_over_one_hop_noop": {v: (med[v] - statistics.median(bare)) / med["noop_one_hop"] for v in served},
         }
         result["tiny"] = {
