@@ -200,7 +200,9 @@ def plan_tick(
         return [(s, s.rows_now) for s in slots]
     floor = budget_floor(model, policy, recent_efficiency)
     plan: list[tuple[Slot, int]] = []
-    allowances: list[float] = []  # of the requests in the plan, in plan order
+    limits: list[tuple[Slot, float]] = []  # requests in the plan with a finite allowance: only they limit a tick
+    smallest = math.inf  # the smallest size among those without a deadline
+    with_deadline = False  # whether any of them has a deadline
     total = 0
     for s in order(slots, policy):
         if total >= cap:
@@ -212,15 +214,21 @@ def plan_tick(
         elif starved:
             take = min(s.rows_now, cap - total)
         else:
-            bound = (a for (p, _), a in zip(plan, allowances, strict=True) if binds(p, s, policy))
-            limit_s = min(bound, default=math.inf)
+            limit_s = math.inf
+            if with_deadline or s.size >= policy.size_ratio * smallest:  # else none of them binds it: skip the scan
+                limit_s = min((a for p, a in limits if binds(p, s, policy)), default=math.inf)
             budget = max(floor, rows_within(limit_s, model, cap))  # joining beats waiting, whatever its own
             take = min(s.rows_now, budget - total, cap - total)
         if take <= 0:
             continue
         plan.append((s, take))
-        allowances.append(own)
         total += take
+        if math.isfinite(own):
+            limits.append((s, own))
+            if s.deadline is None:
+                smallest = min(smallest, s.size)
+            else:
+                with_deadline = True
     return plan
 
 
