@@ -53,17 +53,19 @@ class Calibration:
         self.min_count = min_count
         self.bounds = bounds
         self._ratios: deque[float] = deque(maxlen=window)
+        self._factor = 1.0
 
     def record(self, predicted_s: float, actual_s: float) -> None:
         """One finished request: what was predicted (> 0, else ignored) and what it took."""
-        if predicted_s > 0.0 and math.isfinite(predicted_s) and actual_s >= 0.0:
-            self._ratios.append(actual_s / predicted_s)
+        if not (predicted_s > 0.0 and math.isfinite(predicted_s) and actual_s >= 0.0):
+            return
+        self._ratios.append(actual_s / predicted_s)
+        if len(self._ratios) >= self.min_count:  # the quantile once per finished request, not per prediction
+            q = float(np.quantile(np.fromiter(self._ratios, float), self.quantile))
+            self._factor = min(self.bounds[1], max(self.bounds[0], q))
 
     def factor(self) -> float:
-        if len(self._ratios) < self.min_count:
-            return 1.0
-        q = float(np.quantile(np.fromiter(self._ratios, float), self.quantile))
-        return min(self.bounds[1], max(self.bounds[0], q))
+        return self._factor
 
 
 @dataclass(frozen=True)
