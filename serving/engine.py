@@ -374,10 +374,13 @@ class Engine:
                 for j, n in plan:
                     x, t, y = j.pending
                     c = j.slot.cursor
-                    pieces.append((x[c : c + n], t[c : c + n], y[c : c + n]))
-                x = torch.cat([p[0] for p in pieces])
-                t = torch.cat([p[1] for p in pieces])
-                y = torch.cat([p[2] for p in pieces])
+                    pieces.append((x[c : c + n], t[c : c + n], y[c : c + n]) if c or n < j.rows else j.pending)
+                if len(pieces) == 1:  # a lone request: its rows as they are, no copy
+                    x, t, y = pieces[0]
+                else:
+                    x = torch.cat([p[0] for p in pieces])
+                    t = torch.cat([p[1] for p in pieces])
+                    y = torch.cat([p[2] for p in pieces])
                 total = int(x.shape[0])
                 self._running_rows, self._running_since = total, self.clock()
                 inline = self.tick_model.tick_s(total) <= INLINE_TICK_S

@@ -40,15 +40,6 @@ class _Moments:
         self.t += weight * seconds
         self.rt += weight * rows * seconds
 
-    def scaled(self, factor: float) -> None:
-        self.w, self.r, self.rr, self.t, self.rt = (factor * v for v in (self.w, self.r, self.rr, self.t, self.rt))
-
-    def plus(self, other: _Moments) -> _Moments:
-        return _Moments(*(a + b for a, b in zip(self.astuple(), other.astuple(), strict=True)))
-
-    def astuple(self) -> tuple[float, float, float, float, float]:
-        return self.w, self.r, self.rr, self.t, self.rt
-
 
 class TickModel:
     """tick_s(rows) = fixed_s + per_row_s * rows, from a start-up profile and then every tick."""
@@ -64,15 +55,20 @@ class TickModel:
         self.fixed_s, self.per_row_s = self._solve()
 
     def observe(self, rows: int, seconds: float) -> None:
-        self._data.scaled(DECAY)
-        self._data.add(rows, seconds)
+        d = self._data  # every moment times DECAY, plus this tick (inline: runs every tick)
+        d.w = DECAY * d.w + 1.0
+        d.r = DECAY * d.r + rows
+        d.rr = DECAY * d.rr + rows * rows
+        d.t = DECAY * d.t + seconds
+        d.rt = DECAY * d.rt + rows * seconds
         self.fixed_s, self.per_row_s = self._solve()
 
     def tick_s(self, rows: int) -> float:
         return self.fixed_s + self.per_row_s * rows
 
     def _solve(self) -> tuple[float, float]:
-        w, r, rr, t, rt = self._prior.plus(self._data).astuple()
+        p, d = self._prior, self._data
+        w, r, rr, t, rt = p.w + d.w, p.r + d.r, p.rr + d.rr, p.t + d.t, p.rt + d.rt
         if w == 0.0:
             return 0.0, 0.0
         det = w * rr - r * r

@@ -198,6 +198,9 @@ def plan_tick(
     cap = policy.max_rows_per_tick
     if policy.fifo:
         return [(s, s.rows_now) for s in slots]
+    if len(slots) == 1:  # the loop below, for one request: what its allowance holds, at least one row
+        s = slots[0]
+        return [(s, min(s.rows_now, max(1, rows_within(allowance(s, now, model, policy), model, cap))))]
     floor = budget_floor(model, policy, recent_efficiency)
     plan: list[tuple[Slot, int]] = []
     limits: list[tuple[Slot, float]] = []  # requests in the plan with a finite allowance: only they limit a tick
