@@ -14,7 +14,8 @@ them, the service serving moons-fm as shipped (two hops: Ingress, then the model
 2. tiny-request ceiling: K = 1, one sample, 16 closed-loop clients: the service's 200s per second / the
    one-hop no-op's (target >= 0.8).
 
-Windows interleave the variants (A B C A B C ...), medians over rounds.
+Windows interleave the variants (A B C A B C ...). Each ratio is taken within a round, from measurements
+seconds apart, and the median over rounds is reported beside the per-round values.
 Run: `python -m bench --only path [--quick]`.
 """
 
@@ -119,8 +120,8 @@ def _deploy_variants(base: str, ckpt_dir: Path) -> dict[str, str]:
 def run(out_dir: Path, quick: bool) -> dict[str, Any]:
     """Both measurements; writes out_dir/path.json and returns the same dict."""
     ckpt_dir = ROOT / "models" / MODEL
-    window = 4.0 if quick else 6.0
-    rounds = 2 if quick else 3
+    window = 3.0 if quick else 6.0
+    rounds = 3 if quick else 5
     result: dict[str, Any] = {"machine": machine(), "quick": quick, "model": MODEL, "clients": CLIENTS}
     with local_serve() as base:
         urls = _deploy_variants(base, ckpt_dir)
@@ -151,20 +152,24 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
             in_replica.append(replica_compute_ms(ckpt_dir, 10, 64, repeats=50))
             for v, url in urls.items():
                 tiny[v].append(load(url, [TINY], CLIENTS, window)["requests_per_s"])
-        med = {v: statistics.median(x) for v, x in lone.items()}
-        ceil = {v: statistics.median(x) for v, x in tiny.items()}
+        # Ratios pair the variants of one round (measured within seconds of each other), then take the median
+        # over rounds: the machine's speed drifts between rounds by more than the effects measured here.
+        over = {v: [(lone[v][i] - bare[i]) / lone["noop_one_hop"][i] for i in range(rounds)] for v in served}
+        ceil = {v: [tiny[v][i] / tiny["noop_one_hop"][i] for i in range(rounds)] for v in urls}
         result["lone"] = {
             "request": LONE,
             "p50_ms": lone,
             "bare_p50_ms": bare,
             "inside_p50_ms": inside,
             "replica_in_process_compute_p50_ms": in_replica,
-            "overhead_over_one_hop_noop": {v: (med[v] - statistics.median(bare)) / med["noop_one_hop"] for v in served},
+            "overhead_over_one_hop_noop_per_round": over,
+            "overhead_over_one_hop_noop": {v: statistics.median(x) for v, x in over.items()},
         }
         result["tiny"] = {
             "request": TINY,
             "requests_per_s": tiny,
-            "over_one_hop_noop": {v: ceil[v] / ceil["noop_one_hop"] for v in urls},
+            "over_one_hop_noop_per_round": ceil,
+            "over_one_hop_noop": {v: statistics.median(x) for v, x in ceil.items()},
         }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "path.json").write_text(json.dumps(result, indent=2) + "\n")
