@@ -24,8 +24,9 @@ from loadtests.cli import (
     parse_guidances,
     positive,
     preflight,
+    run_cli,
 )
-from loadtests.client import LoadTestError, num_classes, sampler_max_steps
+from loadtests.client import num_classes, sampler_max_steps
 from loadtests.sweep import SweepConfig, run_sweep
 
 
@@ -163,12 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         from loadtests.deadline import main as deadline_main
 
         return deadline_main(argv[1:])
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except LoadTestError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -19,6 +20,16 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(2)
+
+
+def run_cli(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int], argv: list[str]) -> int:
+    """Parse `argv` and run; a LoadTestError becomes one `error: ...` line and exit status 2."""
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except LoadTestError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 def int_list(text: str) -> list[int]:

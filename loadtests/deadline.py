@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from loadtests.cli import OneLineParser, add_service_args, float_list, non_negative, positive, preflight
+from loadtests.cli import OneLineParser, add_service_args, float_list, non_negative, positive, preflight, run_cli
 from loadtests.client import LoadTestError, Record, RequestSpec, send
 from loadtests.goodput import capacity_from, check_supported, deadline_text, summarize_deadline
 from loadtests.runner import closed_loop, make_client, open_loop
@@ -154,12 +154,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except LoadTestError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(build_parser(), run, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":
