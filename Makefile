@@ -19,7 +19,7 @@ help:  ## list the targets
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,locust]'
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install pinned dependencies (CPU torch)

@@ -1,5 +1,6 @@
-"""The locustfile drives the stand-in service headless. Locust is an optional extra (`.[locust]`): the test
-runs when a `locust` executable is on PATH or named by $LOCUST, and is skipped otherwise."""
+"""The locustfile drives the stand-in service headless. Locust is the `.[locust]` extra, which `make install`
+installs: the test uses $LOCUST, else the `locust` beside this Python, else one on PATH, and fails naming
+the install step when there is none."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import csv
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,9 +19,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_locustfile_sends_the_configured_requests(stub: StubService, tmp_path: Path) -> None:
-    exe = os.environ.get("LOCUST") or shutil.which("locust")
+    beside = Path(sys.executable).parent / "locust"
+    exe = os.environ.get("LOCUST") or (str(beside) if beside.exists() else shutil.which("locust"))
     if not exe:
-        pytest.skip("locust is not installed (pip install -e '.[locust]', or set $LOCUST)")
+        pytest.fail("locust is not installed: run `make install` (or pip install -e '.[locust]', or set $LOCUST)")
     before = stub.received
     env = {
         **os.environ,
