@@ -15,7 +15,8 @@ budget, with its default throughput guard `efficiency` 0.9 and with 0.75). For e
 Reported: K = 5 p50 under load over its p50 alone for each policy (target <= 1.5 for "deadline"), the same
 for its time inside the replica's engine alone (queue + compute, from the response's timing: the rest is
 the HTTP path, which on a small machine shares its cores with the busy replica), and each policy's
-throughput over FIFO's (target >= 0.9), medians over rounds. Writes scheduling.json.
+throughput over FIFO's (target >= 0.9). Each ratio is taken within a round and the median over rounds
+reported, with the per-round values (`*_per_round`). Writes scheduling.json.
 """
 
 from __future__ import annotations
@@ -101,24 +102,36 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
                 cells[policy]["mixed"].append(_run(url, [(SHORT, 1), (LONG, 6)], window))
                 cells[policy]["saturated"].append(_run(url, [(b, 64 // len(SAT)) for b in SAT], window))
 
-    def med(policy: str, cell: str, key: str) -> float:
-        return statistics.median(c[key] for c in cells[policy][cell])
+    def per_round(policy: str, cell: str, key: str, base: str | None = None, base_cell: str | None = None) -> list:
+        """Each round's value, over the same round's value of `base` (a policy) or `base_cell` (a cell)."""
+        mine = [c[key] for c in cells[policy][cell]]
+        if base is None and base_cell is None:
+            return mine
+        ref = [c[key] for c in cells[base or policy][base_cell or cell]]
+        return [a / b if a is not None and b else None for a, b in zip(mine, ref, strict=True)]
+
+    def med(values: list) -> float | None:
+        values = [v for v in values if v is not None]
+        return statistics.median(values) if values else None
 
     result["cells"] = cells
-    result["summary"] = {
-        policy: {
-            "k5_alone_p50_ms": med(policy, "alone", "k5_p50_ms"),
-            "k5_mixed_p50_ms": med(policy, "mixed", "k5_p50_ms"),
-            "k5_slowdown": med(policy, "mixed", "k5_p50_ms") / med(policy, "alone", "k5_p50_ms"),
-            "k5_engine_alone_p50_ms": med(policy, "alone", "k5_engine_p50_ms"),
-            "k5_engine_mixed_p50_ms": med(policy, "mixed", "k5_engine_p50_ms"),
-            "k5_engine_slowdown": med(policy, "mixed", "k5_engine_p50_ms") / med(policy, "alone", "k5_engine_p50_ms"),
-            "mixed_rows_per_s_over_fifo": med(policy, "mixed", "rows_per_s") / med("fifo", "mixed", "rows_per_s"),
-            "saturated_rows_per_s_over_fifo": med(policy, "saturated", "rows_per_s")
-            / med("fifo", "saturated", "rows_per_s"),
+    summary: dict[str, dict[str, Any]] = {}
+    for policy in POLICIES:
+        ratios = {  # each taken within one round (its windows minutes apart at most), then the median over rounds
+            "k5_slowdown": per_round(policy, "mixed", "k5_p50_ms", base_cell="alone"),
+            "k5_engine_slowdown": per_round(policy, "mixed", "k5_engine_p50_ms", base_cell="alone"),
+            "mixed_rows_per_s_over_fifo": per_round(policy, "mixed", "rows_per_s", base="fifo"),
+            "saturated_rows_per_s_over_fifo": per_round(policy, "saturated", "rows_per_s", base="fifo"),
         }
-        for policy in POLICIES
-    }
+        summary[policy] = {
+            "k5_alone_p50_ms": med(per_round(policy, "alone", "k5_p50_ms")),
+            "k5_mixed_p50_ms": med(per_round(policy, "mixed", "k5_p50_ms")),
+            "k5_engine_alone_p50_ms": med(per_round(policy, "alone", "k5_engine_p50_ms")),
+            "k5_engine_mixed_p50_ms": med(per_round(policy, "mixed", "k5_engine_p50_ms")),
+            **{k: med(v) for k, v in ratios.items()},
+            **{f"{k}_per_round": v for k, v in ratios.items()},
+        }
+    result["summary"] = summary
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "scheduling.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(json.dumps(result["summary"], indent=2))

@@ -47,11 +47,6 @@ from serving.latency import TickModel
 from serving.scheduler import Efficiency, Load, Policy, Slot, plan_tick, predicted_latency
 from serving.scheduler import order as order_slots
 
-# A tick predicted to take at most this long runs on the event loop itself: handing it to the executor thread
-# and back costs about as much as the net call (0.5-1.3 ms measured on 2 CPU cores, against 0.5-2 ms for the
-# net), and the loop yields right after it, so new requests join and finished ones answer between two ticks.
-INLINE_TICK_S = 0.003
-
 
 @dataclass(frozen=True)
 class EngineLimits:
@@ -383,12 +378,15 @@ class Engine:
                     y = torch.cat([p[2] for p in pieces])
                 total = int(x.shape[0])
                 self._running_rows, self._running_since = total, self.clock()
-                inline = self.tick_model.tick_s(total) <= INLINE_TICK_S
+                inline = self.tick_model.inline(total)
+                handoff = None
                 try:
                     if inline:
                         out = self._forward_chunked(x, t, y)
                     else:
-                        out = await loop.run_in_executor(self._executor, self._forward_chunked, x, t, y)
+                        sent = time.perf_counter()
+                        out, in_thread = await loop.run_in_executor(self._executor, self._timed_forward, x, t, y)
+                        handoff = time.perf_counter() - sent - in_thread
                 finally:
                     self._running_rows = 0
                 self._ticks += 1
@@ -413,10 +411,16 @@ class Engine:
                     pred = j.parts[0] if len(j.parts) == 1 else torch.cat(j.parts)
                     self._advance(j, combine(pred, j.guidance))
             seconds = time.perf_counter() - started
-            self.tick_model.observe(total, seconds)
+            self.tick_model.observe(total, seconds - (handoff or 0.0), handoff)
             self.efficiency.record(total, self.clock(), self.tick_model, self.policy)
             if inline:  # finished requests answer, new ones and the HTTP edge get the loop, before the next tick
                 await asyncio.sleep(0)
+
+    def _timed_forward(self, x: Tensor, t: Tensor, y: Tensor) -> tuple[Tensor, float]:
+        """`_forward_chunked` and the seconds it took, timed in the thread it runs on."""
+        start = time.perf_counter()
+        out = self._forward_chunked(x, t, y)
+        return out, time.perf_counter() - start
 
     def _forward_chunked(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
         """One backend call, or several in a row when the tick exceeds the backend's `max_batch` (a TensorRT

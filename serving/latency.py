@@ -1,17 +1,32 @@
 """The replica's latency model: the time of one engine tick as a function of its rows,
 
-    tick_s(rows) = fixed_s + per_row_s * rows,
+    tick_s(rows) = fixed_s + per_row_s * rows                 (the line; ticks that run on the event loop)
+                 + handoff_s        when the line exceeds inline_s (ticks handed to the engine's thread),
 
-fitted online by least squares over the replica's own ticks with exponential forgetting (recent ticks
-count most: the machine's load changes), seeded from a profile of the backend taken at start-up. The
-seed stays in the fit with a small constant weight, so a run of ticks of one size (which alone cannot
-separate the two terms) never makes it singular. Admission control predicts waits with it. Without a
+The line is fitted online by least squares over the replica's own ticks with exponential forgetting
+(recent ticks count most: the machine's load changes), seeded from a profile of the backend taken at
+start-up. The seed stays in the fit with a small constant weight, so a run of ticks of one size (which
+alone cannot separate the two terms) never makes it singular. A tick too long to run on the event loop
+(`inline_s`) is handed to the engine's thread and back; that handoff is measured apart (time awaited
+less time in the thread) and kept as its own running mean, so the line is fitted to what every tick pays
+whichever way it runs. Fitted through both kinds at once, the handoff (0.5-1.3 ms on 2 cores) moved the
+fitted fixed cost with the mix of tick sizes. Admission control predicts waits with the model. Without a
 profile, until ticks of two sizes have been seen, the model knows only the mean tick time (per_row_s 0),
 and before any tick it predicts 0 s.
+
+The profile's own line (`profiled`) is kept as it was measured: the scheduler's throughput guard sizes
+ticks by it (`serving.scheduler.efficient_rows`). The online line is no yardstick for that: under a mix of
+requests it moved by 3x from one second to the next (fixed cost 0.25-0.88 ms), because a tick also pays
+per request (each request's sampler step and bookkeeping), and large ticks hold more requests. The guard
+enlarges ticks, which raised the fitted fixed cost, which enlarged the guard's tick size again. The
+profile times the bare net, ticks of each size in turn over several rounds (medians), which a drift in the
+machine's speed during it moves far less.
 """
 
 from __future__ import annotations
 
+import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +36,12 @@ from torch import Tensor
 
 DECAY = 0.98  # per tick: a tick's weight halves after about 35 newer ticks
 PRIOR_WEIGHT = 1.0
+# A tick whose line is at most this long runs on the event loop itself (`serving.engine`): handing it to the
+# executor thread and back costs about as much as the net call (0.5-1.3 ms measured on 2 CPU cores, against
+# 0.5-2 ms for the net), and the loop yields right after it, so new requests join and finished ones answer
+# between two ticks.
+INLINE_TICK_S = 0.003
+HANDOFF_DECAY = 0.9  # per handed-off tick, for the handoff's running mean
 
 
 @dataclass
@@ -44,17 +65,34 @@ class _Moments:
 class TickModel:
     """tick_s(rows) = fixed_s + per_row_s * rows, from a start-up profile and then every tick."""
 
-    def __init__(self, profile: list[tuple[int, float]] | tuple = ()) -> None:
-        """profile: (rows, seconds) pairs measured on the backend (two or more distinct row counts), or none."""
+    def __init__(self, profile: list[tuple[int, float]] | tuple = (), inline_s: float = INLINE_TICK_S) -> None:
+        """profile: (rows, seconds) pairs measured on the backend (two or more distinct row counts), or none;
+        inline_s: the longest tick (by the line) that runs without a handoff (0: every tick is handed off)."""
         if profile and len({r for r, _ in profile}) < 2:
             raise ValueError("a tick profile needs at least two distinct row counts")
+        if inline_s < 0:
+            raise ValueError(f"inline_s must be >= 0, got {inline_s}")
+        self.inline_s = inline_s
+        self.handoff_s = 0.0
+        self._handoffs = 0
         self._prior = _Moments()
         for rows, seconds in profile:
             self._prior.add(rows, seconds, PRIOR_WEIGHT)
         self._data = _Moments()
         self.fixed_s, self.per_row_s = self._solve()
+        # the profile's line (fixed_s, per_row_s), never refitted; None without a profile
+        self.profiled: tuple[float, float] | None = (self.fixed_s, self.per_row_s) if profile else None
 
-    def observe(self, rows: int, seconds: float) -> None:
+    def yardstick(self) -> tuple[float, float]:
+        """(fixed_s, per_row_s) the throughput guard sizes ticks by: the profile's line, else the online one."""
+        return self.profiled or (self.fixed_s, self.per_row_s)
+
+    def observe(self, rows: int, seconds: float, handoff_s: float | None = None) -> None:
+        """A tick of `rows` took `seconds` besides its handoff, if it had one: `handoff_s` (None: it ran inline)."""
+        if handoff_s is not None:  # the mean of the handoffs so far, then exponentially forgetting
+            self._handoffs += 1
+            weight = max(1.0 - HANDOFF_DECAY, 1.0 / self._handoffs)
+            self.handoff_s += weight * (max(0.0, handoff_s) - self.handoff_s)
         d = self._data  # every moment times DECAY, plus this tick (inline: runs every tick)
         d.w = DECAY * d.w + 1.0
         d.r = DECAY * d.r + rows
@@ -63,8 +101,29 @@ class TickModel:
         d.rt = DECAY * d.rt + rows * seconds
         self.fixed_s, self.per_row_s = self._solve()
 
-    def tick_s(self, rows: int) -> float:
+    def line_s(self, rows: int) -> float:
+        """The tick's time without a handoff: what the net and the engine's bookkeeping cost."""
         return self.fixed_s + self.per_row_s * rows
+
+    def inline(self, rows: int) -> bool:
+        """Whether a tick of `rows` runs on the event loop (no handoff)."""
+        return self.line_s(rows) <= self.inline_s
+
+    def tick_s(self, rows: int) -> float:
+        line = self.fixed_s + self.per_row_s * rows
+        return line if line <= self.inline_s else line + self.handoff_s
+
+    def rows_within(self, seconds: float, cap: int) -> int:
+        """The most rows (at most cap) a tick of at most `seconds` holds: tick_s(rows) <= seconds."""
+        if math.isinf(seconds):
+            return cap
+        if self.per_row_s <= 0.0:
+            return cap if self.tick_s(cap) <= seconds else 0
+        rows = math.floor((seconds - self.fixed_s) / self.per_row_s + 1e-9)
+        if rows >= 0 and not self.inline(rows):  # past the inline limit each tick also pays the handoff
+            inline_rows = math.floor((self.inline_s - self.fixed_s) / self.per_row_s + 1e-9)
+            rows = max(inline_rows, math.floor((seconds - self.fixed_s - self.handoff_s) / self.per_row_s + 1e-9))
+        return int(min(cap, max(0, rows)))
 
     def _solve(self) -> tuple[float, float]:
         p, d = self._prior, self._data
@@ -89,18 +148,29 @@ def profile_backend(
     data_shape: tuple[int, ...],
     null_label: int,
     batches: tuple[int, ...],
-    repeats: int = 3,
+    rounds: int = 9,
+    budget_s: float = 0.5,
+    min_rounds: int = 3,
 ) -> list[tuple[int, float]]:
-    """(rows, median seconds) of `forward` at each batch size, after one warm-up call each."""
-    out = []
-    for b in batches:
-        x, t, y = torch.randn(b, *data_shape), torch.full((b,), 0.5), torch.full((b,), null_label, dtype=torch.long)
-        with torch.inference_mode():
-            forward(x, t, y)
-            times = []
-            for _ in range(repeats):
+    """(rows, median seconds) of `forward` at each batch size: one warm-up call each, then rounds that time
+    every size in turn (so a drift in the machine's speed moves all sizes alike), up to `rounds`, and no more
+    than `min_rounds` once `budget_s` has been spent (a large net's profile stays short)."""
+    if min_rounds < 1 or rounds < min_rounds:
+        raise ValueError(f"need 1 <= min_rounds <= rounds, got {min_rounds} and {rounds}")
+    inputs = {
+        b: (torch.randn(b, *data_shape), torch.full((b,), 0.5), torch.full((b,), null_label, dtype=torch.long))
+        for b in batches
+    }
+    times: dict[int, list[float]] = {b: [] for b in batches}
+    with torch.inference_mode():
+        start = time.perf_counter()
+        for b in batches:
+            forward(*inputs[b])
+        for done in range(rounds):
+            if done >= min_rounds and time.perf_counter() - start > budget_s:
+                break
+            for b in batches:
                 t0 = time.perf_counter()
-                forward(x, t, y)
-                times.append(time.perf_counter() - t0)
-        out.append((b, sorted(times)[len(times) // 2]))
-    return out
+                forward(*inputs[b])
+                times[b].append(time.perf_counter() - t0)
+    return [(b, statistics.median(ts)) for b, ts in times.items()]

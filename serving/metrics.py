@@ -19,7 +19,8 @@ and node add up in Prometheus. The series (names as scraped):
     ray_stepserve_deadline_requests_total{model, outcome}   deadline requests finished, met or missed (at the
                                                             replica; the return hop is not counted)
     ray_stepserve_tick_model_seconds{model, term}           the replica's latency model: tick seconds =
-                                                            fixed + per_row x rows (gauge, per replica)
+                                                            fixed + per_row x rows (+ handoff for a tick
+                                                            handed to the engine's thread; gauge, per replica)
     ray_stepserve_auth_requests_total{key_id, outcome}      requests seen by the API-key check (auth only)
 """
 
@@ -27,9 +28,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray.serve.metrics import Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from serving.latency import TickModel
 
 LATENCY_BOUNDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
 ROWS_BOUNDS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
@@ -111,7 +115,8 @@ class ModelMetrics:
         )
         self.tick_model = Gauge(
             "stepserve_tick_model_seconds",
-            description="This replica's latency model, tick seconds = fixed + per_row x rows: its two terms.",
+            description="This replica's latency model, tick seconds = fixed + per_row x rows (+ handoff for a "
+            "tick handed to the engine's thread): its terms.",
             tag_keys=("model", "term"),
         )
         self.auto_steps = Histogram(
@@ -181,9 +186,9 @@ class ModelMetrics:
     def set_calibration(self, factor: float) -> None:
         self._later(self.calibration.set, factor)
 
-    def set_tick_model(self, fixed_s: float, per_row_s: float) -> None:
-        self._later(self.tick_model.set, fixed_s, tags={"model": self.model, "term": "fixed"})
-        self._later(self.tick_model.set, per_row_s, tags={"model": self.model, "term": "per_row"})
+    def set_tick_model(self, model: TickModel) -> None:
+        for term, value in (("fixed", model.fixed_s), ("per_row", model.per_row_s), ("handoff", model.handoff_s)):
+            self._later(self.tick_model.set, value, tags={"model": self.model, "term": term})
 
 
 class AuthMetrics:

@@ -29,6 +29,7 @@ from serving.budget import Calibration, Candidate, DeadlineImpossible, DeadlineO
 from serving.engine import Engine, EngineLimits, Overloaded, RequestTimeout
 from serving.latency import TickModel, profile_backend
 from serving.metrics import ModelMetrics
+from serving.scheduler import efficient_rows
 from training.checkpoint import load_checkpoint
 
 STREAM_INTERVAL_S = 0.025  # a streamed request's events reach the ingress in batches at most this often
@@ -82,19 +83,20 @@ class ModelReplica:
         self._tick_model_exported = 0.0
         limits = EngineLimits(**(engine or {}))
         top = limits.max_rows_per_tick
-        profile = profile_backend(self.backend, self.ckpt.data_shape, self.ckpt.null_label, (1, 64, min(1024, top)))
+        sizes = sorted({1, 64} | {min(b, top) for b in (256, 1024)})  # two sizes at least
+        profile = profile_backend(self.backend, self.ckpt.data_shape, self.ckpt.null_label, tuple(sizes))
         self.engine = Engine(self.backend, self.ckpt.null_label, limits, self._on_tick, TickModel(profile))
         # steps "auto" scales the engine's predictions by how far they fell short lately (serving.budget)
         self.calibration = Calibration()
         self.metrics.set_in_flight(0)
-        self.metrics.set_tick_model(self.engine.tick_model.fixed_s, self.engine.tick_model.per_row_s)
+        self.metrics.set_tick_model(self.engine.tick_model)
 
     def _on_tick(self, rows: int, requests: int) -> None:
         self.metrics.on_tick(rows, requests)
         now = time.monotonic()
         if now - self._tick_model_exported >= TICK_MODEL_EXPORT_S:  # a gauge: its last value per export is what counts
             self._tick_model_exported = now
-            self.metrics.set_tick_model(self.engine.tick_model.fixed_s, self.engine.tick_model.per_row_s)
+            self.metrics.set_tick_model(self.engine.tick_model)
 
     async def sample(self, spec: SampleSpec, deadline_s: float | None = None) -> SampleOutput:
         """Run a validated request, with `deadline_s` seconds left to its deadline or None; raises Overloaded
@@ -211,9 +213,10 @@ class ModelReplica:
         return s.in_flight + s.queued
 
     async def load(self) -> dict[str, int | float]:
-        """This replica's engine: requests in flight and queued, rows in flight, ticks run, and its latency
-        model (tick seconds = tick_fixed_s + tick_per_row_s x rows) and the factor steps "auto" scales its
-        predictions by (serving.budget.Calibration)."""
+        """This replica's engine: requests in flight and queued, rows in flight, ticks run, its latency model
+        (tick seconds = tick_fixed_s + tick_per_row_s x rows, plus tick_handoff_s for a tick too long to run
+        on the event loop), the tick size its throughput guard may grow ticks to (efficient_rows), and the
+        factor steps "auto" scales its predictions by (serving.budget.Calibration)."""
         s = self.engine.stats()
         return {
             "in_flight": s.in_flight,
@@ -222,6 +225,8 @@ class ModelReplica:
             "ticks": s.ticks,
             "tick_fixed_s": self.engine.tick_model.fixed_s,
             "tick_per_row_s": self.engine.tick_model.per_row_s,
+            "tick_handoff_s": self.engine.tick_model.handoff_s,
+            "efficient_rows": efficient_rows(self.engine.tick_model, self.engine.policy),
             "prediction_factor": self.calibration.factor(),
         }
 

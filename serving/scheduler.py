@@ -77,7 +77,8 @@ class Efficiency:
     """How close recent ticks came to the throughput of efficient ones, by the latency model: the time their
     rows would take in ticks of `efficient_rows` at `tick_efficiency` over the time the ticks took, each
     tick's share capped at 1 and weighted by exp(-age / window_s); 1.0 before any tick. Both times come from
-    the model, so noise in measured times (other load on the machine) does not move it."""
+    the model's yardstick line (`TickModel.yardstick`: the start-up profile's, as in `efficient_rows`), so
+    noise in measured times (other load on the machine) does not move it."""
 
     def __init__(self, window_s: float) -> None:
         self.window_s = window_s
@@ -88,8 +89,9 @@ class Efficiency:
     def record(self, rows: int, now: float, model: TickModel, policy: Policy) -> None:
         decay = 1.0 if self._last is None else math.exp(-max(0.0, now - self._last) / self.window_s)
         size = efficient_rows(model, policy, policy.tick_efficiency)
-        took = model.tick_s(rows)
-        ideal = min(took, rows * model.tick_s(size) / size)
+        fixed, per_row = model.yardstick()
+        took = fixed + per_row * rows
+        ideal = min(took, rows * (fixed / size + per_row))
         self._ideal_s = self._ideal_s * decay + ideal
         self._total_s = self._total_s * decay + took
         self._last = now
@@ -131,22 +133,21 @@ class Slot:
 
 
 def efficient_rows(model: TickModel, policy: Policy, efficiency: float | None = None) -> int:
-    """The smallest tick whose fixed cost is at most 1 - efficiency (default: the policy's) of its time, and
-    never below min_tick_rows: a fit whose fixed cost comes out near 0 (noise) must not make ticks tiny."""
-    if model.per_row_s <= 0.0:
+    """The smallest tick whose fixed cost is at most 1 - efficiency (default: the policy's) of its time by
+    the model's yardstick (`TickModel.yardstick`: the bare net's cost line from the start-up profile, which
+    does not move with the mix of requests in flight), and never below min_tick_rows: a fit whose fixed
+    cost comes out near 0 (noise) must not make ticks tiny."""
+    fixed, per_row = model.yardstick()
+    if per_row <= 0.0:
         return policy.max_rows_per_tick
     e = policy.efficiency if efficiency is None else efficiency
-    rows = model.fixed_s * e / ((1.0 - e) * model.per_row_s)
+    rows = fixed * e / ((1.0 - e) * per_row)
     return int(min(policy.max_rows_per_tick, max(policy.min_tick_rows, math.ceil(rows))))
 
 
 def rows_within(seconds: float, model: TickModel, cap: int) -> int:
     """The most rows a tick of at most `seconds` holds under `model` (cap when rows cost nothing)."""
-    if math.isinf(seconds):
-        return cap
-    if model.per_row_s <= 0.0:
-        return cap if model.fixed_s <= seconds else 0
-    return int(min(cap, max(0.0, math.floor((seconds - model.fixed_s) / model.per_row_s + 1e-9))))
+    return model.rows_within(seconds, cap)
 
 
 def order(slots: Iterable[Slot], policy: Policy) -> list[Slot]:

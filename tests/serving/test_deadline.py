@@ -18,7 +18,6 @@ import pytest
 from sampling.quality import QualityPoint, QualityProfile, weights_sha256, write_quality_profile
 from sampling.samplers import SAMPLERS
 from serving.latency import TickModel
-from serving.scheduler import Policy, efficient_rows
 from tests.serving.conftest import ServeCluster, app_args
 from tests.serving.test_metrics import scrape, total
 
@@ -113,10 +112,11 @@ def test_load_lowers_the_chosen_k_instead_of_refusing(deadline_url: str) -> None
     """Requests with earlier deadlines ahead of it: an auto request still gets a 200, at a smaller K than on
     the idle replica; with a quality floor it stays at or above the floor (or is refused, never below it).
 
-    Sizes come from the replica's own latency model (GET /v1/models/{id}: tick_fixed_s, tick_per_row_s): the
-    deadline is 1.25x the best choice's time alone plus 0.1 s for the path (the idle replica takes the best
-    or the next), and the work ahead is about half that time alone, so the best no longer fits while small
-    K still do: the window is about 5x wide, against the model moving with the machine's load."""
+    Sizes come from the replica's own latency model (GET /v1/models/{id}: tick_fixed_s, tick_per_row_s, and
+    efficient_rows, the tick size its throughput guard uses): the deadline is 1.25x the best choice's time
+    alone plus 0.1 s for the path (the idle replica takes the best or the next), and the work ahead is about
+    half that time alone, so the best no longer fits while small K still do: the window is about 5x wide,
+    against the model moving with the machine's load."""
     m = _load(deadline_url)
     model = TickModel(
         [(1, m["tick_fixed_s"] + m["tick_per_row_s"]), (1000, m["tick_fixed_s"] + 1000 * m["tick_per_row_s"])]
@@ -130,7 +130,7 @@ def test_load_lowers_the_chosen_k_instead_of_refusing(deadline_url: str) -> None
     k_idle = idle.json()["steps"]
     assert k_idle >= 200, idle.json()
 
-    floor = efficient_rows(model, Policy())
+    floor = m["efficient_rows"]
     per_row_eval = model.tick_s(floor) / floor  # what the scheduler's prediction charges for work ahead
     n, count = 256, 3
     k = int(min(1000, max(1, 0.5 * alone400 / (count * n * per_row_eval))))

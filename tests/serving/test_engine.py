@@ -294,7 +294,7 @@ def test_admission_refuses_at_once_when_the_predicted_wait_exceeds_the_bound(ckp
 
     async def main():
         engine = Engine(fwd, ckpt.null_label, limits, tick_model=model)
-        model.observe = lambda rows, seconds: None  # keep the prediction exact for the assertions below
+        model.observe = lambda rows, seconds, handoff_s=None: None  # keep the prediction exact for the assertions below
         big = asyncio.create_task(engine.submit(*_start(ckpt, "fm-euler", 200, None, 80, 0, {}), None, 200))
         while engine.stats().in_flight == 0:  # the big one has joined
             await asyncio.sleep(0.001)
@@ -360,3 +360,28 @@ def test_low_k_samplers_are_batch_independent_in_the_engine(ckpts, case) -> None
 
     results = asyncio.run(main())
     torch.testing.assert_close(results[0].samples, _alone(ckpt, net, case), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("inline_s", [0.0, 10.0])
+def test_handed_off_ticks_measure_their_handoff_apart_and_inline_ones_pay_none(ckpts, inline_s) -> None:
+    """inline_s 0: every tick goes to the engine's thread; the time awaited beyond the time in the thread is
+    the handoff, kept apart from the fitted line. inline_s 10 s: every tick runs on the loop, no handoff.
+    Either way the samples are the solo run's."""
+    ckpt = ckpts["moons-fm"]
+    net = ckpt.net("ema")
+    case = ("moons-fm", "fm-euler", 6, None, None, 16, 3, {})
+    solo = _alone(ckpt, net, case)
+    model = TickModel([(1, 1e-4), (100, 2e-4)], inline_s=inline_s)
+
+    async def main():
+        engine = Engine(RecordingForward(net), ckpt.null_label, EngineLimits(), tick_model=model)
+        res = await engine.submit(*_start(ckpt, "fm-euler", 6, None, 16, 3, {}), None, 6)
+        await engine.close()
+        return res
+
+    res = asyncio.run(main())
+    torch.testing.assert_close(res.samples, solo)
+    if inline_s == 0.0:
+        assert 0.0 < model.handoff_s < 0.5
+    else:
+        assert model.handoff_s == 0.0

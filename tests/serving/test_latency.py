@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from serving.latency import TickModel
+from serving.latency import TickModel, profile_backend
 
 
 def test_profile_alone_gives_the_line_through_it() -> None:
@@ -37,3 +39,56 @@ def test_without_a_profile_the_model_knows_only_the_mean_tick() -> None:
     assert m.per_row_s == 0.0 and m.tick_s(4096) == pytest.approx(0.02, rel=0.05)
     with pytest.raises(ValueError, match="two distinct row counts"):
         TickModel([(8, 0.1), (8, 0.2)])
+
+
+def test_a_handoff_is_kept_apart_from_the_line_and_paid_only_past_the_inline_limit() -> None:
+    """Ticks too long for the event loop pay the handoff to the engine's thread on top of the line; the line
+    is fitted to the ticks less their handoff, so handed-off and inline ticks agree on it."""
+    m = TickModel([(1, 0.00101), (1024, 0.01124)], inline_s=0.003)  # 0.001 + 1e-5 x rows: inline up to 200 rows
+    for _ in range(200):
+        m.observe(100, 0.001 + 1e-5 * 100)  # inline
+        m.observe(1000, 0.001 + 1e-5 * 1000, handoff_s=0.0005)  # handed off: 0.5 ms more, measured apart
+    assert m.fixed_s == pytest.approx(0.001, rel=1e-3) and m.per_row_s == pytest.approx(1e-5, rel=1e-3)
+    assert m.handoff_s == pytest.approx(0.0005, rel=1e-6)
+    assert m.inline(100) and not m.inline(1000)
+    assert m.tick_s(100) == pytest.approx(m.line_s(100)) and m.tick_s(1000) == pytest.approx(m.line_s(1000) + 0.0005)
+
+
+@pytest.mark.parametrize("handoff", [0.0, 0.0005, 0.004])
+def test_rows_within_is_the_inverse_of_tick_s(handoff: float) -> None:
+    m = TickModel([(1, 0.001 + 1e-5), (1000, 0.001 + 1e-2)], inline_s=0.003)
+    m.handoff_s = handoff
+    for ms in [0.5, 1.0, 1.01, 2.0, 2.99, 3.0, 3.2, 3.5, 5.0, 7.0, 20.0]:
+        seconds = ms * 1e-3
+        rows = m.rows_within(seconds, 4096)
+        assert rows == 0 or m.tick_s(rows) <= seconds + 1e-12, (ms, rows)
+        assert all(m.tick_s(r) > seconds for r in range(rows + 1, rows + 600)), (ms, rows)
+
+
+def test_the_profile_line_stays_the_yardstick_while_the_online_fit_moves() -> None:
+    m = TickModel([(1, 0.001), (1024, 0.011)])
+    before = m.yardstick()
+    for _ in range(300):
+        for rows in (8, 1024):
+            m.observe(rows, 0.004 + 3e-5 * rows)
+    assert m.fixed_s == pytest.approx(0.004, rel=0.05)  # the online line followed the ticks
+    assert m.yardstick() == before == m.profiled
+    assert TickModel().yardstick() == (0.0, 0.0)  # without a profile: the online line
+
+
+def test_the_profile_times_every_size_in_rounds_within_its_budget() -> None:
+    calls: list[int] = []
+
+    def forward(x, t, y):  # 1 ms + 20 us a row
+        calls.append(x.shape[0])
+        time.sleep(0.001 + 2e-5 * x.shape[0])
+        return x
+
+    profile = profile_backend(forward, (2,), 0, (1, 64, 256), rounds=9, budget_s=10.0)
+    assert [b for b, _ in profile] == [1, 64, 256] and len(calls) == 3 * 10  # a warm-up, then 9 rounds
+    assert calls[3:6] == [1, 64, 256]  # sizes interleave within a round
+    m = TickModel(profile)
+    assert m.per_row_s == pytest.approx(2e-5, rel=0.2) and m.fixed_s == pytest.approx(0.001, abs=0.0005)
+    calls.clear()
+    profile_backend(forward, (2,), 0, (1, 64, 256), rounds=9, budget_s=0.0, min_rounds=3)
+    assert len(calls) == 3 * 4  # past the budget: the minimum of rounds
