@@ -7,7 +7,10 @@ them, the service serving moons-fm as shipped (two hops: Ingress, then the model
 `single_hop` (the model's engine inside the Ingress replica: one hop).
 
 1. lone request: K = 10 fm-euler, 64 samples, one client. (served p50 - in-process p50) / the one-hop
-   no-op's p50 round trip (target <= 1.3); in-process: the bare sampler in this process, no engine. Also
+   no-op's p50 round trip (target <= 1.3); in-process: the bare sampler in this process, no engine,
+   requests back to back. Also, the same with the in-process requests paced: the thread idles between
+   them for the one-hop no-op's p50 of that round, as a served replica idles while its client's requests
+   travel the path (on this machine the same net call ran about 1.2x slower after such idling). Also
    recorded, to say where the time goes: the served responses' engine time (compute) and route time
    (total; the client's latency minus it is Serve's path), and the engine time of the same request through
    a `ModelReplica` in this process (the engine without Serve).
@@ -133,7 +136,8 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
         # and inside the ingress route (total); the client's latency minus total is Serve's path
         inside: dict[str, list[dict[str, float]]] = {v: [] for v in served}
         tiny: dict[str, list[float]] = {v: [] for v in urls}
-        bare = []
+        bare: list[float] = []
+        paced: list[float] = []
         in_replica = []
         for _ in range(rounds):
             for v, url in urls.items():
@@ -149,12 +153,14 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
                         }
                     )
             bare.append(bare_latency_ms(ckpt_dir, 10, 64, repeats=50))
+            paced.append(bare_latency_ms(ckpt_dir, 10, 64, repeats=50, gap_s=lone["noop_one_hop"][-1] / 1e3))
             in_replica.append(replica_compute_ms(ckpt_dir, 10, 64, repeats=50))
             for v, url in urls.items():
                 tiny[v].append(load(url, [TINY], CLIENTS, window)["requests_per_s"])
         # Ratios pair the variants of one round (measured within seconds of each other), then take the median
         # over rounds: the machine's speed drifts between rounds by more than the effects measured here.
         over = {v: [(lone[v][i] - bare[i]) / lone["noop_one_hop"][i] for i in range(rounds)] for v in served}
+        over_paced = {v: [(lone[v][i] - paced[i]) / lone["noop_one_hop"][i] for i in range(rounds)] for v in served}
         ceil = {v: [tiny[v][i] / tiny["noop_one_hop"][i] for i in range(rounds)] for v in urls}
         result["lone"] = {
             "request": LONE,
@@ -164,6 +170,9 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
             "replica_in_process_compute_p50_ms": in_replica,
             "overhead_over_one_hop_noop_per_round": over,
             "overhead_over_one_hop_noop": {v: statistics.median(x) for v, x in over.items()},
+            "bare_paced_p50_ms": paced,
+            "overhead_over_one_hop_noop_paced_per_round": over_paced,
+            "overhead_over_one_hop_noop_paced": {v: statistics.median(x) for v, x in over_paced.items()},
         }
         result["tiny"] = {
             "request": TINY,
@@ -182,7 +191,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="shorter windows, fewer rounds")
     args = p.parse_args(argv)
     res = run(Path(args.out), args.quick)
-    print(json.dumps({"lone": res["lone"]["overhead_over_one_hop_noop"], "tiny": res["tiny"]["over_one_hop_noop"]}))
+    lone = res["lone"]
+    print(
+        json.dumps(
+            {
+                "lone": lone["overhead_over_one_hop_noop"],
+                "lone_paced": lone["overhead_over_one_hop_noop_paced"],
+                "tiny": res["tiny"]["over_one_hop_noop"],
+            }
+        )
+    )
     return 0
 
 

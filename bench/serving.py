@@ -62,8 +62,10 @@ def ceiling(ckpt_dir: Path, batch_sizes: tuple[int, ...], seconds: float) -> dic
     return {"rows_per_s_by_batch": out, "best_batch": best, "rows_per_s": out[best], "threads": THREADS}
 
 
-def bare_latency_ms(ckpt_dir: Path, steps: int, num_samples: int, repeats: int) -> float:
-    """Median in-process time of one fm-euler request: initial noise, K net calls, no HTTP, no engine."""
+def bare_latency_ms(ckpt_dir: Path, steps: int, num_samples: int, repeats: int, gap_s: float = 0.0) -> float:
+    """Median in-process time of one fm-euler request: initial noise, K net calls, no HTTP, no engine.
+    gap_s: the thread sleeps this long between requests (untimed), as a served replica idles between the
+    requests of one client while they travel the path."""
     ckpt = load_checkpoint(ckpt_dir)
     backend = load_backend("torch", ckpt, num_threads=THREADS)
     times = []
@@ -71,6 +73,8 @@ def bare_latency_ms(ckpt_dir: Path, steps: int, num_samples: int, repeats: int) 
         t0 = time.perf_counter()
         sample(ckpt, backend, SampleSpec("fm-euler", steps, num_samples, seed=seed))
         times.append(time.perf_counter() - t0)
+        if gap_s:
+            time.sleep(gap_s)
     return 1e3 * statistics.median(times)
 
 

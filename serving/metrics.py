@@ -161,7 +161,7 @@ class ModelMetrics:
         for record, args, kwargs in pending:
             record(*args, **kwargs)
 
-    def on_tick(self, rows: int, requests: int) -> None:
+    def on_tick(self, rows: int) -> None:
         self._later(self.tick_rows.observe, rows)
 
     def finished(self, sampler: str, steps: int, nfe: int, num_samples: int, queue_s: float) -> None:

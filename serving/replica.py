@@ -92,7 +92,7 @@ class ModelReplica:
         self.metrics.set_tick_model(self.engine.tick_model)
 
     def _on_tick(self, rows: int, requests: int) -> None:
-        self.metrics.on_tick(rows, requests)
+        self.metrics.on_tick(rows)
         now = time.monotonic()
         if now - self._tick_model_exported >= TICK_MODEL_EXPORT_S:  # a gauge: its last value per export is what counts
             self._tick_model_exported = now

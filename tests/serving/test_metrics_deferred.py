@@ -33,7 +33,7 @@ def test_records_wait_for_the_timer_then_arrive_in_order() -> None:
         m, log = metrics_with_log()
         m.set_in_flight(1)
         for rows in (64, 128, 32):
-            m.on_tick(rows, 1)
+            m.on_tick(rows)
         m.set_in_flight(0)
         before = list(log)
         await asyncio.sleep(FLUSH_S + 0.1)
@@ -46,7 +46,7 @@ def test_records_wait_for_the_timer_then_arrive_in_order() -> None:
 
 def test_outside_an_event_loop_records_at_once() -> None:
     m, log = metrics_with_log()
-    m.on_tick(7, 1)
+    m.on_tick(7)
     assert log == [("observe", 7)]
 
 
@@ -54,13 +54,13 @@ def test_a_timer_left_on_an_ended_loop_does_not_strand_later_records() -> None:
     m, log = metrics_with_log()
 
     async def tick(rows: int) -> None:
-        m.on_tick(rows, 1)
+        m.on_tick(rows)
 
     asyncio.run(tick(1))  # its loop ends before the timer fires: the record stays queued
     assert log == []
 
     async def later() -> None:
-        m.on_tick(2, 1)
+        m.on_tick(2)
         await asyncio.sleep(FLUSH_S + 0.1)
 
     asyncio.run(later())
