@@ -7,13 +7,13 @@ them, the service serving moons-fm as shipped (two hops: Ingress, then the model
 `single_hop` (the model's engine inside the Ingress replica: one hop).
 
 1. lone request: K = 10 fm-euler, 64 samples, one client. (served p50 - in-process p50) / the one-hop
-   no-op's p50 round trip (target <= 1.3); in-process: the bare sampler in this process, no engine,
-   requests back to back. Also, the same with the in-process requests paced: the thread idles between
-   them for the one-hop no-op's p50 of that round, as a served replica idles while its client's requests
-   travel the path (on this machine the same net call ran about 1.2x slower after such idling). Also
-   recorded, to say where the time goes: the served responses' engine time (compute) and route time
-   (total; the client's latency minus it is Serve's path), and the engine time of the same request through
-   a `ModelReplica` in this process (the engine without Serve).
+   no-op's p50 round trip (target <= 1.3); in-process: the bare sampler in this process, no engine, requests
+   back to back. Also, the same with the in-process requests paced: the thread idles between them for the
+   one-hop no-op's p50 of that round (for both served variants: the two-hop one idles somewhat longer), as a
+   served replica idles while its client's requests travel the path (on this machine the same net call ran
+   about 1.2x slower after such idling). Also recorded, to say where the time goes: the served responses'
+   engine time (compute) and route time (total; the client's latency minus it is Serve's path), and the engine
+   time of the same request through a `ModelReplica` in this process (the engine without Serve).
 2. tiny-request ceiling: K = 1, one sample, 16 closed-loop clients: the service's 200s per second / the
    one-hop no-op's (target >= 0.8).
 

@@ -1,26 +1,26 @@
 """The replica's latency model: the time of one engine tick as a function of its rows,
 
     tick_s(rows) = fixed_s + per_row_s * rows                 (the line; ticks that run on the event loop)
-                 + handoff_s        when the line exceeds inline_s (ticks handed to the engine's thread),
+                 + handoff_s        when the line exceeds inline_s (ticks handed to the engine's thread).
 
 The line is fitted online by least squares over the replica's own ticks with exponential forgetting
 (recent ticks count most: the machine's load changes), seeded from a profile of the backend taken at
 start-up. The seed stays in the fit with a small constant weight, so a run of ticks of one size (which
 alone cannot separate the two terms) never makes it singular. A tick too long to run on the event loop
 (`inline_s`) is handed to the engine's thread and back; that handoff is measured apart (time awaited
-less time in the thread) and kept as its own running mean, so the line is fitted to what every tick pays
-whichever way it runs. Fitted through both kinds at once, the handoff (0.5-1.3 ms on 2 cores) moved the
-fitted fixed cost with the mix of tick sizes. Admission control predicts waits with the model. Without a
-profile, until ticks of two sizes have been seen, the model knows only the mean tick time (per_row_s 0),
-and before any tick it predicts 0 s.
+less time in the thread: the handoff itself plus whatever else the event loop ran before the engine
+resumed) and kept as its own running mean, so the line is fitted to what every tick pays whichever way it
+runs (0.36-0.46 ms measured on 2 cores, paid only by the longer ticks). Admission control predicts waits
+with the model. Without a profile, until ticks of two sizes have been seen, the model knows only the mean
+tick time (per_row_s 0), and before any tick it predicts 0 s.
 
-The profile's own line (`profiled`) is kept as it was measured: the scheduler's throughput guard sizes
-ticks by it (`serving.scheduler.efficient_rows`). The online line is no yardstick for that: under a mix of
-requests it moved by 3x from one second to the next (fixed cost 0.25-0.88 ms), because a tick also pays
-per request (each request's sampler step and bookkeeping), and large ticks hold more requests. The guard
-enlarges ticks, which raised the fitted fixed cost, which enlarged the guard's tick size again. The
-profile times the bare net, ticks of each size in turn over several rounds (medians), which a drift in the
-machine's speed during it moves far less.
+The profile's own line (`profiled`) is kept as it was measured: the scheduler's throughput guard sizes ticks
+by it (`serving.scheduler.efficient_rows`), unless it came out with no per-row cost. The online line is no
+yardstick for that: under a mix of requests it moved by 3x from one second to the next (fixed cost 0.25-0.88
+ms), because a tick also pays per request (each request's sampler step and bookkeeping), and large ticks hold
+more requests. The guard enlarges ticks, which raised the fitted fixed cost, which enlarged the guard's tick
+size again. The profile times the bare net, ticks of each size in turn over several rounds (medians), which a
+drift in the machine's speed during it moves far less.
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ class _Moments:
 
 
 class TickModel:
-    """tick_s(rows) = fixed_s + per_row_s * rows, from a start-up profile and then every tick."""
+    """tick_s(rows) = fixed_s + per_row_s * rows (+ handoff_s past inline_s), from a start-up profile and then
+    every tick."""
 
     def __init__(self, profile: list[tuple[int, float]] | tuple = (), inline_s: float = INLINE_TICK_S) -> None:
         """profile: (rows, seconds) pairs measured on the backend (two or more distinct row counts), or none;
@@ -84,8 +85,11 @@ class TickModel:
         self.profiled: tuple[float, float] | None = (self.fixed_s, self.per_row_s) if profile else None
 
     def yardstick(self) -> tuple[float, float]:
-        """(fixed_s, per_row_s) the throughput guard sizes ticks by: the profile's line, else the online one."""
-        return self.profiled or (self.fixed_s, self.per_row_s)
+        """(fixed_s, per_row_s) the throughput guard sizes ticks by: the profile's line, else (no profile, or a
+        profile with no per-row cost, which would call every tick too small for good) the online one."""
+        if self.profiled is not None and self.profiled[1] > 0.0:
+            return self.profiled
+        return self.fixed_s, self.per_row_s
 
     def observe(self, rows: int, seconds: float, handoff_s: float | None = None) -> None:
         """A tick of `rows` took `seconds` besides its handoff, if it had one: `handoff_s` (None: it ran inline)."""
@@ -107,11 +111,11 @@ class TickModel:
 
     def inline(self, rows: int) -> bool:
         """Whether a tick of `rows` runs on the event loop (no handoff)."""
-        return self.line_s(rows) <= self.inline_s
+        return self.inline_s > 0.0 and self.line_s(rows) <= self.inline_s
 
     def tick_s(self, rows: int) -> float:
         line = self.fixed_s + self.per_row_s * rows
-        return line if line <= self.inline_s else line + self.handoff_s
+        return line if self.inline_s > 0.0 and line <= self.inline_s else line + self.handoff_s
 
     def rows_within(self, seconds: float, cap: int) -> int:
         """The most rows (at most cap) a tick of at most `seconds` holds: tick_s(rows) <= seconds."""
@@ -122,6 +126,8 @@ class TickModel:
         rows = math.floor((seconds - self.fixed_s) / self.per_row_s + 1e-9)
         if rows >= 0 and not self.inline(rows):  # past the inline limit each tick also pays the handoff
             inline_rows = math.floor((self.inline_s - self.fixed_s) / self.per_row_s + 1e-9)
+            if inline_rows >= 0 and not self.inline(inline_rows):  # the tolerance above must not cross the limit
+                inline_rows -= 1
             rows = max(inline_rows, math.floor((seconds - self.fixed_s - self.handoff_s) / self.per_row_s + 1e-9))
         return int(min(cap, max(0, rows)))
 
@@ -143,6 +149,16 @@ class TickModel:
         return fixed, per_row
 
 
+def profile_sizes(max_rows_per_tick: int, backend: object) -> tuple[int, ...]:
+    """The batch sizes a replica profiles: 1, 64, 256 and 1 024 rows, each brought within the engine's rows
+    per tick and the backend's own batch bounds (`min_batch` / `max_batch`: a TensorRT plan's profile).
+    Fewer than two distinct sizes (bounds that allow one batch size only) give no line: the replica then
+    starts without a profile."""
+    low = max(1, int(getattr(backend, "min_batch", None) or 1))
+    high = max(low, min(int(max_rows_per_tick), int(getattr(backend, "max_batch", None) or max_rows_per_tick)))
+    return tuple(sorted({min(max(b, low), high) for b in (1, 64, 256, 1024)}))
+
+
 def profile_backend(
     forward: Callable[[Tensor, Tensor, Tensor], Tensor],
     data_shape: tuple[int, ...],
@@ -154,7 +170,7 @@ def profile_backend(
 ) -> list[tuple[int, float]]:
     """(rows, median seconds) of `forward` at each batch size: one warm-up call each, then rounds that time
     every size in turn (so a drift in the machine's speed moves all sizes alike), up to `rounds`, and no more
-    than `min_rounds` once `budget_s` has been spent (a large net's profile stays short)."""
+    than `min_rounds` once `budget_s` has been spent after the warm-up (a large net's profile stays short)."""
     if min_rounds < 1 or rounds < min_rounds:
         raise ValueError(f"need 1 <= min_rounds <= rounds, got {min_rounds} and {rounds}")
     inputs = {
@@ -163,9 +179,9 @@ def profile_backend(
     }
     times: dict[int, list[float]] = {b: [] for b in batches}
     with torch.inference_mode():
-        start = time.perf_counter()
         for b in batches:
             forward(*inputs[b])
+        start = time.perf_counter()
         for done in range(rounds):
             if done >= min_rounds and time.perf_counter() - start > budget_s:
                 break

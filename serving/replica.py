@@ -27,7 +27,7 @@ from sampling.request import Prepared, SampleSpec, prepare, to_data_space
 from serving.backends import load_backend
 from serving.budget import Calibration, Candidate, DeadlineImpossible, DeadlineOverloaded, choose
 from serving.engine import Engine, EngineLimits, Overloaded, RequestTimeout
-from serving.latency import TickModel, profile_backend
+from serving.latency import TickModel, profile_backend, profile_sizes
 from serving.metrics import ModelMetrics
 from serving.scheduler import efficient_rows
 from training.checkpoint import load_checkpoint
@@ -82,9 +82,10 @@ class ModelReplica:
         self.metrics = ModelMetrics(name)
         self._tick_model_exported = 0.0
         limits = EngineLimits(**(engine or {}))
-        top = limits.max_rows_per_tick
-        sizes = sorted({1, 64} | {min(b, top) for b in (256, 1024)})  # two sizes at least
-        profile = profile_backend(self.backend, self.ckpt.data_shape, self.ckpt.null_label, tuple(sizes))
+        sizes = profile_sizes(limits.max_rows_per_tick, self.backend)
+        profile = []
+        if len(sizes) > 1:
+            profile = profile_backend(self.backend, self.ckpt.data_shape, self.ckpt.null_label, sizes)
         self.engine = Engine(self.backend, self.ckpt.null_label, limits, self._on_tick, TickModel(profile))
         # steps "auto" scales the engine's predictions by how far they fell short lately (serving.budget)
         self.calibration = Calibration()

@@ -70,6 +70,7 @@ class TensorRTBackend:
         self.info: dict[str, Any] = checkpoint.manifest["files"][self.file_name]
         self.profile: dict[str, int] = self.info["profile"]
         self.max_batch: int | None = int(self.profile["max"])
+        self.min_batch = int(self.profile["min"])
         trt = _import_tensorrt()
         if not torch.cuda.is_available():
             raise BackendUnavailable("tensorrt backend: no CUDA GPU is visible")

@@ -121,6 +121,7 @@ def test_load_lowers_the_chosen_k_instead_of_refusing(deadline_url: str) -> None
     model = TickModel(
         [(1, m["tick_fixed_s"] + m["tick_per_row_s"]), (1000, m["tick_fixed_s"] + 1000 * m["tick_per_row_s"])]
     )
+    model.handoff_s = m["tick_handoff_s"]  # what the replica adds to a tick too long for its event loop
     probe_n = 64
     alone400 = 400 * model.tick_s(probe_n)
     deadline_ms = 1e3 * (1.25 * alone400 + 0.1)

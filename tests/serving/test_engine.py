@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -366,22 +368,38 @@ def test_low_k_samplers_are_batch_independent_in_the_engine(ckpts, case) -> None
 def test_handed_off_ticks_measure_their_handoff_apart_and_inline_ones_pay_none(ckpts, inline_s) -> None:
     """inline_s 0: every tick goes to the engine's thread; the time awaited beyond the time in the thread is
     the handoff, kept apart from the fitted line. inline_s 10 s: every tick runs on the loop, no handoff.
+    The net sleeps 20 ms a call, so the line must come out at about that and the handoff well under it.
     Either way the samples are the solo run's."""
     ckpt = ckpts["moons-fm"]
     net = ckpt.net("ema")
     case = ("moons-fm", "fm-euler", 6, None, None, 16, 3, {})
     solo = _alone(ckpt, net, case)
     model = TickModel([(1, 1e-4), (100, 2e-4)], inline_s=inline_s)
+    threads: list[str] = []
+    fwd = RecordingForward(net)
+
+    def slow(x, t, y):
+        threads.append(threading.current_thread().name)
+        time.sleep(0.02)
+        return fwd(x, t, y)
+
+    slow.max_batch = None  # the engine asks its backend for this
 
     async def main():
-        engine = Engine(RecordingForward(net), ckpt.null_label, EngineLimits(), tick_model=model)
+        engine = Engine(slow, ckpt.null_label, EngineLimits(), tick_model=model)
+        loop_thread = threading.current_thread().name
         res = await engine.submit(*_start(ckpt, "fm-euler", 6, None, 16, 3, {}), None, 6)
         await engine.close()
-        return res
+        return res, loop_thread
 
-    res = asyncio.run(main())
+    res, loop_thread = asyncio.run(main())
     torch.testing.assert_close(res.samples, solo)
+    assert len(threads) == 6
+    assert model.line_s(16) > 0.01  # the ticks' 20 ms went into the line (the profile said 0.1 ms)...
     if inline_s == 0.0:
-        assert 0.0 < model.handoff_s < 0.5
+        assert all(name.startswith("engine-forward") for name in threads)
+        assert 0.0 < model.handoff_s < 0.01  # ...and the handoff is measured without them
+        assert model.tick_s(16) == pytest.approx(model.line_s(16) + model.handoff_s)
     else:
-        assert model.handoff_s == 0.0
+        assert threads == [loop_thread] * 6
+        assert model.handoff_s == 0.0 and model.tick_s(16) == model.line_s(16)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
 
-from serving.latency import TickModel, profile_backend
+from serving.latency import TickModel, profile_backend, profile_sizes
 
 
 def test_profile_alone_gives_the_line_through_it() -> None:
@@ -92,3 +93,62 @@ def test_the_profile_times_every_size_in_rounds_within_its_budget() -> None:
     calls.clear()
     profile_backend(forward, (2,), 0, (1, 64, 256), rounds=9, budget_s=0.0, min_rounds=3)
     assert len(calls) == 3 * 4  # past the budget: the minimum of rounds
+
+
+def test_a_profile_without_per_row_cost_does_not_become_the_yardstick() -> None:
+    """A flat profile (e.g. a small net on a GPU) would call every tick too small for good: the online line
+    is the yardstick then."""
+    m = TickModel([(1, 0.001), (1024, 0.0009)])
+    assert m.profiled is not None and m.profiled[1] == 0.0
+    for _ in range(100):
+        for rows in (8, 1024):
+            m.observe(rows, 0.001 + 1e-6 * rows)
+    assert m.yardstick() == (m.fixed_s, m.per_row_s) and m.yardstick()[1] > 0
+
+
+@pytest.mark.parametrize(
+    ("fixed", "per_row", "inline_s", "handoff", "cap"),
+    [
+        (0.001, 1e-5, 0.003, 0.0005, 4096),  # inline up to 200 rows
+        (0.001, 1e-5, 0.003, 0.0005, 150),  # the cap binds
+        (0.004, 1e-5, 0.003, 0.0005, 4096),  # the fixed cost alone is past the inline limit: always handed off
+        (0.0011939159099303306, 7.282597137377705e-06, 0.003, 0.01, 4096),  # the limit falls between two rows
+        (0.001, 0.0, 0.003, 0.0005, 4096),  # rows cost nothing
+        (0.004, 0.0, 0.003, 0.0005, 4096),  # rows cost nothing, handed off
+    ],
+)
+def test_rows_within_holds_at_the_edges(fixed, per_row, inline_s, handoff, cap) -> None:
+    m = TickModel(inline_s=inline_s)
+    m.fixed_s, m.per_row_s, m.handoff_s = fixed, per_row, handoff
+    for seconds in [0.0, 0.0005, 0.001, 0.002, 0.003, 0.0030001, 0.0035, 0.0045, 0.005, 0.02, 1.0]:
+        rows = m.rows_within(seconds, cap)
+        assert 0 <= rows <= cap
+        assert rows == 0 or m.tick_s(rows) <= seconds + 1e-9, (seconds, rows)
+        assert rows == cap or m.tick_s(rows + 1) > seconds, (seconds, rows)
+    assert m.rows_within(math.inf, cap) == cap
+
+
+def test_inline_s_zero_hands_every_tick_off() -> None:
+    m = TickModel(inline_s=0.0)  # no profile: the line is 0 s until the first tick
+    m.handoff_s = 0.001
+    assert not m.inline(4096) and m.tick_s(1) == pytest.approx(0.001)
+
+
+class _Bounded:
+    def __init__(self, min_batch: int | None, max_batch: int | None) -> None:
+        self.min_batch, self.max_batch = min_batch, max_batch
+
+
+@pytest.mark.parametrize(
+    ("top", "backend", "sizes"),
+    [
+        (4096, _Bounded(None, None), (1, 64, 256, 1024)),
+        (128, _Bounded(None, None), (1, 64, 128)),
+        (4096, _Bounded(1, 512), (1, 64, 256, 512)),  # a TensorRT plan built for at most 512 rows
+        (4096, _Bounded(8, 512), (8, 64, 256, 512)),
+        (4096, _Bounded(16, 16), (16,)),  # one batch size only: no line, the replica starts without a profile
+        (1, _Bounded(None, None), (1,)),
+    ],
+)
+def test_profile_sizes_keep_within_the_engine_and_the_backend(top, backend, sizes) -> None:
+    assert profile_sizes(top, backend) == sizes
