@@ -114,8 +114,7 @@ class TickModel:
         return self.inline_s > 0.0 and self.line_s(rows) <= self.inline_s
 
     def tick_s(self, rows: int) -> float:
-        line = self.fixed_s + self.per_row_s * rows
-        return line if self.inline_s > 0.0 and line <= self.inline_s else line + self.handoff_s
+        return self.line_s(rows) + (0.0 if self.inline(rows) else self.handoff_s)
 
     def rows_within(self, seconds: float, cap: int) -> int:
         """The most rows (at most cap) a tick of at most `seconds` holds: tick_s(rows) <= seconds."""
