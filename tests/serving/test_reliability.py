@@ -316,15 +316,18 @@ def test_stalled_uploads_do_not_take_the_api_down(
             w.write(head)
             writers.append(w)
             opened += 1
-        statuses = []
+        # The normal client starts a request every 0.5 s for 20 s, at fixed times, so the count does not hang
+        # on how fast the machine answers; each must get 200 within its 10 s timeout.
         async with httpx.AsyncClient(base_url=url, timeout=10) as c:
-            end = time.perf_counter() + 20.0
-            while time.perf_counter() < end:
+
+            async def one(delay: float) -> int:
+                await asyncio.sleep(delay)
                 try:
-                    statuses.append((await c.post("/v1/samples", json=normal)).status_code)
+                    return (await c.post("/v1/samples", json=normal)).status_code
                 except httpx.HTTPError:
-                    statuses.append(0)
-                await asyncio.sleep(0.5)
+                    return 0
+
+            statuses = list(await asyncio.gather(*(one(0.5 * i) for i in range(40))))
         for w in writers:
             w.close()
         return opened, statuses, len(writers)
@@ -332,5 +335,5 @@ def test_stalled_uploads_do_not_take_the_api_down(
     opened, statuses, _ = asyncio.run(main())
     print(f"{opened} stalled connections; normal client: {len(statuses)} requests, statuses {sorted(set(statuses))}")
     assert opened == 1200
-    assert len(statuses) >= 20 and all(s == 200 for s in statuses), statuses
+    assert all(s == 200 for s in statuses), statuses
     serve_cluster.delete("stall")
