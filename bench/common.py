@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -66,6 +67,65 @@ def local_serve(num_cpus: int = 8) -> Iterator[str]:
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def _descendants(root: int) -> list[int]:
+    """`root` and every process below it, from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:  # gone since the listing
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])  # the name in parentheses may hold spaces
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def _set_affinity(pid: int, cpus: set[int]) -> None:
+    """Every thread of `pid` onto `cpus` (threads it starts later inherit it)."""
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):  # a thread that has just ended
+                os.sched_setaffinity(int(tid), cpus)
+
+
+@contextlib.contextmanager
+def pinned_replicas(deployment: str) -> Iterator[dict[str, Any]]:
+    """Give the replicas of `deployment` (Serve's process title `ServeReplica:<app>:<deployment>`, every
+    application) the machine's last CPU to themselves, and put this process and every process below it (the
+    local Ray started by `local_serve`: GCS, raylet, Serve's proxy and controller, the other replicas, the
+    load generator's own client) on the others: on a small machine the load generator and Serve's path then
+    stop taking CPU from the replica, as on a cluster whose model replicas have nodes of their own. Yields
+    what was placed where; on exit every process touched may use every CPU this one could before. Linux only."""
+    if not hasattr(os, "sched_setaffinity") or not os.path.isdir("/proc"):
+        raise RuntimeError("pinning replicas needs Linux (/proc and sched_setaffinity)")
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise RuntimeError(f"pinning replicas needs 2 or more CPUs, this process may use {len(cpus)}")
+    # Ray titles a replica's process `ray::ServeReplica:<app>:<deployment>` (its cmdline, possibly with more after).
+    mark = re.compile(rb"ServeReplica:[^:\s]+:" + re.escape(deployment.encode()) + rb"(?![\w-])")
+    titles = {}
+    for pid in _descendants(os.getpid()):
+        with contextlib.suppress(OSError):  # gone since the listing
+            titles[pid] = Path(f"/proc/{pid}/cmdline").read_bytes()
+    replicas = [pid for pid, title in titles.items() if title.startswith(b"ray::") and mark.search(title)]
+    if not replicas:
+        raise RuntimeError(f"no replica process of deployment {deployment!r} found below this process")
+    try:
+        for pid in titles:
+            _set_affinity(pid, {cpus[-1]} if pid in replicas else set(cpus[:-1]))
+        yield {"replica_pids": replicas, "replica_cpus": cpus[-1:], "other_cpus": cpus[:-1]}
+    finally:
+        for pid in (*titles, *_descendants(os.getpid())):  # and processes started meanwhile
+            _set_affinity(pid, set(cpus))
 
 
 def deploy(app: Any, name: str, base: str) -> str:

@@ -1,6 +1,6 @@
 """Short requests amid long ones: the deadline scheduler against the FIFO engine, served side by side.
 
-    python -m bench.scheduling [--out DIR] [--quick]
+    python -m bench.scheduling [--out DIR] [--quick] [--pin]
 
 Applications of the same moons-fm checkpoint, identical but for the engine's policy ("fifo": every
 request every tick, as the engine ran before; "deadline": EDF, then least work first, under a per-tick row
@@ -17,19 +17,24 @@ for its time inside the replica's engine alone (queue + compute, from the respon
 the HTTP path, which on a small machine shares its cores with the busy replica), and each policy's
 throughput over FIFO's (target >= 0.9). Each ratio is taken within a round and the median over rounds
 reported, with the per-round values (`*_per_round`). Writes scheduling.json.
+
+`--pin` (Linux, 2+ CPUs) gives the model replicas the last CPU to themselves and puts everything else on the
+others (`bench.common.pinned_replicas`), after the warm-up: the load generator and Serve's path then stop
+taking CPU from the replica, as on a cluster whose replicas have nodes of their own.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, deploy, local_serve, machine, spec
+from bench.common import ROOT, deploy, local_serve, machine, pinned_replicas, spec
 from loadtests.runner import closed_loop, make_client
 from serving.app import build_app
 
@@ -86,7 +91,7 @@ def _run(url: str, groups: list[tuple[dict[str, Any], int]], seconds: float) -> 
     }
 
 
-def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
+def run(out_dir: Path, quick: bool = False, pin: bool = False) -> dict[str, Any]:
     window = 8.0 if quick else 15.0
     rounds = 2 if quick else 3
     result: dict[str, Any] = {"machine": machine(), "quick": quick, "model": MODEL, "window_s": window}
@@ -95,12 +100,15 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
         urls = _apps(base, ROOT / "models" / MODEL)
         for url in urls.values():
             _run(url, [(SHORT, 1), (LONG, 2)], 2.0)  # warm-up
-        for r in range(rounds):
-            for policy, url in urls.items():
-                print(f"round {r + 1}/{rounds}: {policy}", flush=True)
-                cells[policy]["alone"].append(_run(url, [(SHORT, 1)], window / 2))
-                cells[policy]["mixed"].append(_run(url, [(SHORT, 1), (LONG, 6)], window))
-                cells[policy]["saturated"].append(_run(url, [(b, 64 // len(SAT)) for b in SAT], window))
+        placement = pinned_replicas(MODEL) if pin else contextlib.nullcontext("shared: every process on every CPU")
+        with placement as where:
+            result["placement"] = where
+            for r in range(rounds):
+                for policy, url in urls.items():
+                    print(f"round {r + 1}/{rounds}: {policy}", flush=True)
+                    cells[policy]["alone"].append(_run(url, [(SHORT, 1)], window / 2))
+                    cells[policy]["mixed"].append(_run(url, [(SHORT, 1), (LONG, 6)], window))
+                    cells[policy]["saturated"].append(_run(url, [(b, 64 // len(SAT)) for b in SAT], window))
 
     def per_round(policy: str, cell: str, key: str, base: str | None = None, base_cell: str | None = None) -> list:
         """Each round's value, over the same round's value of `base` (a policy) or `base_cell` (a cell)."""
@@ -142,8 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.scheduling", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="bench-results")
     p.add_argument("--quick", action="store_true", help="shorter windows, two rounds")
+    p.add_argument(
+        "--pin",
+        action="store_true",
+        help="the model replicas on the last CPU alone, everything else (Ray, Serve's proxy, the ingress, this "
+        "load generator) on the others, as on a cluster whose replicas have nodes of their own (Linux)",
+    )
     args = p.parse_args(argv)
-    run(Path(args.out), args.quick)
+    run(Path(args.out), args.quick, args.pin)
     return 0
 
 
