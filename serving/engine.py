@@ -44,7 +44,7 @@ from sampling.guidance import combine, expand
 from sampling.samplers import Evaluation, SamplerGen
 from serving.backends.base import Backend
 from serving.latency import TickModel
-from serving.scheduler import Efficiency, Load, Policy, Slot, plan_tick, predicted_latency
+from serving.scheduler import Efficiency, Load, Policy, Slot, allowance, plan_tick, predicted_latency
 from serving.scheduler import order as order_slots
 
 
@@ -67,6 +67,9 @@ class EngineLimits:
     tick_efficiency: float = 0.95  # the efficiency guard's yardstick: ticks with this share on rows
     min_tick_rows: int = 256  # the efficient tick size is never taken below this
     size_ratio: float = 4.0  # a request without a deadline limits only the ticks of requests this many times its size
+    # While a long tick runs in the engine's thread, short requests (`Engine.express`) tick on the event loop
+    # beside it, when the backend allows two calls at once (`concurrent_calls`); see the module docstring.
+    express_lane: bool = True
 
     def __post_init__(self) -> None:
         if self.max_rows_per_tick < 1 or self.max_in_flight < 1 or self.max_queue < 0:
@@ -157,6 +160,7 @@ class EngineStats:
     queued: int
     rows_in_flight: int
     ticks: int
+    express_ticks: int = 0  # of the ticks, those of the express lane
 
 
 class Engine:
@@ -197,6 +201,9 @@ class Engine:
         self._running_since = 0.0
         self.tick_model = tick_model or TickModel()
         self.efficiency = Efficiency(self.policy.efficiency_window_s)
+        # the express lane needs a backend whose forward may run in two threads at once
+        self._lane = self.limits.express_lane and bool(getattr(backend, "concurrent_calls", False))
+        self._express_ticks = 0
 
     # -- public -------------------------------------------------------------------------------------
 
@@ -206,6 +213,7 @@ class Engine:
             queued=len(self._queue),
             rows_in_flight=sum(j.rows for j in self._active),
             ticks=self._ticks,
+            express_ticks=self._express_ticks,
         )
 
     def work_ahead(self) -> int:
@@ -347,6 +355,49 @@ class Engine:
             self._active.append(job)
             rows += job.rows
 
+    def express(self, job: _Job, now: float) -> bool:
+        """Whether `job` may tick in the express lane: the lane is on and the backend allows two calls at once,
+        the job limits the ticks it is in (a finite `allowance`: a deadline, or a short request) and its rows
+        alone make a tick short enough to run on the event loop."""
+        return (
+            self._lane
+            and self.tick_model.inline(job.rows)
+            and math.isfinite(allowance(job.slot, now, self.tick_model, self.policy))
+        )
+
+    def _plan(self, jobs: list[_Job], recent_efficiency: float) -> list[tuple[_Job, int]]:
+        by_slot = {id(j.slot): j for j in jobs}
+        slots = [j.slot for j in jobs]
+        return [
+            (by_slot[id(s)], n)
+            for s, n in plan_tick(slots, self.clock(), self.tick_model, self.policy, recent_efficiency)
+        ]
+
+    def _gather(self, plan: list[tuple[_Job, int]]) -> tuple[Tensor, Tensor, Tensor]:
+        """The tick's rows: each planned request's next `n` rows of its current evaluation."""
+        pieces = []
+        for j, n in plan:
+            x, t, y = j.pending
+            c = j.slot.cursor
+            pieces.append((x[c : c + n], t[c : c + n], y[c : c + n]) if c or n < j.rows else j.pending)
+        if len(pieces) == 1:  # a lone request: its rows as they are, no copy
+            return pieces[0]
+        return tuple(torch.cat([p[i] for p in pieces]) for i in range(3))  # type: ignore[return-value]
+
+    def _scatter(self, plan: list[tuple[_Job, int]], out: Tensor) -> None:
+        """Each planned request's share of the output; a request whose evaluation is complete advances."""
+        offset = 0
+        for j, n in plan:
+            chunk = out[offset : offset + n]
+            offset += n
+            if j.done:  # cancelled while the net ran
+                continue
+            j.parts.append(chunk)
+            j.slot.cursor += n
+            if j.slot.cursor >= j.rows:
+                pred = j.parts[0] if len(j.parts) == 1 else torch.cat(j.parts)
+                self._advance(j, combine(pred, j.guidance))
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -357,36 +408,37 @@ class Engine:
                     await self._wake.wait()
                 continue
             started = time.perf_counter()  # the whole tick is timed: planning and bookkeeping cost per tick too
-            by_slot = {id(j.slot): j for j in self._active}
-            plan = [
-                (by_slot[id(s)], n)
-                for s, n in plan_tick(
-                    [j.slot for j in self._active], self.clock(), self.tick_model, self.policy, self.efficiency.value()
-                )
-            ]
+            efficiency = self.efficiency.value()
+            plan = None
+            lane: set[int] = set()  # the express requests left out of this tick: they tick beside it
+            if self._lane and not self.policy.fifo and len(self._active) > 1:
+                now = self.clock()
+                lane = {id(j) for j in self._active if self.express(j, now)}
+                if 0 < len(lane) < len(self._active):
+                    plan = self._plan([j for j in self._active if id(j) not in lane], efficiency)
+                    if self.tick_model.inline(sum(n for _, n in plan)):
+                        plan = None  # a short tick anyway: one tick for all, as without the lane
+            if plan is None:
+                lane = set()
+                plan = self._plan(self._active, efficiency)
             try:
-                pieces = []
-                for j, n in plan:
-                    x, t, y = j.pending
-                    c = j.slot.cursor
-                    pieces.append((x[c : c + n], t[c : c + n], y[c : c + n]) if c or n < j.rows else j.pending)
-                if len(pieces) == 1:  # a lone request: its rows as they are, no copy
-                    x, t, y = pieces[0]
-                else:
-                    x = torch.cat([p[0] for p in pieces])
-                    t = torch.cat([p[1] for p in pieces])
-                    y = torch.cat([p[2] for p in pieces])
+                x, t, y = self._gather(plan)
                 total = int(x.shape[0])
                 self._running_rows, self._running_since = total, self.clock()
                 inline = self.tick_model.inline(total)
                 handoff = None
+                waited = 0.0  # time awaited beyond the thread's: the handoff, and any express ticks meanwhile
                 try:
                     if inline:
                         out = self._forward_chunked(x, t, y)
                     else:
                         sent = time.perf_counter()
-                        out, in_thread = await loop.run_in_executor(self._executor, self._timed_forward, x, t, y)
-                        handoff = time.perf_counter() - sent - in_thread
+                        future = loop.run_in_executor(self._executor, self._timed_forward, x, t, y)
+                        overlapped = await self._express_beside(future, plan)
+                        out, in_thread = future.result()
+                        waited = max(0.0, time.perf_counter() - sent - in_thread)
+                        if not overlapped:  # else the wait also held express ticks: not a handoff's measure
+                            handoff = waited
                 finally:
                     self._running_rows = 0
                 self._ticks += 1
@@ -398,23 +450,66 @@ class Engine:
                 continue
             ran = {id(j) for j, _ in plan}
             for j in self._active:
-                j.slot.idle_ticks = 0 if id(j) in ran else j.slot.idle_ticks + 1
-            offset = 0
-            for j, n in plan:
-                chunk = out[offset : offset + n]
-                offset += n
-                if j.done:  # cancelled while the net ran
-                    continue
-                j.parts.append(chunk)
-                j.slot.cursor += n
-                if j.slot.cursor >= j.rows:
-                    pred = j.parts[0] if len(j.parts) == 1 else torch.cat(j.parts)
-                    self._advance(j, combine(pred, j.guidance))
-            seconds = time.perf_counter() - started
-            self.tick_model.observe(total, seconds - (handoff or 0.0), handoff)
+                if id(j) in ran:
+                    j.slot.idle_ticks = 0
+                elif id(j) not in lane:
+                    j.slot.idle_ticks += 1
+            self._scatter(plan, out)
+            self.tick_model.observe(total, time.perf_counter() - started - waited, handoff)
             self.efficiency.record(total, self.clock(), self.tick_model, self.policy)
             if inline:  # finished requests answer, new ones and the HTTP edge get the loop, before the next tick
                 await asyncio.sleep(0)
+
+    async def _express_beside(self, future: asyncio.Future, running: list[tuple[_Job, int]]) -> bool:
+        """Wait for the handed-off tick `future`; meanwhile, in the express lane, tick the express requests that
+        are not in it on the event loop (admitting new ones first). Returns whether any express tick ran."""
+        if not self._lane or self.policy.fifo:
+            await future
+            return False
+        loop = asyncio.get_running_loop()
+        busy = {id(j) for j, _ in running}
+        ran = False
+        while not future.done():
+            self._admit()
+            now = self.clock()
+            ready = [j for j in self._active if id(j) not in busy and self.express(j, now)]
+            if ready:
+                self._express_tick(ready)
+                ran = True
+                await asyncio.sleep(0)  # answers go out, new requests come in
+                continue
+            self._wake.clear()
+            woken = loop.create_task(self._wake.wait())
+            try:
+                await asyncio.wait({future, woken}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                woken.cancel()
+        return ran
+
+    def _express_tick(self, jobs: list[_Job]) -> None:
+        """One short tick of express requests on the event loop, at most what runs inline (the first always)."""
+        started = time.perf_counter()
+        limit = self.tick_model.rows_within(self.tick_model.inline_s, self.limits.max_rows_per_tick)
+        plan, total = [], 0
+        for j, n in self._plan(jobs, 1.0):  # no throughput floor: these ticks are short by design
+            if plan and total + n > limit:
+                break
+            plan.append((j, n))
+            total += n
+        try:
+            out = self._forward_chunked(*self._gather(plan))
+        except Exception as e:  # fail its requests, keep serving
+            for j, _ in plan:
+                self._fail(j, e)
+            return
+        for j, _ in plan:
+            j.slot.idle_ticks = 0
+        self._ticks += 1
+        self._express_ticks += 1
+        if self.on_tick is not None:
+            self.on_tick(total, len(plan))
+        self._scatter(plan, out)
+        self.tick_model.observe(total, time.perf_counter() - started)
 
     def _timed_forward(self, x: Tensor, t: Tensor, y: Tensor) -> tuple[Tensor, float]:
         """`_forward_chunked` and the seconds it took, timed in the thread it runs on."""

@@ -224,6 +224,7 @@ class ModelReplica:
             "queued": s.queued,
             "rows_in_flight": s.rows_in_flight,
             "ticks": s.ticks,
+            "express_ticks": s.express_ticks,
             "tick_fixed_s": self.engine.tick_model.fixed_s,
             "tick_per_row_s": self.engine.tick_model.per_row_s,
             "tick_handoff_s": self.engine.tick_model.handoff_s,

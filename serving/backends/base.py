@@ -16,6 +16,8 @@ class Backend(Protocol):
 
     name: str
     max_batch: int | None  # largest batch the backend accepts in one call (None: unbounded)
+    # Whether forward may run in two threads at once (the engine's express lane); absent means no.
+    concurrent_calls: bool
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor: ...
 

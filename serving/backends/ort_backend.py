@@ -88,6 +88,9 @@ class OrtBackend:
             raise BackendUnavailable(f"{path}: graph inputs are {names}, expected ['x', 't', 'y']")
         self.output_name = self.session.get_outputs()[0].name
         self.num_threads = so.intra_op_num_threads
+        # InferenceSession.run may be called from several threads; claimed for the CPU provider alone, the one
+        # run here (GPU providers share a device stream: untested).
+        self.concurrent_calls = self.providers == ["CPUExecutionProvider"]
 
     @staticmethod
     def _provider_options(provider: str, trt_cache_dir: str | None) -> dict[str, str]:

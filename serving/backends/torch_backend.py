@@ -41,6 +41,9 @@ class TorchBackend:
             raise ValueError("torch backend: cuda_graphs and buckets need device='cuda'")
         self.device = torch.device(device)
         self.net = checkpoint.net(weights).to(self.device)
+        # Eager inference on the CPU only reads the weights, so two threads may call it at once. Not claimed for
+        # CUDA (one stream: calls queue behind each other; graphs replay shared buffers) or compiled code.
+        self.concurrent_calls = self.device.type == "cpu" and not compile
         self._fn = torch.compile(self.net) if compile else self.net
         if cuda_graphs:
             from serving.backends.cuda_graphs import DEFAULT_BUCKETS, GraphedForward

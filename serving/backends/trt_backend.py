@@ -62,6 +62,7 @@ class TensorRTBackend:
     """forward(x (B, *shape) f32, t (B,) f32, y (B,) i64) -> (B, *shape) f32 on the CPU, min <= B <= max."""
 
     name = "tensorrt"
+    concurrent_calls = False  # one execution context and stream: calls must not overlap (no express lane)
 
     def __init__(
         self, checkpoint: Checkpoint, weights: str = "ema", fp16: bool | None = None, device: str = "cuda"

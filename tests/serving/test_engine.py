@@ -403,3 +403,101 @@ def test_handed_off_ticks_measure_their_handoff_apart_and_inline_ones_pay_none(c
     else:
         assert threads == [loop_thread] * 6
         assert model.handoff_s == 0.0 and model.tick_s(16) == model.line_s(16)
+
+
+class SlowWhenLong:
+    """The net, holding calls of at least `long_rows` rows for `sleep_s` more (a long tick stays in the engine's
+    thread a while); records (rows, thread name, start, end) of every call."""
+
+    name = "slow-when-long"
+    max_batch = None
+
+    def __init__(self, net: torch.nn.Module, long_rows: int, sleep_s: float, concurrent_calls: bool = True) -> None:
+        self.net, self.long_rows, self.sleep_s = net, long_rows, sleep_s
+        self.concurrent_calls = concurrent_calls
+        self.calls: list[tuple[int, str, float, float]] = []
+        self.fail_below = 0  # calls of fewer rows raise
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        if x.shape[0] < self.fail_below:
+            raise RuntimeError("small calls fail")
+        out = self.net(x, t, y)
+        if x.shape[0] >= self.long_rows:
+            time.sleep(self.sleep_s)
+        self.calls.append((int(x.shape[0]), threading.current_thread().name, start, time.perf_counter()))
+        return out
+
+
+LONG_CASE = ("moons-fm", "fm-euler", 3, None, None, 512, 7, {})
+SHORT_CASE = ("moons-fm", "fm-euler", 4, None, None, 8, 8, {})
+
+
+def _long_then_short(ckpt, backend, limits: EngineLimits):
+    """A long request (512 rows, K = 3), then 20 ms later, while its first tick is in the engine's thread, a
+    short one (8 rows, K = 4). The tick model says 512 rows take 50 ms (handed off), 8 rows well under the
+    inline limit. Returns both results (or exceptions), the engine's stats and the loop's thread name."""
+    model = TickModel([(1, 1e-4), (512, 0.05)])
+
+    async def main():
+        engine = Engine(backend, ckpt.null_label, limits, tick_model=model)
+        subs = [_start(ckpt, c[1], c[2], c[4], c[5], c[6], c[7]) for c in (LONG_CASE, SHORT_CASE)]
+        long = asyncio.ensure_future(engine.submit(*subs[0], None, 3))
+        await asyncio.sleep(0.02)
+        short = asyncio.ensure_future(engine.submit(*subs[1], None, 4))
+        results = await asyncio.gather(long, short, return_exceptions=True)
+        stats = engine.stats()
+        await engine.close()
+        return results, stats, threading.current_thread().name
+
+    return asyncio.run(main())
+
+
+def test_express_lane_runs_a_short_request_beside_a_long_tick(ckpts) -> None:
+    """With a backend that allows two calls at once, the short request's four evaluations run on the event
+    loop while the long request's first tick is still in the engine's thread (held 300 ms); both get their
+    solo samples, and the short one's rows never join a long tick."""
+    ckpt = ckpts["moons-fm"]
+    net = ckpt.net("ema")
+    backend = SlowWhenLong(net, long_rows=256, sleep_s=0.3)
+    (long, short), stats, loop_thread = _long_then_short(ckpt, backend, EngineLimits())
+    torch.testing.assert_close(long.samples, _alone(ckpt, net, LONG_CASE))
+    torch.testing.assert_close(short.samples, _alone(ckpt, net, SHORT_CASE))
+    first_long = next(c for c in backend.calls if c[0] == 512)
+    small = [c for c in backend.calls if c[0] == 8]
+    assert [c[0] for c in backend.calls if c[0] != 8] == [512, 512, 512]  # the short rows joined no long tick
+    assert len(small) == 4 and all(c[1] == loop_thread for c in small)
+    assert first_long[1].startswith("engine-forward")
+    assert all(first_long[2] < c[2] and c[3] < first_long[3] for c in small), (first_long, small)
+    assert stats.express_ticks == 4
+
+
+@pytest.mark.parametrize("why", ["backend not concurrent", "lane off", "fifo"])
+def test_without_the_express_lane_the_short_request_waits_for_the_long_tick(ckpts, why) -> None:
+    """A backend that does not allow two calls at once (TensorRT's), `express_lane: false`, or FIFO: no express
+    tick runs, and the short request's first evaluation starts after the long tick it arrived during."""
+    ckpt = ckpts["moons-fm"]
+    net = ckpt.net("ema")
+    backend = SlowWhenLong(net, long_rows=256, sleep_s=0.1, concurrent_calls=why != "backend not concurrent")
+    limits = EngineLimits(express_lane=why != "lane off", scheduling="fifo" if why == "fifo" else "deadline")
+    (long, short), stats, _ = _long_then_short(ckpt, backend, limits)
+    torch.testing.assert_close(long.samples, _alone(ckpt, net, LONG_CASE))
+    torch.testing.assert_close(short.samples, _alone(ckpt, net, SHORT_CASE), atol=1e-5, rtol=1e-5)
+    first_long = backend.calls[0]
+    assert first_long[0] == 512
+    assert all(c[2] >= first_long[3] for c in backend.calls[1:])
+    assert stats.express_ticks == 0
+
+
+def test_a_failing_express_tick_fails_its_request_only(ckpts) -> None:
+    """The backend refuses calls of under 16 rows: the short request, ticking in the express lane, fails with
+    that error; the long request beside it finishes with its solo samples."""
+    ckpt = ckpts["moons-fm"]
+    net = ckpt.net("ema")
+    backend = SlowWhenLong(net, long_rows=256, sleep_s=0.1)
+    backend.fail_below = 16
+    (long, short), stats, _ = _long_then_short(ckpt, backend, EngineLimits())
+    torch.testing.assert_close(long.samples, _alone(ckpt, net, LONG_CASE))
+    assert isinstance(short, RuntimeError) and "small calls fail" in str(short)
+    assert stats.express_ticks == 0 and stats.in_flight == 0
