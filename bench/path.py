@@ -46,7 +46,6 @@ MODEL = "moons-fm"
 LONE = {"model": MODEL, "sampler": "fm-euler", "steps": 10, "num_samples": 64}
 TINY = {"model": MODEL, "sampler": "fm-euler", "steps": 1, "num_samples": 1}
 CLIENTS = 16
-NO_ACCESS_LOG = {"logging_config": {"enable_access_log": False}}
 # What the no-ops answer: a K = 1, one-sample response as the service shapes it (the client parses it).
 NOOP_BODY = json.dumps(
     {
@@ -117,12 +116,6 @@ def _deploy_variants(base: str, ckpt_dir: Path) -> dict[str, str]:
         "two_hops": deploy(build_app(args), "twohop", base),
         "one_hop": deploy(
             build_app({**args, "single_hop": True, "deployment_options": {"Ingress": replica}}), "onehop", base
-        ),
-        # the same without Serve's access log line per request (the replica's; the proxy logs its own)
-        "one_hop_no_access_log": deploy(
-            build_app({**args, "single_hop": True, "deployment_options": {"Ingress": {**replica, **NO_ACCESS_LOG}}}),
-            "onehopquiet",
-            base,
         ),
     }
 

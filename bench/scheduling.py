@@ -18,6 +18,11 @@ the HTTP path, which on a small machine shares its cores with the busy replica),
 throughput over FIFO's (target >= 0.9). Each ratio is taken within a round and the median over rounds
 reported, with the per-round values (`*_per_round`). Writes scheduling.json.
 
+Then the mixed cell once more in this process (`in_process`: `ModelReplica`s of FIFO, the deadline policy
+without its express lane and with it; no HTTP), whose closed loops offer the engine the same work whichever
+policy answers the K = 5 client faster: served, a faster K = 5 answer means more K = 5 requests, whose
+HTTP path takes CPU on a small machine.
+
 `--pin` (Linux, 2+ CPUs) gives the model replicas the last CPU to themselves and puts everything else on the
 others (`bench.common.pinned_replicas`), after the warm-up: the load generator and Serve's path then stop
 taking CPU from the replica, as on a cluster whose replicas have nodes of their own.
@@ -28,15 +33,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from bench.common import ROOT, deploy, local_serve, machine, pinned_replicas, spec
 from loadtests.runner import closed_loop, make_client
+from sampling.request import SampleSpec
 from serving.app import build_app
+from serving.replica import ModelReplica
 
 MODEL = "moons-fm"
 SHORT = {"model": MODEL, "sampler": "fm-euler", "steps": 5, "num_samples": 64}
@@ -91,6 +100,86 @@ def _run(url: str, groups: list[tuple[dict[str, Any], int]], seconds: float) -> 
     }
 
 
+# The engine alone, in this process (no HTTP): FIFO, the deadline policy without its express lane, and with it.
+IN_PROCESS = {
+    "fifo": {"scheduling": "fifo"},
+    "deadline-no-lane": {"express_lane": False},
+    "deadline": {},
+}
+
+
+def in_process(rounds: int, window: float, gap_s: float = 0.02) -> dict[str, Any]:
+    """The mixed cell on `ModelReplica`s in this process (torch, 1 thread, as a served replica of 1 CPU), one
+    per variant of IN_PROCESS, windows alternating: the K = 5 client waits `gap_s` between its requests (about
+    the served path's time) beside six closed loops of the K = 100 request. Per window: the K = 5 engine p50
+    (ms) and the net rows per second of every tick (the engine's `on_tick`). Without the HTTP path, the
+    closed loops offer the engine the same work whichever policy answers the K = 5 client faster."""
+    short = SampleSpec("fm-euler", SHORT["steps"], SHORT["num_samples"])
+    long = SampleSpec("fm-euler", LONG["steps"], LONG["num_samples"])
+
+    async def window_of(replica: ModelReplica, seconds: float) -> dict[str, float]:
+        stop = time.perf_counter() + seconds
+        rows, k5 = [0], []
+        on_tick = replica.engine.on_tick
+
+        def count(n: int, requests: int) -> None:
+            rows[0] += n
+            if on_tick is not None:
+                on_tick(n, requests)
+
+        async def short_client() -> None:
+            seed = 0
+            while time.perf_counter() < stop:
+                out = await replica.sample(dataclasses.replace(short, seed=seed))
+                k5.append(out.queue_s + out.compute_s)
+                seed += 1
+                await asyncio.sleep(gap_s)
+
+        async def long_client(i: int) -> None:
+            seed = 1_000_000 * (i + 1)
+            while time.perf_counter() < stop:
+                await replica.sample(dataclasses.replace(long, seed=seed))
+                seed += 1
+
+        replica.engine.on_tick = count
+        start = time.perf_counter()
+        try:
+            await asyncio.gather(short_client(), *(long_client(i) for i in range(6)))
+        finally:
+            replica.engine.on_tick = on_tick
+        return {"k5_engine_p50_ms": 1e3 * statistics.median(k5), "rows_per_s": rows[0] / (time.perf_counter() - start)}
+
+    async def main() -> dict[str, list[dict[str, float]]]:
+        engine = {"max_rows_per_tick": 4096, "max_in_flight": 64, "max_queue": 1024, "max_wait_s": 300.0}
+        replicas = {
+            name: ModelReplica(
+                MODEL, str(ROOT / "models" / MODEL), backend_options={"num_threads": 1}, engine={**engine, **knobs}
+            )
+            for name, knobs in IN_PROCESS.items()
+        }
+        for replica in replicas.values():
+            await window_of(replica, 1.0)  # warm-up
+        cells: dict[str, list[dict[str, float]]] = {name: [] for name in replicas}
+        for r in range(rounds):
+            for name, replica in replicas.items():
+                print(f"in process, round {r + 1}/{rounds}: {name}", flush=True)
+                cells[name].append(await window_of(replica, window))
+        for replica in replicas.values():
+            await replica.engine.close()
+        return cells
+
+    cells = asyncio.run(main())
+    summary = {}
+    for name, values in cells.items():
+        over = [v["rows_per_s"] / f["rows_per_s"] for v, f in zip(values, cells["fifo"], strict=True)]
+        summary[name] = {
+            "k5_engine_p50_ms": statistics.median(v["k5_engine_p50_ms"] for v in values),
+            "rows_per_s_over_fifo": statistics.median(over),
+            "rows_per_s_over_fifo_per_round": over,
+        }
+    return {"gap_s": gap_s, "window_s": window, "cells": cells, "summary": summary}
+
+
 def run(out_dir: Path, quick: bool = False, pin: bool = False) -> dict[str, Any]:
     window = 8.0 if quick else 15.0
     rounds = 2 if quick else 3
@@ -140,6 +229,8 @@ def run(out_dir: Path, quick: bool = False, pin: bool = False) -> dict[str, Any]
             **{f"{k}_per_round": v for k, v in ratios.items()},
         }
     result["summary"] = summary
+    result["in_process"] = in_process(rounds, window / 3)
+    summary["in_process"] = result["in_process"]["summary"]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "scheduling.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(json.dumps(result["summary"], indent=2))

@@ -501,3 +501,28 @@ def test_a_failing_express_tick_fails_its_request_only(ckpts) -> None:
     torch.testing.assert_close(long.samples, _alone(ckpt, net, LONG_CASE))
     assert isinstance(short, RuntimeError) and "small calls fail" in str(short)
     assert stats.express_ticks == 0 and stats.in_flight == 0
+
+
+@pytest.mark.parametrize("lane", [True, False])
+def test_a_short_request_beside_a_long_tick_is_predicted_by_its_lane(ckpts, lane) -> None:
+    """While the long request's first tick (50 ms by the model, held 200 ms) runs in the engine's thread, a
+    short request's predicted latency is, with the express lane, its 4 evaluations of its own 8-row tick;
+    without the lane it also waits out the rest of the running tick."""
+    ckpt = ckpts["moons-fm"]
+    backend = SlowWhenLong(ckpt.net("ema"), long_rows=256, sleep_s=0.2)
+    model = TickModel([(1, 1e-4), (512, 0.05)])
+
+    async def main():
+        engine = Engine(backend, ckpt.null_label, EngineLimits(express_lane=lane), tick_model=model)
+        long = asyncio.ensure_future(engine.submit(*_start(ckpt, "fm-euler", 3, None, 512, 7, {}), None, 3))
+        await asyncio.sleep(0.02)
+        predicted, own = engine.predicted_latency(8, 4), 4 * model.tick_s(8)
+        await long
+        await engine.close()
+        return predicted, own
+
+    predicted, own = asyncio.run(main())
+    if lane:
+        assert predicted == pytest.approx(own)
+    else:
+        assert predicted > own + 0.02
