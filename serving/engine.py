@@ -245,7 +245,8 @@ class Engine:
             probe = Slot(rows, evaluations, deadline, seq=self._seq + 1)
             if math.isfinite(allowance(probe, now, self.tick_model, self.policy)):
                 lane = [j.slot for j in jobs if self.express(j, now)]
-                if len(lane) < len(jobs):  # it would tick in the express lane, beside the others' long ticks
+                others = min(sum(j.rows for j in jobs) - sum(s.rows for s in lane), self.limits.max_rows_per_tick)
+                if others and not self.tick_model.inline(others):  # it would tick beside the others' long ticks
                     load = Load(lane)
         return predicted_latency(rows, evaluations, deadline, load, now, self.tick_model, self.policy)
 
@@ -343,6 +344,7 @@ class Engine:
         job.gen.close()
         if not job.future.done():
             job.future.cancel()
+        self._wake.set()  # a place in flight may have come free
 
     def _admit(self) -> None:
         """Move waiting requests in while the in-flight bound allows: under FIFO in arrival order and while
@@ -425,16 +427,15 @@ class Engine:
             started = time.perf_counter()  # the whole tick is timed: planning and bookkeeping cost per tick too
             efficiency = self.efficiency.value()
             plan = None
-            lane: set[int] = set()  # the express requests left out of this tick: they tick beside it
+            lane: set[int] = set()  # the jobs that ran in the express lane beside this tick
             if self._lane and not self.policy.fifo and len(self._active) > 1:
                 now = self.clock()
-                lane = {id(j) for j in self._active if self.express(j, now)}
-                if 0 < len(lane) < len(self._active):
-                    plan = self._plan([j for j in self._active if id(j) not in lane], efficiency)
+                express = {id(j) for j in self._active if self.express(j, now)}
+                if 0 < len(express) < len(self._active):  # the express requests may tick beside the others
+                    plan = self._plan([j for j in self._active if id(j) not in express], efficiency)
                     if self.tick_model.inline(sum(n for _, n in plan)):
                         plan = None  # a short tick anyway: one tick for all, as without the lane
             if plan is None:
-                lane = set()
                 plan = self._plan(self._active, efficiency)
             try:
                 x, t, y = self._gather(plan)
@@ -449,10 +450,10 @@ class Engine:
                     else:
                         sent = time.perf_counter()
                         future = loop.run_in_executor(self._executor, self._timed_forward, x, t, y)
-                        overlapped = await self._express_beside(future, plan)
+                        lane = await self._express_beside(future, plan)
                         out, in_thread = future.result()
                         waited = max(0.0, time.perf_counter() - sent - in_thread)
-                        if not overlapped:  # else the wait also held express ticks: not a handoff's measure
+                        if not lane:  # else the wait also held express ticks: not a handoff's measure
                             handoff = waited
                 finally:
                     self._running_rows = 0
@@ -475,56 +476,66 @@ class Engine:
             if inline:  # finished requests answer, new ones and the HTTP edge get the loop, before the next tick
                 await asyncio.sleep(0)
 
-    async def _express_beside(self, future: asyncio.Future, running: list[tuple[_Job, int]]) -> bool:
+    async def _express_beside(self, future: asyncio.Future, running: list[tuple[_Job, int]]) -> set[int]:
         """Wait for the handed-off tick `future`; meanwhile, in the express lane, tick the express requests that
-        are not in it on the event loop (admitting new ones first). Returns whether any express tick ran."""
+        are not in it on the event loop (admitting new ones first). Returns the ids of the jobs that ran in an
+        express tick meanwhile (empty: none ran)."""
         if not self._lane or self.policy.fifo:
             await future
-            return False
+            return set()
         loop = asyncio.get_running_loop()
         busy = {id(j) for j, _ in running}
-        ran = False
-        while not future.done():
-            self._admit()
-            now = self.clock()
-            ready = [j for j in self._active if id(j) not in busy and self.express(j, now)]
-            if ready:
-                self._express_tick(ready)
-                ran = True
-                await asyncio.sleep(0)  # answers go out, new requests come in
-                continue
-            self._wake.clear()
-            woken = loop.create_task(self._wake.wait())
-            try:
-                await asyncio.wait({future, woken}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                woken.cancel()
+        ran: set[int] = set()
+        try:
+            while not future.done():
+                self._admit()
+                now = self.clock()
+                ready = [j for j in self._active if id(j) not in busy and self.express(j, now)]
+                if ready:
+                    ran |= self._express_tick(ready)
+                    await asyncio.sleep(0)  # answers go out, new requests come in
+                    continue
+                self._wake.clear()
+                woken = loop.create_task(self._wake.wait())
+                try:
+                    await asyncio.wait({future, woken}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    woken.cancel()
+        except BaseException:  # cancelled (close) or failed: the tick's outcome is not awaited any more
+            future.cancel()
+            raise
         return ran
 
-    def _express_tick(self, jobs: list[_Job]) -> None:
-        """One short tick of express requests on the event loop, at most what runs inline (the first always)."""
-        started = time.perf_counter()
-        limit = self.tick_model.rows_within(self.tick_model.inline_s, self.limits.max_rows_per_tick)
-        plan, total = [], 0
-        for j, n in self._plan(jobs, 1.0):  # no throughput floor: these ticks are short by design
-            if plan and total + n > limit:
-                break
-            plan.append((j, n))
-            total += n
+    def _express_tick(self, jobs: list[_Job]) -> set[int]:
+        """One short tick of express requests on the event loop, at most what runs inline (the first always);
+        the ids of the jobs it ran. Those left out wait a tick longer (`idle_ticks`). A failure fails its own
+        requests only. Its time is not observed by the tick model: it ran beside the thread's tick, on cores
+        that tick was using, and would make short ticks look slow (which would shrink the inline limit and
+        with it the lane). Nor does the throughput guard count it (`Efficiency`: the long ticks' size)."""
+        plan: list[tuple[_Job, int]] = []
         try:
+            limit = self.tick_model.rows_within(self.tick_model.inline_s, self.limits.max_rows_per_tick)
+            total = 0
+            for j, n in self._plan(jobs, 1.0):  # no throughput floor: these ticks are short by design
+                if plan and total + n > limit:
+                    continue
+                plan.append((j, n))
+                total += n
             out = self._forward_chunked(*self._gather(plan))
-        except Exception as e:  # fail its requests, keep serving
-            for j, _ in plan:
+            ran = {id(j) for j, _ in plan}
+            for j in jobs:
+                j.slot.idle_ticks = 0 if id(j) in ran else j.slot.idle_ticks + 1
+            self._ticks += 1
+            self._express_ticks += 1
+            if self.on_tick is not None:
+                self.on_tick(total, len(plan))
+            self._scatter(plan, out)
+            return ran
+        except Exception as e:  # fail its requests, keep serving (if planning failed, the first in line, so
+            # that the lane does not try the same again and again while the thread's tick runs)
+            for j, _ in plan or [(j, 0) for j in jobs[:1]]:
                 self._fail(j, e)
-            return
-        for j, _ in plan:
-            j.slot.idle_ticks = 0
-        self._ticks += 1
-        self._express_ticks += 1
-        if self.on_tick is not None:
-            self.on_tick(total, len(plan))
-        self._scatter(plan, out)
-        self.tick_model.observe(total, time.perf_counter() - started)
+            return set()
 
     def _timed_forward(self, x: Tensor, t: Tensor, y: Tensor) -> tuple[Tensor, float]:
         """`_forward_chunked` and the seconds it took, timed in the thread it runs on."""
