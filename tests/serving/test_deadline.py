@@ -43,7 +43,10 @@ def deadline_url(serve_cluster: ServeCluster, tiny_checkpoints: dict[str, Path],
     write_quality_profile(
         ckpt, QualityProfile("synthetic", "written by the test: 1 - 0.9 / K", weights_sha256(ckpt), tuple(points))
     )
-    args = app_args({MODEL: ckpt}, limits={"max_num_samples": 256, "max_steps": 1000})
+    # These tests check the deadline scheduler's predictions within one lane. With the express lane (tested in
+    # test_engine.py) a 64-row probe may tick beside 256-row requests or among them, depending on whether the
+    # replica's fitted model puts their ticks under the inline limit, so the load it sees would hang on that.
+    args = app_args({MODEL: ckpt}, engine={"express_lane": False}, limits={"max_num_samples": 256, "max_steps": 1000})
     return serve_cluster.deploy("deadline", "/deadline", args)
 
 
@@ -133,9 +136,7 @@ def test_load_lowers_the_chosen_k_instead_of_refusing(deadline_url: str) -> None
 
     floor = m["efficient_rows"]
     per_row_eval = model.tick_s(floor) / floor  # what the scheduler's prediction charges for work ahead
-    # The load's requests are as small as the probe, so they tick in the same lane as it: larger ones might
-    # take long ticks in the engine's thread, with the probe in the express lane beside them (not slowed by them).
-    n, count = 64, 12
+    n, count = 256, 3
     k = int(min(1000, max(1, 0.5 * alone400 / (count * n * per_row_eval))))
 
     async def scenario():
