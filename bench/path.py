@@ -21,9 +21,15 @@ share from the engine's, `http_stack`: the service's own Ingress (FastAPI app, m
 2. tiny-request ceiling: K = 1, one sample, 16 closed-loop clients: the service's 200s per second / the
    one-hop no-op's (target >= 0.8).
 
+3. The same lone and tiny measurements with Serve's HAProxy ingress (`serving.serve_cli --ingress haproxy`:
+   HAProxy forwards to the Ingress replicas' own HTTP servers, no Python proxy) for the one-hop no-op and the
+   service in one and two hops, on a second local Ray started with that environment (`path.json`: `haproxy`),
+   each ratio against that phase's own no-op; and `haproxy.across`: the service's path there over the no-op
+   behind Serve's proxy of the first phase (minutes apart: medians over rounds, not paired).
+
 Windows interleave the variants (A B C A B C ...). Each ratio is taken within a round, from measurements
 seconds apart, and the median over rounds is reported beside the per-round values.
-Run: `python -m bench --only path [--quick]`.
+Run: `python -m bench --only path [--quick]` (or `python -m bench.path [--quick] [--ingress haproxy]`).
 """
 
 from __future__ import annotations
@@ -31,7 +37,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -49,6 +58,7 @@ from serving.api.ingress import Ingress
 from serving.app import AppArgs, build_app, model_replicas
 from serving.local import LocalMethod
 from serving.replica import ModelReplica, SampleOutput
+from serving.serve_cli import HAPROXY_ENV, HAPROXY_ENV_DEFAULTS
 
 MODEL = "moons-fm"
 LONE = {"model": MODEL, "sampler": "fm-euler", "steps": 10, "num_samples": 64}
@@ -133,7 +143,8 @@ def replica_compute_ms(ckpt_dir: Path, steps: int, num_samples: int, repeats: in
     return 1e3 * statistics.median(asyncio.run(main()))
 
 
-def _deploy_variants(base: str, ckpt_dir: Path, onnx_dir: Path) -> dict[str, str]:
+def _deploy_variants(base: str, ckpt_dir: Path, onnx_dir: Path, names: tuple[str, ...]) -> dict[str, str]:
+    """The URL of each of `names`, deployed (see ROUTES)."""
     replica = {"ray_actor_options": {"num_cpus": 1}}  # as bench.serving: torch runs 1 thread
     ingress = {"ray_actor_options": {"num_cpus": 0.5}}
     args = {
@@ -148,41 +159,61 @@ def _deploy_variants(base: str, ckpt_dir: Path, onnx_dir: Path) -> dict[str, str
     _, infos = model_replicas(a)
     security = {"auth": None, "max_headers": a.max_headers, "max_header_bytes": a.max_header_bytes}
     instant = InstantIngress.options(**replica).bind({}, infos, a.max_body_bytes, a.body_timeout_s, security, None)
-    return {
-        "noop_one_hop": deploy(Noop.options(name="Noop", **ingress).bind(), "noop1", base),
-        "noop_two_hops": deploy(
-            Noop.options(name="Noop", **ingress).bind(NoopInner.options(**replica).bind()), "noop2", base
-        ),
-        "two_hops": deploy(build_app(args), "twohop", base),
-        "one_hop": deploy(build_app(one_hop), "onehop", base),
-        "one_hop_onnxruntime": deploy(build_app({**one_hop, "models": ort}), "onehopo", base),
-        "http_stack": deploy(instant, "stack", base),
+    builders = {
+        "noop_one_hop": lambda: Noop.options(name="Noop", **ingress).bind(),
+        "noop_two_hops": lambda: Noop.options(name="Noop", **ingress).bind(NoopInner.options(**replica).bind()),
+        "two_hops": lambda: build_app(args),
+        "one_hop": lambda: build_app(one_hop),
+        "one_hop_onnxruntime": lambda: build_app({**one_hop, "models": ort}),
+        "http_stack": lambda: instant,
     }
+    return {name: deploy(builders[name](), ROUTES[name], base) for name in names}
 
 
+# Every variant, by the route prefix it is deployed at.
+ROUTES = {
+    "noop_one_hop": "noop1",
+    "noop_two_hops": "noop2",
+    "two_hops": "twohop",
+    "one_hop": "onehop",
+    "one_hop_onnxruntime": "onehopo",
+    "http_stack": "stack",
+}
+# The variants measured again with the HAProxy ingress (a second Ray, `--ingress haproxy`).
+HAPROXY_VARIANTS = ("noop_one_hop", "two_hops", "one_hop")
 # The served variants measured against an in-process reference, and the backend of that reference.
 BARE_BACKEND = {"two_hops": "torch", "one_hop": "torch", "one_hop_onnxruntime": "onnxruntime"}
 # The variants of the tiny-request ceiling (the onnxruntime and instant variants are for the lone request).
 TINY_VARIANTS = ("noop_one_hop", "noop_two_hops", "two_hops", "one_hop")
 
 
-def run(out_dir: Path, quick: bool) -> dict[str, Any]:
-    """Both measurements; writes out_dir/path.json and returns the same dict."""
+def measure(quick: bool, ingress: str = "serve") -> dict[str, Any]:
+    """Both measurements on a fresh local Ray whose HTTP ingress is Serve's proxy (every variant) or HAProxy
+    (HAPROXY_VARIANTS; the environment must hold serving.serve_cli.HAPROXY_ENV before Ray starts)."""
+    names = tuple(ROUTES) if ingress == "serve" else HAPROXY_VARIANTS
     ckpt_dir = ROOT / "models" / MODEL
     window = 3.0 if quick else 6.0
     rounds = 3 if quick else 5
-    result: dict[str, Any] = {"machine": machine(), "quick": quick, "model": MODEL, "clients": CLIENTS}
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "quick": quick,
+        "model": MODEL,
+        "clients": CLIENTS,
+        "ingress": ingress,
+    }
     with tempfile.TemporaryDirectory() as scratch, local_serve() as base:
-        onnx_dir = scratch_checkpoint(MODEL, Path(scratch), onnx=True)
-        urls = _deploy_variants(base, ckpt_dir, onnx_dir)
+        onnx_dir = scratch_checkpoint(MODEL, Path(scratch), onnx=True) if "one_hop_onnxruntime" in names else ckpt_dir
+        urls = _deploy_variants(base, ckpt_dir, onnx_dir, names)
         for url in urls.values():  # warm-up: first requests after a deployment are slower
             load(url, [TINY], 4, 1.0)
         lone: dict[str, list[float]] = {v: [] for v in urls}
         # where a served lone request's time goes, from the response's timing: inside the engine (compute)
         # and inside the ingress route (total); the client's latency minus total is Serve's path
-        inside: dict[str, list[dict[str, float]]] = {v: [] for v in [*BARE_BACKEND, "http_stack"]}
-        tiny: dict[str, list[float]] = {v: [] for v in TINY_VARIANTS}
-        bare: dict[str, list[float]] = {k: [] for k in set(BARE_BACKEND.values())}
+        served = {v: k for v, k in BARE_BACKEND.items() if v in urls}
+        inside: dict[str, list[dict[str, float]]] = {v: [] for v in [*served, "http_stack"] if v in urls}
+        tiny_variants = [v for v in TINY_VARIANTS if v in urls]
+        tiny: dict[str, list[float]] = {v: [] for v in tiny_variants}
+        bare: dict[str, list[float]] = {k: [] for k in set(served.values())}
         paced: dict[str, list[float]] = {k: [] for k in bare}
         in_replica = []
         for _ in range(rounds):
@@ -203,19 +234,20 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
                 ckpt = onnx_dir if kind == "onnxruntime" else ckpt_dir
                 bare[kind].append(bare_latency_ms(ckpt, 10, 64, repeats=50, backend_kind=kind))
                 paced[kind].append(bare_latency_ms(ckpt, 10, 64, repeats=50, gap_s=gap_s, backend_kind=kind))
-            in_replica.append(replica_compute_ms(ckpt_dir, 10, 64, repeats=50))
-            for v in TINY_VARIANTS:
+            if ingress == "serve":
+                in_replica.append(replica_compute_ms(ckpt_dir, 10, 64, repeats=50))
+            for v in tiny_variants:
                 tiny[v].append(load(urls[v], [TINY], CLIENTS, window)["requests_per_s"])
         # Ratios pair the variants of one round (measured within seconds of each other), then take the median
         # over rounds: the machine's speed drifts between rounds by more than the effects measured here.
         noop = lone["noop_one_hop"]
 
         def over(ref: dict[str, list[float]]) -> dict[str, list[float]]:
-            return {v: [(lone[v][i] - ref[k][i]) / noop[i] for i in range(rounds)] for v, k in BARE_BACKEND.items()}
+            return {v: [(lone[v][i] - ref[k][i]) / noop[i] for i in range(rounds)] for v, k in served.items()}
 
         over_bare, over_paced = over(bare), over(paced)
-        stack = [lone["http_stack"][i] / noop[i] for i in range(rounds)]
-        ceil = {v: [tiny[v][i] / tiny["noop_one_hop"][i] for i in range(rounds)] for v in TINY_VARIANTS}
+        stack = [lone["http_stack"][i] / noop[i] for i in range(rounds)] if "http_stack" in urls else []
+        ceil = {v: [tiny[v][i] / tiny["noop_one_hop"][i] for i in range(rounds)] for v in tiny_variants}
         result["lone"] = {
             "request": LONE,
             "p50_ms": lone,
@@ -228,7 +260,7 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
             "overhead_over_one_hop_noop_paced_per_round": over_paced,
             "overhead_over_one_hop_noop_paced": {v: statistics.median(x) for v, x in over_paced.items()},
             "http_stack_over_one_hop_noop_per_round": stack,
-            "http_stack_over_one_hop_noop": statistics.median(stack),
+            "http_stack_over_one_hop_noop": statistics.median(stack) if stack else None,
         }
         result["tiny"] = {
             "request": TINY,
@@ -236,6 +268,42 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
             "over_one_hop_noop_per_round": ceil,
             "over_one_hop_noop": {v: statistics.median(x) for v, x in ceil.items()},
         }
+    return result
+
+
+def haproxy_phase(quick: bool) -> dict[str, Any]:
+    """`measure(quick, "haproxy")` in a child process started with the HAProxy environment (Ray's processes read
+    it when they start, so it needs a Ray of its own)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.path",
+            "--ingress",
+            "haproxy",
+            "--out",
+            tmp,
+            *(["--quick"] if quick else []),
+        ]
+        env = {**HAPROXY_ENV_DEFAULTS, **os.environ, **HAPROXY_ENV}
+        subprocess.run(cmd, cwd=ROOT, env=env, check=True)
+        return json.loads((Path(tmp) / "path.json").read_text())
+
+
+def run(out_dir: Path, quick: bool) -> dict[str, Any]:
+    """Both measurements behind Serve's proxy, then behind HAProxy (a second local Ray); writes
+    out_dir/path.json and returns the same dict. `haproxy.across`: the service's path with HAProxy (served p50
+    minus the paced in-process p50, median over rounds) over the no-op's round trip behind Serve's proxy
+    (median over rounds of the first Ray): phases minutes apart, so a coarser figure than the paired ratios."""
+    result = measure(quick, "serve")
+    hap = haproxy_phase(quick)
+    serve_noop = statistics.median(result["lone"]["p50_ms"]["noop_one_hop"])
+    paced = hap["lone"]["bare_paced_p50_ms"]["torch"]
+    hap["across"] = {
+        v: statistics.median(a - b for a, b in zip(hap["lone"]["p50_ms"][v], paced, strict=True)) / serve_noop
+        for v in ("one_hop", "two_hops")
+    }
+    result["haproxy"] = hap
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "path.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -245,7 +313,22 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.path", description="the request path against no-op Serve apps")
     p.add_argument("--out", default="bench-results", help="directory for path.json")
     p.add_argument("--quick", action="store_true", help="shorter windows, fewer rounds")
+    p.add_argument(
+        "--ingress",
+        choices=("both", "haproxy"),
+        default="both",
+        help="both: behind Serve's proxy, then behind HAProxy (a second Ray); haproxy: only the latter",
+    )
     args = p.parse_args(argv)
+    if args.ingress == "haproxy":
+        if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") != "1":  # Ray's processes must start with it: run anew
+            env = {**HAPROXY_ENV_DEFAULTS, **os.environ, **HAPROXY_ENV}
+            os.execve(sys.executable, [sys.executable, "-m", "bench.path", *(argv or sys.argv[1:])], env)
+        res = measure(args.quick, "haproxy")
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "path.json").write_text(json.dumps(res, indent=2) + "\n")
+        print(json.dumps({"lone": res["lone"]["overhead_over_one_hop_noop"], "tiny": res["tiny"]["over_one_hop_noop"]}))
+        return 0
     res = run(Path(args.out), args.quick)
     lone = res["lone"]
     print(
@@ -255,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
                 "lone_paced": lone["overhead_over_one_hop_noop_paced"],
                 "http_stack": lone["http_stack_over_one_hop_noop"],
                 "tiny": res["tiny"]["over_one_hop_noop"],
+                "haproxy_lone": res["haproxy"]["lone"]["overhead_over_one_hop_noop"],
+                "haproxy_across": res["haproxy"]["across"],
             }
         )
     )

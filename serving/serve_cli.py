@@ -3,8 +3,9 @@ application answers, print a working curl example and the metrics URL, then serv
 
 `--ingress haproxy` runs Ray Serve's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY) in place of its Python
 HTTP proxy: HAProxy answers on the same host and port and forwards each request straight to an Ingress
-replica's own HTTP server, one hop fewer (docs/architecture.md, "The request path"). Ray then makes those
-replica servers listen on every interface (ports 30000-31000; docs/security.md).
+replica's own HTTP server (ports 30000-31000 on the node's address, loopback here), one hop fewer
+(docs/architecture.md, "Serving"). HAProxy's stats page (8404) and metrics (9101) listen on every interface
+(Ray's HAProxy template; docs/security.md).
 
 Ray is started here rather than by `serve run` because only `ray.init` can fix the Prometheus metrics
 export port (`_metrics_export_port`); `serve run` then finds Ray initialised and uses it. Run as
@@ -73,8 +74,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         choices=INGRESSES,
         default="serve",
         help="what answers HTTP: Ray Serve's Python proxy (serve, the default) or HAProxy forwarding straight "
-        "to the Ingress replicas (haproxy: one hop fewer; the replicas' own HTTP servers then listen on every "
-        "interface, ports 30000-31000)",
+        "to the Ingress replicas' own HTTP servers (haproxy: one hop fewer; HAProxy's stats page, port 8404, and "
+        "metrics, port 9101, listen on every interface)",
     )
     p.add_argument("--models-dir", help="checkpoint directory (default: the config's models_dir)")
     p.add_argument(
@@ -101,7 +102,7 @@ def patched_config(path: Path, host: str | None, port: int | None, models_dir: s
 
 INGRESS_WORDS = {
     "serve": "Ray Serve's HTTP proxy",
-    "haproxy": "HAProxy, straight to the Ingress replicas (their own servers listen on ports 30000-31000)",
+    "haproxy": "HAProxy, straight to the Ingress replicas (their own HTTP servers: ports 30000-31000)",
 }
 
 
