@@ -137,9 +137,8 @@ def test_load_lowers_the_chosen_k_instead_of_refusing(deadline_url: str) -> None
     floor = m["efficient_rows"]
     per_row_eval = model.tick_s(floor) / floor  # what the scheduler's prediction charges for work ahead
     n, count = 256, 3
-    k = int(min(1000, max(1, 0.5 * alone400 / (count * n * per_row_eval))))
 
-    async def scenario():
+    async def scenario(k: int):
         async with httpx.AsyncClient(base_url=deadline_url, timeout=120) as c:
             body = {"model": MODEL, "sampler": "fm-euler", "steps": k, "num_samples": n, "deadline_ms": 1.0}
             loaders = [asyncio.create_task(c.post("/v1/samples", json={**body, "seed": i})) for i in range(count)]
@@ -151,9 +150,20 @@ def test_load_lowers_the_chosen_k_instead_of_refusing(deadline_url: str) -> None
             await asyncio.gather(*loaders)
             return loaded, floored
 
-    loaded, floored = asyncio.run(scenario())
-    assert loaded.status_code == 200, loaded.text
-    assert loaded.json()["steps"] < k_idle, loaded.json()
+    # The work ahead is meant to be half the best choice's time alone. The replica's model moves with the
+    # machine's load between the read above and the loaders' ticks (CI once saw the quickest choice predicted at
+    # 612 ms against a 450 ms deadline): a load under which even the quickest choice misses is refused for load,
+    # correctly, and the test tries half that work, twice at most.
+    tried = []
+    for share in (0.5, 0.25, 0.125):
+        k = int(min(1000, max(1, share * alone400 / (count * n * per_row_eval))))
+        loaded, floored = asyncio.run(scenario(k))
+        tried.append((share, k, loaded.status_code, loaded.text[:300]))
+        if loaded.status_code == 503 and "under the current load" in loaded.text:
+            continue  # too much work for any choice: lighter load
+        break
+    assert loaded.status_code == 200, tried
+    assert loaded.json()["steps"] < k_idle, (loaded.json(), tried)
     if floored.status_code == 200:
         assert floored.json()["predicted_quality"] >= 0.99
     else:  # the floor's smallest K could not make it under this load: refused, not degraded below the floor

@@ -91,10 +91,10 @@ SERVE_CONFIG_DEPLOYMENTS = [
 
 @contextlib.contextmanager
 def running_serve_cli(
-    tiny_checkpoints: dict[str, Path], tmp_path: Path, *extra: str
+    tiny_checkpoints: dict[str, Path], tmp_path: Path, *extra: str, env: dict[str, str] | None = None
 ) -> Iterator[tuple[subprocess.Popen, int, int, Path]]:
-    """`python -m serving.serve_cli` (its own RAY_ defaults) serving tiny moons-fm, until it prints that it is
-    ready: (process, HTTP port, metrics port, log file); Ctrl-C on leaving."""
+    """`python -m serving.serve_cli` (its own RAY_ defaults, plus `env`) serving tiny moons-fm, until it prints
+    that it is ready: (process, HTTP port, metrics port, log file); Ctrl-C on leaving."""
     config = {
         "proxy_location": "HeadOnly",
         "http_options": {"host": "127.0.0.1", "port": 8000},
@@ -112,7 +112,7 @@ def running_serve_cli(
     path.write_text(yaml.safe_dump(config))
     port, metrics_port = free_port(), free_port()
     log = tmp_path / "serve.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # serve_cli's own defaults
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, **(env or {})}
     cmd = [sys.executable, "-m", "serving.serve_cli", "--config", str(path), "--port", str(port)]
     cmd += ["--metrics-port", str(metrics_port), "--num-cpus", "4", *extra]
     with log.open("w") as out:
@@ -149,7 +149,11 @@ def test_serve_cli_with_the_haproxy_ingress_keeps_the_http_contract(
     API answers through it as through the proxy: a 200 whose samples a second request with the same seed repeats,
     a 422 naming the bad field, a 413 for an oversized body, and a streamed request's events ending with the
     unstreamed body."""
-    with running_serve_cli(tiny_checkpoints, tmp_path, "--ingress", "haproxy") as (proc, port, _, log):
+    # HAProxy's stats and metrics ports (Ray's defaults 8404 and 9101) on free ports, so that a HAProxy already
+    # running on this machine does not keep this one from starting
+    stats, metrics = free_port(), free_port()
+    env = {"RAY_SERVE_HAPROXY_STATS_PORT": str(stats), "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics)}
+    with running_serve_cli(tiny_checkpoints, tmp_path, "--ingress", "haproxy", env=env) as (proc, port, _, log):
         assert "ingress: HAProxy" in log.read_text()
         sockets = listening_sockets(process_tree(proc.pid))
         by_port = {p: (a, c) for a, p, c in sockets}
@@ -160,7 +164,7 @@ def test_serve_cli_with_the_haproxy_ingress_keeps_the_http_contract(
         # On every interface besides the replicas' gRPC servers: HAProxy's stats page and metrics (Ray's template
         # binds them to `*`; docs/security.md).
         open_ = {(p, "haproxy" in c) for a, p, c in sockets if not is_loopback(a) and "ServeReplica" not in c}
-        assert open_ == {(8404, True), (9101, True)}, sockets
+        assert open_ == {(stats, True), (metrics, True)}, sockets
         base = f"http://127.0.0.1:{port}"
         body = {"model": "moons-fm", "sampler": "fm-euler", "steps": 4, "num_samples": 8, "seed": 3}
         first, again = (httpx.post(f"{base}/v1/samples", json=body, timeout=60) for _ in range(2))
