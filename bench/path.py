@@ -58,7 +58,7 @@ from serving.api.ingress import Ingress
 from serving.app import AppArgs, build_app, model_replicas
 from serving.local import LocalMethod
 from serving.replica import ModelReplica, SampleOutput
-from serving.serve_cli import HAPROXY_ENV, HAPROXY_ENV_DEFAULTS
+from serving.serve_cli import haproxy_environment
 
 MODEL = "moons-fm"
 LONE = {"model": MODEL, "sampler": "fm-euler", "steps": 10, "num_samples": 64}
@@ -155,17 +155,20 @@ def _deploy_variants(base: str, ckpt_dir: Path, onnx_dir: Path, names: tuple[str
     }
     one_hop = {**args, "single_hop": True, "deployment_options": {"Ingress": replica}}
     ort = {MODEL: {"path": str(onnx_dir), "backend": "onnxruntime", "backend_options": {"num_threads": 1}}}
-    a = AppArgs.model_validate(one_hop)
-    _, infos = model_replicas(a)
-    security = {"auth": None, "max_headers": a.max_headers, "max_header_bytes": a.max_header_bytes}
-    instant = InstantIngress.options(**replica).bind({}, infos, a.max_body_bytes, a.body_timeout_s, security, None)
+
+    def instant() -> Any:  # the one-hop app's Ingress, its model answered by an InstantModel
+        a = AppArgs.model_validate(one_hop)
+        _, infos = model_replicas(a)
+        security = {"auth": None, "max_headers": a.max_headers, "max_header_bytes": a.max_header_bytes}
+        return InstantIngress.options(**replica).bind({}, infos, a.max_body_bytes, a.body_timeout_s, security, None)
+
     builders = {
         "noop_one_hop": lambda: Noop.options(name="Noop", **ingress).bind(),
         "noop_two_hops": lambda: Noop.options(name="Noop", **ingress).bind(NoopInner.options(**replica).bind()),
         "two_hops": lambda: build_app(args),
         "one_hop": lambda: build_app(one_hop),
         "one_hop_onnxruntime": lambda: build_app({**one_hop, "models": ort}),
-        "http_stack": lambda: instant,
+        "http_stack": instant,
     }
     return {name: deploy(builders[name](), ROUTES[name], base) for name in names}
 
@@ -285,7 +288,7 @@ def haproxy_phase(quick: bool) -> dict[str, Any]:
             tmp,
             *(["--quick"] if quick else []),
         ]
-        env = {**HAPROXY_ENV_DEFAULTS, **os.environ, **HAPROXY_ENV}
+        env = haproxy_environment(os.environ)
         subprocess.run(cmd, cwd=ROOT, env=env, check=True)
         return json.loads((Path(tmp) / "path.json").read_text())
 
@@ -322,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.ingress == "haproxy":
         if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") != "1":  # Ray's processes must start with it: run anew
-            env = {**HAPROXY_ENV_DEFAULTS, **os.environ, **HAPROXY_ENV}
+            env = haproxy_environment(os.environ)
             os.execve(sys.executable, [sys.executable, "-m", "bench.path", *(argv or sys.argv[1:])], env)
         res = measure(args.quick, "haproxy")
         Path(args.out).mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,6 @@ READY_TIMEOUT_S = 600.0
 # 2-core laptop still schedules every replica (sharing the cores) instead of leaving some pending.
 MIN_LOGICAL_CPUS = 5
 LOOPBACK = "127.0.0.1"
-INGRESSES = ("serve", "haproxy")
 # What `--ingress haproxy` sets before Ray is imported (Ray's processes inherit it): Serve's HAProxy mode, which
 # implies direct ingress (each Ingress replica serves HTTP itself; HAProxy routes to those servers).
 HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
@@ -44,6 +44,13 @@ HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
 # short drain lets serve_cli exit in seconds instead of half a minute; replicas removed by downscaling also
 # drain this long.
 HAPROXY_ENV_DEFAULTS = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
+
+
+def haproxy_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` with HAProxy mode on: HAPROXY_ENV set, HAPROXY_ENV_DEFAULTS where `env` has no value."""
+    return {**HAPROXY_ENV_DEFAULTS, **env, **HAPROXY_ENV}
+
+
 # Set (unless already set) before Ray is imported; Ray's processes inherit them.
 RAY_ENV = {
     # A single-node Ray on loopback. Ray resolves `_node_ip_address="127.0.0.1"` to the machine's outward
@@ -71,7 +78,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-port", type=int, default=8080, help="Prometheus export port (default 8080)")
     p.add_argument(
         "--ingress",
-        choices=INGRESSES,
+        choices=tuple(INGRESS_WORDS),
         default="serve",
         help="what answers HTTP: Ray Serve's Python proxy (serve, the default) or HAProxy forwarding straight "
         "to the Ingress replicas' own HTTP servers (haproxy: one hop fewer; HAProxy's stats page, port 8404, and "
@@ -146,9 +153,7 @@ def main_serve(args: argparse.Namespace) -> int:
         if (why := haproxy_missing()) is not None:
             print(f"error: {why}", file=sys.stderr)
             return 2
-        os.environ.update(HAPROXY_ENV)
-        for key, value in HAPROXY_ENV_DEFAULTS.items():
-            os.environ.setdefault(key, value)
+        os.environ.update(haproxy_environment(os.environ))
     elif os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
         print("error: RAY_SERVE_ENABLE_HA_PROXY=1 is set; use --ingress haproxy (or unset it)", file=sys.stderr)
         return 2
