@@ -21,27 +21,30 @@ share from the engine's, `http_stack`: the service's own Ingress (FastAPI app, m
 2. tiny-request ceiling: K = 1, one sample, 16 closed-loop clients: the service's 200s per second / the
    one-hop no-op's (target >= 0.8).
 
-3. The same lone and tiny measurements with Serve's HAProxy ingress (`serving.serve_cli --ingress haproxy`:
-   HAProxy forwards to the Ingress replicas' own HTTP servers, no Python proxy) for the one-hop no-op and the
-   service in one and two hops, on a second local Ray started with that environment (`path.json`: `haproxy`),
-   each ratio against that phase's own no-op; and `haproxy.across`: the service's path there over the no-op
-   behind Serve's proxy of the first phase (minutes apart: medians over rounds, not paired).
+3. The same, behind HAProxy in place of Serve's Python proxy (`serving.serve_cli --ingress haproxy`: HAProxy
+   forwards to the Ingress replicas' own HTTP servers): HAPROXY_VARIANTS, prefixed "haproxy:", on a second
+   local Ray started in a child process with that environment, up at the same time as the first and measured
+   in the same rounds. Their path over the no-op behind Serve's proxy (the yardstick above, a stock Serve
+   deployment) and over the one-hop no-op behind HAProxy (`over_own_ingress_noop`); the paced reference
+   idles for the no-op round trip of the variant's own ingress.
 
 Windows interleave the variants (A B C A B C ...). Each ratio is taken within a round, from measurements
 seconds apart, and the median over rounds is reported beside the per-round values.
-Run: `python -m bench --only path [--quick]` (or `python -m bench.path [--quick] [--ingress haproxy]`).
+Run: `python -m bench --only path [--quick]` (or `python -m bench.path [--quick]`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -182,131 +185,174 @@ ROUTES = {
     "one_hop_onnxruntime": "onehopo",
     "http_stack": "stack",
 }
-# The variants measured again with the HAProxy ingress (a second Ray, `--ingress haproxy`).
+# The variants also deployed behind HAProxy (on a second local Ray, `--ingress haproxy`); their names there
+# carry this prefix ("haproxy:one_hop").
 HAPROXY_VARIANTS = ("noop_one_hop", "two_hops", "one_hop")
+HAPROXY = "haproxy:"
 # The served variants measured against an in-process reference, and the backend of that reference.
 BARE_BACKEND = {"two_hops": "torch", "one_hop": "torch", "one_hop_onnxruntime": "onnxruntime"}
 # The variants of the tiny-request ceiling (the onnxruntime and instant variants are for the lone request).
 TINY_VARIANTS = ("noop_one_hop", "noop_two_hops", "two_hops", "one_hop")
+# The line on which the HAProxy host (`--host-haproxy`) reports its variants' URLs.
+URLS_MARK = "stepserve-bench-urls "
 
 
-def measure(quick: bool, ingress: str = "serve") -> dict[str, Any]:
-    """Both measurements on a fresh local Ray whose HTTP ingress is Serve's proxy (every variant) or HAProxy
-    (HAPROXY_VARIANTS; the environment must hold serving.serve_cli.HAPROXY_ENV before Ray starts)."""
-    names = tuple(ROUTES) if ingress == "serve" else HAPROXY_VARIANTS
+def kind(variant: str) -> str:
+    """What a variant is, whichever ingress it is behind: "haproxy:one_hop" -> "one_hop"."""
+    return variant.removeprefix(HAPROXY)
+
+
+def own_noop(variant: str) -> str:
+    """The one-hop no-op behind the same ingress as `variant`."""
+    return (HAPROXY if variant.startswith(HAPROXY) else "") + "noop_one_hop"
+
+
+def host_haproxy() -> int:
+    """The HAProxy side of a run (a child process, HAProxy environment set): a local Ray whose HTTP ingress is
+    HAProxy, HAPROXY_VARIANTS deployed on it, their URLs printed on one line after URLS_MARK; it then holds
+    them until its standard input closes, and shuts that Ray down."""
+    ckpt_dir = ROOT / "models" / MODEL
+    with local_serve() as base:
+        urls = _deploy_variants(base, ckpt_dir, ckpt_dir, HAPROXY_VARIANTS)
+        print(URLS_MARK + json.dumps(urls), flush=True)
+        sys.stdin.read()
+    return 0
+
+
+@contextlib.contextmanager
+def haproxy_side() -> Iterator[subprocess.Popen]:
+    """A child process started with the HAProxy environment (Ray's processes read it when they start, so it
+    needs a Ray of its own) running `host_haproxy`; stopped on exit. `haproxy_urls` reads its URLs."""
+    cmd = [sys.executable, "-m", "bench.path", "--host-haproxy"]
+    env = haproxy_environment(os.environ)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        yield proc
+    finally:
+        proc.stdin.close()  # type: ignore[union-attr]
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def haproxy_urls(proc: subprocess.Popen) -> dict[str, str]:
+    """The URLs the HAProxy host reports, by variant name with the HAPROXY prefix; its other output passes
+    through to stderr."""
+    for line in proc.stdout:  # type: ignore[union-attr]
+        if line.startswith(URLS_MARK):
+            return {HAPROXY + v: url for v, url in json.loads(line[len(URLS_MARK) :]).items()}
+        sys.stderr.write(line)
+    raise RuntimeError(f"the HAProxy side of the benchmark exited (code {proc.wait()}) before its variants were up")
+
+
+def measure(quick: bool) -> dict[str, Any]:
+    """Both measurements, every variant on a fresh local Ray behind Serve's proxy and HAPROXY_VARIANTS on a
+    second one behind HAProxy, both up at once and measured in the same rounds."""
     ckpt_dir = ROOT / "models" / MODEL
     window = 3.0 if quick else 6.0
     rounds = 3 if quick else 5
-    result: dict[str, Any] = {
-        "machine": machine(),
-        "quick": quick,
-        "model": MODEL,
-        "clients": CLIENTS,
-        "ingress": ingress,
-    }
-    with tempfile.TemporaryDirectory() as scratch, local_serve() as base:
-        onnx_dir = scratch_checkpoint(MODEL, Path(scratch), onnx=True) if "one_hop_onnxruntime" in names else ckpt_dir
-        urls = _deploy_variants(base, ckpt_dir, onnx_dir, names)
-        for url in urls.values():  # warm-up: first requests after a deployment are slower
-            load(url, [TINY], 4, 1.0)
-        lone: dict[str, list[float]] = {v: [] for v in urls}
-        # where a served lone request's time goes, from the response's timing: inside the engine (compute)
-        # and inside the ingress route (total); the client's latency minus total is Serve's path
-        served = {v: k for v, k in BARE_BACKEND.items() if v in urls}
-        inside: dict[str, list[dict[str, float]]] = {v: [] for v in [*served, "http_stack"] if v in urls}
-        tiny_variants = [v for v in TINY_VARIANTS if v in urls]
-        tiny: dict[str, list[float]] = {v: [] for v in tiny_variants}
-        bare: dict[str, list[float]] = {k: [] for k in set(served.values())}
-        paced: dict[str, list[float]] = {k: [] for k in bare}
-        in_replica = []
-        for _ in range(rounds):
-            for v, url in urls.items():
-                steps = 1 if v.startswith("noop") else 10
-                records = load(url, [TINY if steps == 1 else LONE], 1, window)["records"]
-                lone[v].append(p50_ms(records, steps))
-                if v in inside:
-                    timed = [r for r in records if r.ok and r.server_compute_s is not None]
-                    inside[v].append(
-                        {
-                            "compute_ms": 1e3 * statistics.median(r.server_compute_s for r in timed),
-                            "route_total_ms": 1e3 * statistics.median(r.server_total_s for r in timed),
-                        }
-                    )
-            gap_s = lone["noop_one_hop"][-1] / 1e3
-            for kind in bare:
-                ckpt = onnx_dir if kind == "onnxruntime" else ckpt_dir
-                bare[kind].append(bare_latency_ms(ckpt, 10, 64, repeats=50, backend_kind=kind))
-                paced[kind].append(bare_latency_ms(ckpt, 10, 64, repeats=50, gap_s=gap_s, backend_kind=kind))
-            if ingress == "serve":
-                in_replica.append(replica_compute_ms(ckpt_dir, 10, 64, repeats=50))
-            for v in tiny_variants:
-                tiny[v].append(load(urls[v], [TINY], CLIENTS, window)["requests_per_s"])
-        # Ratios pair the variants of one round (measured within seconds of each other), then take the median
-        # over rounds: the machine's speed drifts between rounds by more than the effects measured here.
-        noop = lone["noop_one_hop"]
-
-        def over(ref: dict[str, list[float]]) -> dict[str, list[float]]:
-            return {v: [(lone[v][i] - ref[k][i]) / noop[i] for i in range(rounds)] for v, k in served.items()}
-
-        over_bare, over_paced = over(bare), over(paced)
-        stack = [lone["http_stack"][i] / noop[i] for i in range(rounds)] if "http_stack" in urls else []
-        ceil = {v: [tiny[v][i] / tiny["noop_one_hop"][i] for i in range(rounds)] for v in tiny_variants}
-        result["lone"] = {
-            "request": LONE,
-            "p50_ms": lone,
-            "bare_p50_ms": bare,
-            "inside_p50_ms": inside,
-            "replica_in_process_compute_p50_ms": in_replica,
-            "overhead_over_one_hop_noop_per_round": over_bare,
-            "overhead_over_one_hop_noop": {v: statistics.median(x) for v, x in over_bare.items()},
-            "bare_paced_p50_ms": paced,
-            "overhead_over_one_hop_noop_paced_per_round": over_paced,
-            "overhead_over_one_hop_noop_paced": {v: statistics.median(x) for v, x in over_paced.items()},
-            "http_stack_over_one_hop_noop_per_round": stack,
-            "http_stack_over_one_hop_noop": statistics.median(stack) if stack else None,
-        }
-        result["tiny"] = {
-            "request": TINY,
-            "requests_per_s": tiny,
-            "over_one_hop_noop_per_round": ceil,
-            "over_one_hop_noop": {v: statistics.median(x) for v, x in ceil.items()},
-        }
+    result: dict[str, Any] = {"machine": machine(), "quick": quick, "model": MODEL, "clients": CLIENTS}
+    with tempfile.TemporaryDirectory() as scratch, haproxy_side() as side:
+        # The HAProxy side comes up first, alone: started while this side deployed, on 2 cores, its proxy
+        # actor once stopped answering health checks during HAProxy's reloads.
+        far = haproxy_urls(side)
+        with local_serve() as base:
+            onnx_dir = scratch_checkpoint(MODEL, Path(scratch), onnx=True)
+            urls = {**_deploy_variants(base, ckpt_dir, onnx_dir, tuple(ROUTES)), **far}
+            result.update(_rounds(urls, ckpt_dir, onnx_dir, window, rounds))
     return result
 
 
-def haproxy_phase(quick: bool) -> dict[str, Any]:
-    """`measure(quick, "haproxy")` in a child process started with the HAProxy environment (Ray's processes read
-    it when they start, so it needs a Ray of its own)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [
-            sys.executable,
-            "-m",
-            "bench.path",
-            "--ingress",
-            "haproxy",
-            "--out",
-            tmp,
-            *(["--quick"] if quick else []),
-        ]
-        env = haproxy_environment(os.environ)
-        subprocess.run(cmd, cwd=ROOT, env=env, check=True)
-        return json.loads((Path(tmp) / "path.json").read_text())
+def _rounds(urls: dict[str, str], ckpt_dir: Path, onnx_dir: Path, window: float, rounds: int) -> dict[str, Any]:
+    """The measurements' rounds over the deployed variants `urls`; the "lone" and "tiny" parts of the result."""
+    result: dict[str, Any] = {}
+    for url in urls.values():  # warm-up: first requests after a deployment are slower
+        load(url, [TINY], 4, 1.0)
+    lone: dict[str, list[float]] = {v: [] for v in urls}
+    # where a served lone request's time goes, from the response's timing: inside the engine (compute)
+    # and inside the ingress route (total); the client's latency minus total is Serve's path
+    served = {v: BARE_BACKEND[kind(v)] for v in urls if kind(v) in BARE_BACKEND}
+    inside: dict[str, list[dict[str, float]]] = {v: [] for v in [*served, "http_stack"]}
+    tiny_variants = [v for v in urls if kind(v) in TINY_VARIANTS]
+    tiny: dict[str, list[float]] = {v: [] for v in tiny_variants}
+    bare: dict[str, list[float]] = {k: [] for k in set(served.values())}
+    # paced[noop][backend]: the bare sampler idling between requests for that no-op's round trip
+    paced = {noop: {k: [] for k in bare} for noop in {own_noop(v) for v in served}}
+    in_replica = []
+    for _ in range(rounds):
+        for v, url in urls.items():
+            steps = 1 if kind(v).startswith("noop") else 10
+            records = load(url, [TINY if steps == 1 else LONE], 1, window)["records"]
+            lone[v].append(p50_ms(records, steps))
+            if v in inside:
+                timed = [r for r in records if r.ok and r.server_compute_s is not None]
+                inside[v].append(
+                    {
+                        "compute_ms": 1e3 * statistics.median(r.server_compute_s for r in timed),
+                        "route_total_ms": 1e3 * statistics.median(r.server_total_s for r in timed),
+                    }
+                )
+        for backend in bare:
+            ckpt = onnx_dir if backend == "onnxruntime" else ckpt_dir
+            bare[backend].append(bare_latency_ms(ckpt, 10, 64, repeats=50, backend_kind=backend))
+            for noop, refs in paced.items():
+                gap_s = lone[noop][-1] / 1e3
+                refs[backend].append(bare_latency_ms(ckpt, 10, 64, repeats=50, gap_s=gap_s, backend_kind=backend))
+        in_replica.append(replica_compute_ms(ckpt_dir, 10, 64, repeats=50))
+        for v in tiny_variants:
+            tiny[v].append(load(urls[v], [TINY], CLIENTS, window)["requests_per_s"])
+    # Ratios pair the variants of one round (measured within seconds of each other), then take the median
+    # over rounds: the machine's speed drifts between rounds by more than the effects measured here.
+    noop = lone["noop_one_hop"]  # the no-op behind Serve's own proxy: every variant's yardstick
+
+    def path_ms(v: str, ref: dict[str, list[float]]) -> list[float]:
+        return [lone[v][i] - ref[served[v]][i] for i in range(rounds)]
+
+    def per(a: list[float], b: list[float]) -> list[float]:
+        return [x / y for x, y in zip(a, b, strict=True)]
+
+    over_bare = {v: per(path_ms(v, bare), noop) for v in served}
+    over_paced = {v: per(path_ms(v, paced[own_noop(v)]), noop) for v in served}
+    own_paced = {v: per(path_ms(v, paced[own_noop(v)]), lone[own_noop(v)]) for v in served if v.startswith(HAPROXY)}
+    stack = per(lone["http_stack"], noop)
+    ceil = {v: per(tiny[v], tiny["noop_one_hop"]) for v in tiny_variants}
+    own_ceil = {v: per(tiny[v], tiny[own_noop(v)]) for v in tiny_variants if v.startswith(HAPROXY)}
+
+    def med(ratios: dict[str, list[float]]) -> dict[str, float]:
+        return {v: statistics.median(x) for v, x in ratios.items()}
+
+    result["lone"] = {
+        "request": LONE,
+        "p50_ms": lone,
+        "bare_p50_ms": bare,
+        "inside_p50_ms": inside,
+        "replica_in_process_compute_p50_ms": in_replica,
+        "overhead_over_one_hop_noop_per_round": over_bare,
+        "overhead_over_one_hop_noop": med(over_bare),
+        "bare_paced_p50_ms": paced,
+        "overhead_over_one_hop_noop_paced_per_round": over_paced,
+        "overhead_over_one_hop_noop_paced": med(over_paced),
+        "overhead_over_own_ingress_noop_paced_per_round": own_paced,
+        "overhead_over_own_ingress_noop_paced": med(own_paced),
+        "http_stack_over_one_hop_noop_per_round": stack,
+        "http_stack_over_one_hop_noop": statistics.median(stack),
+    }
+    result["tiny"] = {
+        "request": TINY,
+        "requests_per_s": tiny,
+        "over_one_hop_noop_per_round": ceil,
+        "over_one_hop_noop": med(ceil),
+        "over_own_ingress_noop_per_round": own_ceil,
+        "over_own_ingress_noop": med(own_ceil),
+    }
+    return result
 
 
 def run(out_dir: Path, quick: bool) -> dict[str, Any]:
-    """Both measurements behind Serve's proxy, then behind HAProxy (a second local Ray); writes
-    out_dir/path.json and returns the same dict. `haproxy.across`: the service's path with HAProxy (served p50
-    minus the paced in-process p50, median over rounds) over the no-op's round trip behind Serve's proxy
-    (median over rounds of the first Ray): phases minutes apart, so a coarser figure than the paired ratios."""
-    result = measure(quick, "serve")
-    hap = haproxy_phase(quick)
-    serve_noop = statistics.median(result["lone"]["p50_ms"]["noop_one_hop"])
-    paced = hap["lone"]["bare_paced_p50_ms"]["torch"]
-    hap["across"] = {
-        v: statistics.median(a - b for a, b in zip(hap["lone"]["p50_ms"][v], paced, strict=True)) / serve_noop
-        for v in ("one_hop", "two_hops")
-    }
-    result["haproxy"] = hap
+    """`measure`; writes out_dir/path.json and returns the same dict."""
+    result = measure(quick)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "path.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -316,36 +362,21 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.path", description="the request path against no-op Serve apps")
     p.add_argument("--out", default="bench-results", help="directory for path.json")
     p.add_argument("--quick", action="store_true", help="shorter windows, fewer rounds")
-    p.add_argument(
-        "--ingress",
-        choices=("both", "haproxy"),
-        default="both",
-        help="both: behind Serve's proxy, then behind HAProxy (a second Ray); haproxy: only the latter",
-    )
+    p.add_argument("--host-haproxy", action="store_true", help=argparse.SUPPRESS)  # the run's HAProxy side
     args = p.parse_args(argv)
-    if args.ingress == "haproxy":
-        if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") != "1":  # Ray's processes must start with it: run anew
-            env = haproxy_environment(os.environ)
-            os.execve(sys.executable, [sys.executable, "-m", "bench.path", *(argv or sys.argv[1:])], env)
-        res = measure(args.quick, "haproxy")
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "path.json").write_text(json.dumps(res, indent=2) + "\n")
-        print(json.dumps({"lone": res["lone"]["overhead_over_one_hop_noop"], "tiny": res["tiny"]["over_one_hop_noop"]}))
-        return 0
+    if args.host_haproxy:
+        return host_haproxy()
     res = run(Path(args.out), args.quick)
-    lone = res["lone"]
-    print(
-        json.dumps(
-            {
-                "lone": lone["overhead_over_one_hop_noop"],
-                "lone_paced": lone["overhead_over_one_hop_noop_paced"],
-                "http_stack": lone["http_stack_over_one_hop_noop"],
-                "tiny": res["tiny"]["over_one_hop_noop"],
-                "haproxy_lone": res["haproxy"]["lone"]["overhead_over_one_hop_noop"],
-                "haproxy_across": res["haproxy"]["across"],
-            }
-        )
-    )
+    lone, tiny = res["lone"], res["tiny"]
+    summary = {
+        "lone": lone["overhead_over_one_hop_noop"],
+        "lone_paced": lone["overhead_over_one_hop_noop_paced"],
+        "lone_paced_over_own_ingress_noop": lone["overhead_over_own_ingress_noop_paced"],
+        "http_stack": lone["http_stack_over_one_hop_noop"],
+        "tiny": tiny["over_one_hop_noop"],
+        "tiny_over_own_ingress_noop": tiny["over_own_ingress_noop"],
+    }
+    print(json.dumps(summary, indent=1))
     return 0
 
 

@@ -136,20 +136,21 @@ def test_missing_seed_is_drawn_and_reproduces(stepserve_url: str) -> None:
     assert np.min(first["samples"]) >= 0.0 and np.max(first["samples"]) <= 1.0  # images clipped to [0, 1]
 
 
-def _load(base: str, model: str) -> dict:
+def replica_load(base: str, model: str) -> dict:
+    """The model's `replica_load` as GET /v1/models/{model} shows it."""
     return httpx.get(f"{base}/v1/models/{model}", timeout=30).json()["replica_load"]
 
 
 def test_client_disconnect_drops_the_request(stepserve_url: str) -> None:
     """A 4000-evaluation request whose client hangs up leaves the engine long before it would finish."""
     body = {"model": "digits-fm", "sampler": "fm-rk4", "steps": 1000, "num_samples": 128, "seed": 1}
-    ticks_before = _load(stepserve_url, "digits-fm")["ticks"]
+    ticks_before = replica_load(stepserve_url, "digits-fm")["ticks"]
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{stepserve_url}/v1/samples", json=body, timeout=httpx.Timeout(30, read=2.0))
-    ticks_then = _load(stepserve_url, "digits-fm")["ticks"]
+    ticks_then = replica_load(stepserve_url, "digits-fm")["ticks"]
     assert ticks_then > ticks_before  # it was running when the client left
     deadline = time.monotonic() + 20
-    while (load := _load(stepserve_url, "digits-fm"))["in_flight"] + load["queued"] > 0:
+    while (load := replica_load(stepserve_url, "digits-fm"))["in_flight"] + load["queued"] > 0:
         assert time.monotonic() < deadline, f"request still in the engine after the client left: {load}"
         time.sleep(0.2)
     assert load["ticks"] - ticks_then < 4000

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from tests.serving.conftest import free_port, interrupt
+from tests.serving.test_app_e2e import replica_load
 from tests.serving.test_stream import events
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")]
@@ -178,3 +179,16 @@ def test_serve_cli_with_the_haproxy_ingress_keeps_the_http_contract(
         got = events(base, {**body, "stream": True})
         assert [e for e, _ in got] == ["progress"] * 4 + ["result"]
         assert got[-1][1]["samples"] == first.json()["samples"]
+        # A client that hangs up: HAProxy closes its connection to the replica, and the request leaves the
+        # engine long before its 4 000 evaluations would have run (as behind Serve's proxy, test_app_e2e).
+        long = {**body, "sampler": "fm-rk4", "steps": 1000, "num_samples": 256, "guidance": 3.0, "class_label": 0}
+        ticks_before = replica_load(base, "moons-fm")["ticks"]
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{base}/v1/samples", json=long, timeout=httpx.Timeout(30, read=2.0))
+        ticks_then = replica_load(base, "moons-fm")["ticks"]
+        assert ticks_then > ticks_before  # it was running when the client left
+        deadline = time.monotonic() + 20
+        while (load := replica_load(base, "moons-fm"))["in_flight"] + load["queued"] > 0:
+            assert time.monotonic() < deadline, f"request still in the engine after the client left: {load}"
+            time.sleep(0.2)
+        assert load["ticks"] - ticks_then < 4000
