@@ -92,11 +92,16 @@ SERVE_CONFIG_DEPLOYMENTS = [
 
 @contextlib.contextmanager
 def running_serve_cli(
-    tiny_checkpoints: dict[str, Path], tmp_path: Path, *extra: str, env: dict[str, str] | None = None
+    tiny_checkpoints: dict[str, Path],
+    tmp_path: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    config: Path | None = None,
 ) -> Iterator[tuple[subprocess.Popen, int, int, Path]]:
-    """`python -m serving.serve_cli` (its own RAY_ defaults, plus `env`) serving tiny moons-fm, until it prints
-    that it is ready: (process, HTTP port, metrics port, log file); Ctrl-C on leaving."""
-    config = {
+    """`python -m serving.serve_cli` (its own RAY_ defaults, plus `env`) serving tiny moons-fm (two hops; or the
+    Serve config file `config`, with the tiny models as its models_dir), until it prints that it is ready:
+    (process, HTTP port, metrics port, log file); Ctrl-C on leaving."""
+    app_config = {
         "proxy_location": "HeadOnly",
         "http_options": {"host": "127.0.0.1", "port": 8000},
         "applications": [
@@ -110,7 +115,10 @@ def running_serve_cli(
         ],
     }
     path = tmp_path / "serve.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(app_config))
+    if config is not None:
+        path = config
+        extra = ("--models-dir", str(tiny_checkpoints["moons-fm"].parent), *extra)
     port, metrics_port = free_port(), free_port()
     log = tmp_path / "serve.log"
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, **(env or {})}
@@ -142,21 +150,28 @@ def test_serve_cli_listens_on_loopback_only(tiny_checkpoints: dict[str, Path], t
         assert open_ and all(c.startswith("ray::ServeReplica") for _, _, c in open_), open_
 
 
+@pytest.mark.parametrize("config", [None, ROOT / "deploy" / "serve-one-hop.yaml"], ids=["two-hops", "serve-one-hop"])
 def test_serve_cli_with_the_haproxy_ingress_keeps_the_http_contract(
-    tiny_checkpoints: dict[str, Path], tmp_path: Path
+    tiny_checkpoints: dict[str, Path], tmp_path: Path, config: Path | None
 ) -> None:
     """`--ingress haproxy`: HAProxy, not Serve's Python proxy, holds the HTTP port, and the Ingress replica serves
     HTTP itself on a port in 30000-31000 (on the node's address: loopback here; docs/security.md). The
     API answers through it as through the proxy: a 200 whose samples a second request with the same seed repeats,
-    a 422 naming the bad field, a 413 for an oversized body, and a streamed request's events ending with the
-    unstreamed body."""
+    a 422 naming the bad field, a 413 for an oversized body, a streamed request's events ending with the
+    unstreamed body, and a client that hangs up frees the engine. With the two-hop application of the other tests
+    and with deploy/serve-one-hop.yaml (the model's engine inside the Ingress replica: no model deployment)."""
     # HAProxy's stats and metrics ports (Ray's defaults 8404 and 9101) on free ports, so that a HAProxy already
     # running on this machine does not keep this one from starting
     stats, metrics = free_port(), free_port()
     env = {"RAY_SERVE_HAPROXY_STATS_PORT": str(stats), "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics)}
-    with running_serve_cli(tiny_checkpoints, tmp_path, "--ingress", "haproxy", env=env) as (proc, port, _, log):
+    cli = running_serve_cli(tiny_checkpoints, tmp_path, "--ingress", "haproxy", env=env, config=config)
+    with cli as (proc, port, _, log):
         assert "ingress: HAProxy" in log.read_text()
-        sockets = listening_sockets(process_tree(proc.pid))
+        tree = process_tree(proc.pid)
+        model_replicas = [c for c in tree.values() if c.startswith("ray::ServeReplica") and ":moons-fm" in c]
+        ingress_replicas = [c for c in tree.values() if c.startswith("ray::ServeReplica") and ":Ingress" in c]
+        assert ingress_replicas and len(model_replicas) == (0 if config else 1), tree
+        sockets = listening_sockets(tree)
         by_port = {p: (a, c) for a, p, c in sockets}
         assert "haproxy" in by_port[port][1] and by_port[port][0] == "127.0.0.1", sockets
         assert not any(c.startswith("ray::ProxyActor") for _, p, c in sockets if p == port), sockets
