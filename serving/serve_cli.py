@@ -82,7 +82,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         default="serve",
         help="what answers HTTP: Ray Serve's Python proxy (serve, the default) or HAProxy forwarding straight "
         "to the Ingress replicas' own HTTP servers (haproxy: one hop fewer; HAProxy's stats page, port 8404, and "
-        "metrics, port 9101, listen on every interface)",
+        "metrics, port 9101, listen on every interface; an unstreamed request whose client hangs up runs to its "
+        "end instead of stopping)",
     )
     p.add_argument("--models-dir", help="checkpoint directory (default: the config's models_dir)")
     p.add_argument(
