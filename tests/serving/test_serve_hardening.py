@@ -20,7 +20,6 @@ import pytest
 import yaml
 
 from tests.serving.conftest import free_port, interrupt
-from tests.serving.test_app_e2e import replica_load
 from tests.serving.test_stream import events
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")]
@@ -158,8 +157,8 @@ def test_serve_cli_with_the_haproxy_ingress_keeps_the_http_contract(
     HTTP itself on a port in 30000-31000 (on the node's address: loopback here; docs/security.md). The
     API answers through it as through the proxy: a 200 whose samples a second request with the same seed repeats,
     a 422 naming the bad field, a 413 for an oversized body, and a streamed request's events ending with the
-    unstreamed body. A client that hangs up stops a streamed request but not an unstreamed one (HAProxy does not
-    pass the disconnect on; docs/architecture.md). With the two-hop application of the other tests
+    unstreamed body. What a client that hangs up does behind HAProxy is not checked here (docs/architecture.md).
+    With the two-hop application of the other tests
     and with deploy/serve-one-hop.yaml (the model's engine inside the Ingress replica: no model deployment)."""
     # HAProxy's stats and metrics ports (Ray's defaults 8404 and 9101) on free ports, so that a HAProxy already
     # running on this machine does not keep this one from starting
@@ -202,30 +201,3 @@ def test_serve_cli_with_the_haproxy_ingress_keeps_the_http_contract(
         got = events(base, {**body, "stream": True})
         assert [e for e, _ in got] == ["progress"] * 4 + ["result"]
         assert got[-1][1]["samples"] == first.json()["samples"]
-        # A client that hangs up mid-request. HAProxy (2.8) keeps its connection to the replica open while the
-        # request runs (its `option abortonclose` drops only requests still queued or connecting), so the replica
-        # never learns of it: the request runs to its end, where behind Serve's proxy it leaves the engine at once
-        # (test_app_e2e). docs/architecture.md says so.
-        guided = {**body, "sampler": "fm-rk4", "num_samples": 256, "guidance": 3.0, "class_label": 0}
-        ticks_before = replica_load(base, "moons-fm")["ticks"]
-        with pytest.raises(httpx.ReadTimeout):
-            httpx.post(f"{base}/v1/samples", json={**guided, "steps": 250}, timeout=httpx.Timeout(30, read=1.0))
-        assert replica_load(base, "moons-fm")["in_flight"] == 1  # running when the client left
-        wait_for_idle_engine(base, 120)
-        assert replica_load(base, "moons-fm")["ticks"] - ticks_before == 1000  # all its 250 x 4 evaluations ran
-        # A streamed request whose client hangs up is stopped: HAProxy's next write to the client fails and it
-        # closes the replica's connection. This one would run 4 000 evaluations, several times the 10 s allowed.
-        ticks_before = replica_load(base, "moons-fm")["ticks"]
-        streamed = {**guided, "steps": 1000, "stream": True}
-        with httpx.stream("POST", f"{base}/v1/samples", json=streamed, timeout=30) as r:
-            assert r.status_code == 200 and next(r.iter_lines()).startswith("event: progress")
-        wait_for_idle_engine(base, 10)
-        assert replica_load(base, "moons-fm")["ticks"] - ticks_before < 4000
-
-
-def wait_for_idle_engine(base: str, timeout_s: float) -> None:
-    """Until moons-fm's engine has no request in flight or queued; fails after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while (load := replica_load(base, "moons-fm"))["in_flight"] + load["queued"] > 0:
-        assert time.monotonic() < deadline, f"a request still in the engine after {timeout_s:g} s: {load}"
-        time.sleep(0.2)
