@@ -28,8 +28,8 @@ share from the engine's, `http_stack`: the service's own Ingress (FastAPI app, m
    deployment) and over the one-hop no-op behind HAProxy (`over_own_ingress_noop`); the paced reference
    idles for the no-op round trip of the variant's own ingress.
 
-Windows interleave the variants (A B C A B C ...). Each ratio is taken within a round, from measurements
-seconds apart, and the median over rounds is reported beside the per-round values.
+Windows interleave the variants (A B C A B C ...). Each ratio is taken within a round, from measurements at
+most about a minute apart, and the median over rounds is reported beside the per-round values.
 Run: `python -m bench --only path [--quick]` (or `python -m bench.path [--quick]`).
 """
 
@@ -40,6 +40,8 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -224,8 +226,14 @@ def haproxy_side() -> Iterator[subprocess.Popen]:
     """A child process started with the HAProxy environment (Ray's processes read it when they start, so it
     needs a Ray of its own) running `host_haproxy`; stopped on exit. `haproxy_urls` reads its URLs."""
     cmd = [sys.executable, "-m", "bench.path", "--host-haproxy"]
-    env = haproxy_environment(os.environ)
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    # HAProxy's stats page and metrics on free ports (Ray's defaults 8404 and 9101 may be taken, e.g. by a
+    # `serve_cli --ingress haproxy` running on this machine)
+    ports = {"RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())}
+    env = haproxy_environment({**os.environ, **ports})
+    # a session of its own: if it does not stop, its whole process group (its Ray, HAProxy) is killed
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         yield proc
     finally:
@@ -233,8 +241,15 @@ def haproxy_side() -> Iterator[subprocess.Popen]:
         try:
             proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def haproxy_urls(proc: subprocess.Popen) -> dict[str, str]:
@@ -278,8 +293,11 @@ def _rounds(urls: dict[str, str], ckpt_dir: Path, onnx_dir: Path, window: float,
     tiny_variants = [v for v in urls if kind(v) in TINY_VARIANTS]
     tiny: dict[str, list[float]] = {v: [] for v in tiny_variants}
     bare: dict[str, list[float]] = {k: [] for k in set(served.values())}
-    # paced[noop][backend]: the bare sampler idling between requests for that no-op's round trip
-    paced = {noop: {k: [] for k in bare} for noop in {own_noop(v) for v in served}}
+    # paced[noop][backend]: the bare sampler idling between requests for that no-op's round trip, for the
+    # backends of the variants behind that no-op's ingress
+    paced: dict[str, dict[str, list[float]]] = {}
+    for v, backend in served.items():
+        paced.setdefault(own_noop(v), {})[backend] = []
     in_replica = []
     for _ in range(rounds):
         for v, url in urls.items():
@@ -298,12 +316,13 @@ def _rounds(urls: dict[str, str], ckpt_dir: Path, onnx_dir: Path, window: float,
             ckpt = onnx_dir if backend == "onnxruntime" else ckpt_dir
             bare[backend].append(bare_latency_ms(ckpt, 10, 64, repeats=50, backend_kind=backend))
             for noop, refs in paced.items():
-                gap_s = lone[noop][-1] / 1e3
-                refs[backend].append(bare_latency_ms(ckpt, 10, 64, repeats=50, gap_s=gap_s, backend_kind=backend))
+                if backend in refs:
+                    gap_s = lone[noop][-1] / 1e3
+                    refs[backend].append(bare_latency_ms(ckpt, 10, 64, repeats=50, gap_s=gap_s, backend_kind=backend))
         in_replica.append(replica_compute_ms(ckpt_dir, 10, 64, repeats=50))
         for v in tiny_variants:
             tiny[v].append(load(urls[v], [TINY], CLIENTS, window)["requests_per_s"])
-    # Ratios pair the variants of one round (measured within seconds of each other), then take the median
+    # Ratios pair the variants of one round (measured within about a minute of each other), then take the median
     # over rounds: the machine's speed drifts between rounds by more than the effects measured here.
     noop = lone["noop_one_hop"]  # the no-op behind Serve's own proxy: every variant's yardstick
 
