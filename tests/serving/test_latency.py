@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 import time
 
+import numpy as np
 import pytest
 
-from serving.latency import TickModel, profile_backend, profile_sizes
+from serving.latency import DECAY, TickModel, profile_backend, profile_sizes
 
 
 def test_profile_alone_gives_the_line_through_it() -> None:
@@ -25,11 +26,17 @@ def test_observed_ticks_take_over_from_the_profile() -> None:
 
 
 def test_ticks_of_one_size_keep_the_fit_defined() -> None:
+    """A run of ticks of one size alone cannot separate the two terms; with the profile kept at weight 1 beside
+    the forgetting sum of those ticks, the line is the weighted least-squares line through all of them, which
+    numpy's polyfit computes independently."""
     m = TickModel([(1, 0.001), (1024, 0.011)])
-    for _ in range(1000):
+    n = 1000
+    for _ in range(n):
         m.observe(512, 0.02)
+    decayed = sum(DECAY**k for k in range(n))  # the weight of the n ticks at 512 rows after forgetting
+    per_row, fixed = np.polyfit([1, 1024, 512], [0.001, 0.011, 0.02], 1, w=np.sqrt([1.0, 1.0, decayed]))
+    assert m.per_row_s == pytest.approx(per_row, rel=1e-6) and m.fixed_s == pytest.approx(fixed, rel=1e-6)
     assert m.tick_s(512) == pytest.approx(0.02, rel=0.05)
-    assert m.per_row_s >= 0 and m.fixed_s >= 0
 
 
 def test_without_a_profile_the_model_knows_only_the_mean_tick() -> None:

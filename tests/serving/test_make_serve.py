@@ -1,5 +1,7 @@
 """`make serve`'s script from the outside: a missing model is trained, the service comes up, the curl
-example it prints works, and Ctrl-C stops it. Tiny checkpoints and free ports keep it quick."""
+example it prints works, every socket its process tree listens on is on loopback (except Serve's
+inter-deployment gRPC server of each replica, which Ray 2.60 binds to [::] with no setting;
+docs/security.md), and Ctrl-C stops it. Tiny checkpoints and free ports keep it quick."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import httpx
 import pytest
 
 from tests.serving.conftest import free_port, interrupt
+from tests.serving.test_serve_hardening import is_loopback, listening_sockets, process_tree
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,6 +59,14 @@ def test_serve_script_trains_missing_models_serves_and_prints_a_working_curl(
         assert '"nfe":10' in answer.stdout and '"shape":[4,2]' in answer.stdout
         assert f"http://127.0.0.1:{metrics_port}/metrics" in text
         assert httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30).status_code == 200
+        assert "warning: Ray's node address" not in text
+        sockets = listening_sockets(process_tree(proc.pid))
+        by_port = {p: (a, c) for a, p, c in sockets}
+        assert by_port[port][0] == "127.0.0.1" and by_port[metrics_port][0] == "127.0.0.1", sockets
+        assert len(sockets) >= 10, sockets  # GCS, raylet, agents, Serve's actors: the tree was really read
+        open_ = [(a, p, c) for a, p, c in sockets if not is_loopback(a)]
+        # What remains on every interface: one gRPC server per Serve replica (hard-coded "[::]:0" in Ray 2.60).
+        assert open_ and all(c.startswith("ray::ServeReplica") for _, _, c in open_), open_
     finally:
         interrupt(proc)
     assert proc.returncode == 0

@@ -1,9 +1,14 @@
+"""`python -m serving sample`: the real entry point in a subprocess once per behaviour that needs it (exit
+status, output files, the missing-checkpoint line); the bad-input table through the same `main` in process,
+which prints and returns exactly what the entry point exits with."""
+
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from serving.__main__ import main
 from tests.conftest import ROOT
 
 
@@ -21,7 +26,7 @@ def test_sample_cli_writes_data_space_npy_and_png(tiny_checkpoints, tmp_path):
     assert x.shape == (6, 1, 8, 8) and x.min() >= 0.0 and x.max() <= 1.0
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     again = tmp_path / "t.npy"
-    assert _cli(*request.split(), "--out", str(again)).returncode == 0
+    assert main(["sample", *request.split(), "--out", str(again)]) == 0
     assert np.array_equal(np.load(again), x)  # same seed, same samples
 
 
@@ -40,11 +45,14 @@ def test_sample_cli_writes_data_space_npy_and_png(tiny_checkpoints, tmp_path):
         (["--sampler", "ddim", "--steps", "3", "--backend", "tpu"], "unknown backend"),
     ],
 )
-def test_sample_cli_bad_input_is_one_line(tiny_checkpoints, tmp_path, args, message):
-    r = _cli("--checkpoint", str(tiny_checkpoints["moons-ddpm"]), "--out", str(tmp_path / "x.npy"), *args)
-    assert r.returncode == 2
-    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
-    assert message in r.stderr
+def test_sample_cli_bad_input_is_one_line(tiny_checkpoints, tmp_path, capsys, args, message):
+    code = main(
+        ["sample", "--checkpoint", str(tiny_checkpoints["moons-ddpm"]), "--out", str(tmp_path / "x.npy"), *args]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err
     assert not (tmp_path / "x.npy").exists()
 
 
