@@ -24,3 +24,12 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
     for name in DEFAULT_MODELS:
         out[name] = train(load_config(ROOT / "configs" / f"{name}.yaml"), root / name, max_steps=20, progress=False)
     return out
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Modules whose tests use the session's shared Ray (`serve_cluster`, tests/serving/conftest.py) run last,
+    together, in their usual order: that Ray comes up once they start and stays up to the end of the session,
+    so every test that starts a Ray of its own or only computes runs before it, without its processes taking
+    CPU beside them. Whole modules move, so module-scoped fixtures are set up once."""
+    shared = {item.module.__name__ for item in items if "serve_cluster" in getattr(item, "fixturenames", ())}
+    items.sort(key=lambda item: item.module.__name__ in shared)  # stable: the order within each part is kept

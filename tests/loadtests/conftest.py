@@ -1,7 +1,7 @@
 """Services for the load-test tests.
 
 `stub`: a slow stand-in over real HTTP (a uvicorn thread; cheap, one per module).
-`live_stepserve`: the real application on a real local Ray, started once per session by the project's
+`live_stepserve`: the real application on a real local Ray, started once for test_live.py by the project's
 own launcher (`python -m serving.serve_cli`) in a child process with its own Ray, serving the tiny
 moons-fm checkpoint with autoscaling between 1 and 2 replicas; Ray exports metrics every second.
 """
@@ -82,7 +82,9 @@ def serve_config(checkpoint: Path, port: int) -> dict:
     }
 
 
-@pytest.fixture(scope="session")
+# Module scope: only tests/loadtests/test_live.py uses it, and a second Ray left running would take CPU from
+# every later test of the session.
+@pytest.fixture(scope="module")
 def live_stepserve(tiny_checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     tmp = tmp_path_factory.mktemp("live-stepserve")
     port, metrics_port = free_port(), free_port()
