@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from sampling.guidance import labels
+from sampling.refusal import Refusal
 from sampling.samplers import SAMPLERS, SPACINGS, SamplerGen, samplers_for, start
 from training.checkpoint import Checkpoint
 from training.paths import Objective
@@ -24,16 +25,12 @@ from training.paths import Objective
 MAX_SEED = 2**63 - 1
 
 
-class InvalidRequest(ValueError):
+class InvalidRequest(Refusal, ValueError):
     """A request that does not fit its model; `field` names the offending field."""
 
     def __init__(self, field: str, message: str) -> None:
-        super().__init__(field, message)  # both in args, so the exception pickles across processes
+        super().__init__(message)
         self.field = field
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sampling.request import SampleSpec
+from serving.refusals import DeadlineImpossible, DeadlineOverloaded
 
 
 class Calibration:
@@ -80,30 +81,6 @@ class Candidate:
 class Choice:
     candidate: Candidate
     predicted_s: float
-
-
-class DeadlineImpossible(ValueError):
-    """No candidate meets the deadline even on an idle replica; `fastest_s` is the quickest one alone."""
-
-    def __init__(self, message: str, fastest_s: float) -> None:
-        super().__init__(message, fastest_s)  # both in args: it crosses a Ray handle pickled
-        self.message = message
-        self.fastest_s = fastest_s
-
-    def __str__(self) -> str:
-        return self.message
-
-
-class DeadlineOverloaded(RuntimeError):
-    """No candidate meets the deadline under the current load; retry after `retry_after` seconds."""
-
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message, retry_after)
-        self.message = message
-        self.retry_after = retry_after
-
-    def __str__(self) -> str:
-        return self.message
 
 
 def choose(

@@ -51,6 +51,7 @@ from sampling.guidance import combine, expand
 from sampling.samplers import Evaluation, SamplerGen
 from serving.backends.base import Backend
 from serving.latency import TickModel
+from serving.refusals import Overloaded, RequestTimeout
 from serving.scheduler import Efficiency, Load, Policy, Slot, allowance, plan_tick, predicted_latency
 from serving.scheduler import order as order_slots
 
@@ -99,26 +100,6 @@ class EngineLimits:
             size_ratio=self.size_ratio,
             fifo=self.scheduling == "fifo",
         )
-
-
-class RequestTimeout(RuntimeError):
-    """A request ran past the engine's request_timeout_s and was dropped."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class Overloaded(RuntimeError):
-    """The engine is full; the client should retry after `retry_after` seconds."""
-
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message, retry_after)  # both in args: it crosses a Ray handle pickled
-        self.message = message
-        self.retry_after = retry_after
-
-    def __str__(self) -> str:
-        return self.message
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,11 @@ from ray import serve
 from sampling.progress import Progress, with_progress
 from sampling.request import Prepared, SampleSpec, prepare, to_data_space
 from serving.backends import load_backend
-from serving.budget import Calibration, Candidate, DeadlineImpossible, DeadlineOverloaded, choose
-from serving.engine import Engine, EngineLimits, Overloaded, RequestTimeout
+from serving.budget import Calibration, Candidate, choose
+from serving.engine import Engine, EngineLimits
 from serving.latency import TickModel, profile_backend, profile_sizes
 from serving.metrics import ModelMetrics
+from serving.refusals import DeadlineImpossible, DeadlineOverloaded, Overloaded, RequestTimeout
 from serving.scheduler import efficient_rows
 from training.checkpoint import load_checkpoint
 

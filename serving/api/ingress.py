@@ -41,9 +41,9 @@ from serving.api.models import (
     error_from_pydantic,
 )
 from serving.api.playground import serve_playground
-from serving.budget import Candidate, DeadlineImpossible, DeadlineOverloaded
-from serving.engine import Overloaded, RequestTimeout
+from serving.budget import Candidate
 from serving.local import local_models
+from serving.refusals import DeadlineImpossible, Overloaded, RequestTimeout
 from serving.replica import SampleOutput
 
 # The model replica died or went away with the request: safe to run again elsewhere, since a request's
@@ -52,7 +52,7 @@ REPLICA_LOST = (RayActorError, ReplicaUnavailableError)
 # Serve-level failures of a model deployment: saturated at Serve's queue or no live replica right now.
 UNAVAILABLE = (BackPressureError, DeploymentUnavailableError, *REPLICA_LOST)
 # What a model deployment refuses with, answered by `refusal`.
-REFUSALS = (Overloaded, RequestTimeout, DeadlineOverloaded, DeadlineImpossible, *UNAVAILABLE)
+REFUSALS = (Overloaded, RequestTimeout, DeadlineImpossible, *UNAVAILABLE)
 MAX_DEADLINE_MS = 600_000.0
 # The path outside the replica's engine (hops, serialization, noise and data-space conversion) is measured
 # per model as a moving average and kept out of a deadline request's time at the replica.
@@ -107,7 +107,7 @@ def refusal(model: str, exc: BaseException, quiet_s: float = 0.0) -> ApiError:
     """A model deployment's refusal as the API words it: 503 + Retry-After when at capacity (or no step budget
     meets the deadline under the current load) or without a live replica, 504 when the request ran past the
     time limit, 422 when no step budget could meet the deadline even on an idle replica."""
-    if isinstance(exc, (Overloaded, DeadlineOverloaded)):
+    if isinstance(exc, Overloaded):  # also DeadlineOverloaded
         # e.message, not str(e): across the handle the exception carries the replica's traceback
         return ApiError("model", f"{model} is at capacity ({exc.message}); retry later", 503, exc.retry_after)
     if isinstance(exc, RequestTimeout):

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sampling.quality import load_quality_profile
+from sampling.refusal import Refusal
 from sampling.request import Limits, SampleSpec, max_steps
 from sampling.samplers import SAMPLERS, SPACINGS, samplers_for
 from training.checkpoint import read_manifest
@@ -23,19 +24,15 @@ StrictInt = Annotated[int, Field(strict=True)]
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
-class ApiError(Exception):
+class ApiError(Refusal):
     """A request refused with HTTP `status`; `field` names the offending field ("body" for the whole).
     `retry_after` (seconds) goes into a Retry-After header."""
 
     def __init__(self, field: str, message: str, status: int = 422, retry_after: int | None = None) -> None:
-        super().__init__(field, message, status, retry_after)
+        super().__init__(message)
         self.field = field
-        self.message = message
         self.status = status
         self.retry_after = retry_after
-
-    def __str__(self) -> str:
-        return self.message
 
     def to_json(self) -> dict[str, Any]:
         return {"error": {"status": self.status, "field": self.field, "message": self.message}}

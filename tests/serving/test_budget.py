@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from sampling.request import SampleSpec
-from serving.budget import Calibration, Candidate, DeadlineImpossible, DeadlineOverloaded, choose
+from serving.budget import Calibration, Candidate, choose
 from serving.latency import TickModel
+from serving.refusals import DeadlineImpossible, DeadlineOverloaded
 from serving.scheduler import Load, Policy, Slot, predicted_latency
 
 MODEL = TickModel([(1, 1e-3 + 1e-5), (1000, 1e-3 + 1e-2)])  # 1 ms a tick plus 10 us a row

@@ -15,8 +15,9 @@ import torch
 from sampling import guidance, samplers
 from sampling.driver import run_sampler
 from sampling.request import initial_noise
-from serving.engine import Engine, EngineLimits, Overloaded, RequestTimeout
+from serving.engine import Engine, EngineLimits
 from serving.latency import TickModel
+from serving.refusals import Overloaded, RequestTimeout
 from training.checkpoint import load_checkpoint
 
 # (model, sampler, steps, guidance, class_label, num_samples, seed, options)
