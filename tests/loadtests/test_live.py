@@ -42,7 +42,7 @@ def test_sweep_against_the_live_service(live_stepserve: Live, tmp_path: Path) ->
         "--rate",
         "4,12",
         "--duration",
-        "1",
+        "2",
         "--warmup",
         "0.5",
         "--num-samples",

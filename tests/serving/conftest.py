@@ -144,3 +144,19 @@ def serve_cluster() -> ServeCluster:
 def stepserve_url(serve_cluster: ServeCluster, tiny_checkpoints: dict[str, Path]) -> str:
     """The four tiny models served as application "stepserve" at /."""
     return serve_cluster.deploy("stepserve", "/", app_args(tiny_checkpoints))
+
+
+@pytest.fixture(scope="session")
+def one_slot_url(serve_cluster: ServeCluster, tiny_checkpoints: dict[str, Path]) -> str:
+    """Tiny moons-fm on an engine that takes one request and queues none (a second request is a real 503),
+    one replica (autoscaling pinned to 1, so the autoscaler's series are exported), as application "oneslot".
+    Shared by the tests that need a 503 on demand (the dashboard's scrape, the client's retry); each leaves it
+    idle. Never deleted before the session ends: a deleted replica's last counts may never be exported."""
+    one = {"moons-fm": {**SMALL_REPLICA, "autoscaling_config": {"min_replicas": 1, "max_replicas": 1}}}
+    args = app_args(
+        tiny_checkpoints,
+        models=("moons-fm",),
+        engine={"max_in_flight": 1, "max_queue": 0},
+        deployment_options={**one, "Ingress": SMALL_REPLICA},
+    )
+    return serve_cluster.deploy("oneslot", "/oneslot", args)

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from stepserve_client import NO_RETRY, BadRequest, Client, NotFound, RetryPolicy, Unavailable
-from tests.serving.conftest import SMALL_REPLICA, ServeCluster, app_args
 
 pytestmark = pytest.mark.slow
 
@@ -76,46 +75,37 @@ def _in_flight(base: str, model: str) -> int:
     return int(httpx.get(f"{base}/v1/models/{model}", timeout=10).json()["replica_load"]["in_flight"])
 
 
-def test_a_503_is_retried_after_retry_after(serve_cluster: ServeCluster, tiny_checkpoints: dict) -> None:
+def test_a_503_is_retried_after_retry_after(one_slot_url: str) -> None:
     """An engine that takes one request and queues none: a long request in flight makes the next one a
     real 503 with Retry-After; the client waits it out and gets the samples once the engine is free."""
-    args = app_args(
-        tiny_checkpoints,
-        models=("moons-fm",),
-        engine={"max_in_flight": 1, "max_queue": 0},
-        deployment_options={"moons-fm": SMALL_REPLICA, "Ingress": SMALL_REPLICA},
+    base = one_slot_url
+    # fm-rk4 K=1000 on 256 rows: 4000 net calls, a few seconds of one replica's CPU
+    long_body = {"model": "moons-fm", "sampler": "fm-rk4", "steps": 1000, "num_samples": 256, "seed": 1}
+    long_status: list[int] = []
+    t = threading.Thread(
+        target=lambda: long_status.append(httpx.post(f"{base}/v1/samples", json=long_body, timeout=120).status_code)
     )
-    base = serve_cluster.deploy("tight", "/tight", args)
-    try:
-        # fm-rk4 K=1000 on 256 rows: 4000 net calls, a few seconds of one replica's CPU
-        long_body = {"model": "moons-fm", "sampler": "fm-rk4", "steps": 1000, "num_samples": 256, "seed": 1}
-        long_status: list[int] = []
-        t = threading.Thread(
-            target=lambda: long_status.append(httpx.post(f"{base}/v1/samples", json=long_body, timeout=120).status_code)
-        )
-        t.start()
-        deadline = time.monotonic() + 30
-        while _in_flight(base, "moons-fm") == 0:
-            assert time.monotonic() < deadline, "the long request never reached the engine"
-            time.sleep(0.05)
+    t.start()
+    deadline = time.monotonic() + 30
+    while _in_flight(base, "moons-fm") == 0:
+        assert time.monotonic() < deadline, "the long request never reached the engine"
+        time.sleep(0.05)
 
-        with Client(base, retry=NO_RETRY) as c, pytest.raises(Unavailable) as busy:
-            c.sample("moons-fm", "fm-euler", 2, seed=5)
-        assert (busy.value.status, busy.value.field) == (503, "model")
-        assert busy.value.retry_after is not None and busy.value.retry_after >= 1
+    with Client(base, retry=NO_RETRY) as c, pytest.raises(Unavailable) as busy:
+        c.sample("moons-fm", "fm-euler", 2, seed=5)
+    assert (busy.value.status, busy.value.field) == (503, "model")
+    assert busy.value.retry_after is not None and busy.value.retry_after >= 1
 
-        t0 = time.monotonic()
-        with Client(base, retry=RetryPolicy(max_retries=30, max_wait=5.0)) as c:
-            result = c.sample_result("moons-fm", "fm-euler", 2, seed=5)
-        elapsed = time.monotonic() - t0
-        t.join(120)
-        assert long_status == [200]
-        assert len(result.attempts) >= 1 and all(a.status == 503 for a in result.attempts)
-        assert all(a.retry_after is not None and a.waited == a.retry_after >= 1 for a in result.attempts)
-        assert elapsed >= sum(a.waited for a in result.attempts)  # it did wait what the service asked
-        again = httpx.post(
-            f"{base}/v1/samples", json={"model": "moons-fm", "sampler": "fm-euler", "steps": 2, "seed": 5}, timeout=30
-        ).json()
-        np.testing.assert_array_equal(result.samples, np.asarray(again["samples"], dtype=np.float32))
-    finally:
-        serve_cluster.delete("tight")
+    t0 = time.monotonic()
+    with Client(base, retry=RetryPolicy(max_retries=30, max_wait=5.0)) as c:
+        result = c.sample_result("moons-fm", "fm-euler", 2, seed=5)
+    elapsed = time.monotonic() - t0
+    t.join(120)
+    assert long_status == [200]
+    assert len(result.attempts) >= 1 and all(a.status == 503 for a in result.attempts)
+    assert all(a.retry_after is not None and a.waited == a.retry_after >= 1 for a in result.attempts)
+    assert elapsed >= sum(a.waited for a in result.attempts)  # it did wait what the service asked
+    again = httpx.post(
+        f"{base}/v1/samples", json={"model": "moons-fm", "sampler": "fm-euler", "steps": 2, "seed": 5}, timeout=30
+    ).json()
+    np.testing.assert_array_equal(result.samples, np.asarray(again["samples"], dtype=np.float32))

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
-from tests.serving.conftest import SMALL_REPLICA, ServeCluster, app_args
+from tests.serving.conftest import ServeCluster
 from tests.serving.test_metrics import scrape
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "stepserve-dashboard.json"
@@ -46,7 +46,7 @@ def test_scrape_config_targets_the_make_serve_metrics_port() -> None:
     assert "127.0.0.1:8080" in targets  # serving/serve_cli.py --metrics-port default
 
 
-def _traffic(serve_cluster: ServeCluster, stepserve_url: str, tiny_checkpoints: dict) -> None:
+def _traffic(stepserve_url: str, one_slot_url: str) -> None:
     """200s (guided too), a 422, a 404, and engine rejections (503) on a one-request engine."""
     with httpx.Client(base_url=stepserve_url, timeout=60) as c:
         for seed in range(3):
@@ -55,14 +55,7 @@ def _traffic(serve_cluster: ServeCluster, stepserve_url: str, tiny_checkpoints: 
         assert c.post("/v1/samples", json=guided).status_code == 200
         assert c.post("/v1/samples", json={"model": "moons-fm", "sampler": "fm-euler", "steps": 0}).status_code == 422
         assert c.post("/v1/samples", json={"model": "nope", "sampler": "ddim", "steps": 2}).status_code == 404
-    one = {"moons-fm": {**SMALL_REPLICA, "autoscaling_config": {"min_replicas": 1, "max_replicas": 1}}}
-    args = app_args(
-        tiny_checkpoints,
-        models=("moons-fm",),
-        engine={"max_in_flight": 1, "max_queue": 0},
-        deployment_options={**one, "Ingress": SMALL_REPLICA},
-    )
-    base = serve_cluster.deploy("dash", "/dash", args)  # deleted by the test once scraped
+    base = one_slot_url
     long_body = {"model": "moons-fm", "sampler": "fm-rk4", "steps": 1000, "num_samples": 256}
     t = threading.Thread(target=lambda: httpx.post(f"{base}/v1/samples", json=long_body, timeout=120))
     t.start()
@@ -81,14 +74,10 @@ def _traffic(serve_cluster: ServeCluster, stepserve_url: str, tiny_checkpoints: 
 
 @pytest.mark.slow
 def test_every_dashboard_series_is_in_a_live_scrape(
-    serve_cluster: ServeCluster, stepserve_url: str, tiny_checkpoints: dict
+    serve_cluster: ServeCluster, stepserve_url: str, one_slot_url: str
 ) -> None:
-    try:
-        _traffic(serve_cluster, stepserve_url, tiny_checkpoints)
-        samples = _scrape_until_complete(serve_cluster)
-    finally:
-        serve_cluster.delete("dash")  # only now: a deleted replica's last counts may never be exported
-    _check(expressions(), samples)
+    _traffic(stepserve_url, one_slot_url)
+    _check(expressions(), _scrape_until_complete(serve_cluster))
 
 
 def _scrape_until_complete(serve_cluster: ServeCluster) -> list:

@@ -8,6 +8,7 @@ import asyncio
 import statistics
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -152,6 +153,43 @@ def test_request_timeout_ends_the_request_and_frees_its_rows(shed_url: str) -> N
     assert ok.status_code == 200
 
 
+FAULTS_REPLICAS = {"moons-fm": 2, "Ingress": 2}
+
+
+@pytest.fixture(scope="module")
+def faults_url(serve_cluster: ServeCluster, tiny_checkpoints: dict[str, Path]) -> Iterator[str]:
+    """One application for the three fault tests, in order (replica loss, Ingress loss, stalled uploads): two
+    model replicas and two Ingress replicas of 1 024 slots each, a wait bound that never sheds (these tests are
+    about faults, not load) and a 5 s body timeout. Each test starts once Serve has replaced what the one before
+    killed."""
+    args = app_args(
+        tiny_checkpoints,
+        models=("moons-fm",),
+        engine={"max_wait_s": 60.0},
+        deployment_options={
+            "moons-fm": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.5}},
+            "Ingress": {"num_replicas": 2, "max_ongoing_requests": 1024, "ray_actor_options": {"num_cpus": 0.25}},
+        },
+    )
+    args["body_timeout_s"] = 5.0
+    yield serve_cluster.deploy("faults", "/faults", args)
+    serve_cluster.delete("faults")
+
+
+def _wait_running(app: str, replicas: dict[str, int], timeout_s: float = 120.0) -> None:
+    """Until each deployment of `app` has that many RUNNING replicas (Serve replaces a killed one)."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        deployments = serve.status().applications[app].deployments
+        got = {d: int(deployments[d].replica_states.get("RUNNING", 0)) for d in replicas}
+        if got == replicas and all(len(_replica_actor_names(app, d)) == n for d, n in replicas.items()):
+            return
+        assert time.monotonic() < deadline, f"{app}: {got} RUNNING, waiting for {replicas}"
+        time.sleep(0.5)
+
+
 def _replica_actor_names(app: str, deployment: str) -> list[str]:
     import ray
 
@@ -159,20 +197,12 @@ def _replica_actor_names(app: str, deployment: str) -> list[str]:
     return [a["name"] for a in actors if a["name"].startswith(f"SERVE_REPLICA::{app}#{deployment}#")]
 
 
-def test_killing_a_model_replica_under_load_fails_no_request(
-    serve_cluster: ServeCluster, tiny_checkpoints: dict[str, Path]
-) -> None:
+def test_killing_a_model_replica_under_load_fails_no_request(faults_url: str) -> None:
     """A request whose replica dies is run again on the other one (same seed, same samples)."""
     import ray
 
-    opts = {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.5}}
-    args = app_args(
-        tiny_checkpoints,
-        models=("moons-fm",),
-        engine={"max_wait_s": 60.0},  # this test is about replica loss, not shedding: one replica must carry all
-        deployment_options={"moons-fm": opts, "Ingress": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.25}}},
-    )
-    url = serve_cluster.deploy("kill", "/kill", args)
+    url = faults_url
+    _wait_running("faults", FAULTS_REPLICAS)
     body = {"model": "moons-fm", "sampler": "fm-euler", "steps": 100, "num_samples": 16}
     results: list[tuple[str, float]] = []
     errors: list[str] = []
@@ -196,7 +226,7 @@ def test_killing_a_model_replica_under_load_fails_no_request(
     thread.start()
     try:
         time.sleep(3.0)
-        names = _replica_actor_names("kill", "moons-fm")
+        names = _replica_actor_names("faults", "moons-fm")
         assert len(names) == 2, names
         ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
         killed_at = len(results)
@@ -209,12 +239,9 @@ def test_killing_a_model_replica_under_load_fails_no_request(
     print(f"model replica killed after {killed_at} answers; {len(results)} answers in all, failed: {errors}")
     assert len(results) > killed_at + 5  # the service kept answering after the kill
     assert not failed
-    serve_cluster.delete("kill")
 
 
-def test_killing_an_ingress_replica_under_load_fails_only_its_in_flight_requests(
-    serve_cluster: ServeCluster, tiny_checkpoints: dict[str, Path]
-) -> None:
+def test_killing_an_ingress_replica_under_load_fails_only_its_in_flight_requests(faults_url: str) -> None:
     """One of two Ingress replicas is killed under a closed loop of CLIENTS clients. Only requests in flight
     on it can fail, so at most CLIENTS do; each failure is Serve's proxy's own answer (500, plain text
     "Internal Server Error", not the API's JSON): Ray Serve 2.60's proxy neither retries a request whose
@@ -225,15 +252,8 @@ def test_killing_an_ingress_replica_under_load_fails_only_its_in_flight_requests
     import ray
 
     clients = 8
-    args = app_args(
-        tiny_checkpoints,
-        models=("moons-fm",),
-        deployment_options={
-            "moons-fm": SMALL_REPLICA,
-            "Ingress": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.25}},
-        },
-    )
-    url = serve_cluster.deploy("ikill", "/ikill", args)
+    url = faults_url
+    _wait_running("faults", FAULTS_REPLICAS)
     body = {"model": "moons-fm", "sampler": "fm-euler", "steps": 20, "num_samples": 16}
     results: list[tuple[float, float, int, str]] = []  # send, answer (perf_counter), status (0: no answer), body
     stop = threading.Event()
@@ -259,7 +279,7 @@ def test_killing_an_ingress_replica_under_load_fails_only_its_in_flight_requests
     thread.start()
     try:
         time.sleep(2.0)
-        names = _replica_actor_names("ikill", "Ingress")
+        names = _replica_actor_names("faults", "Ingress")
         assert len(names) == 2, names
         killed = time.perf_counter()
         ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
@@ -267,7 +287,6 @@ def test_killing_an_ingress_replica_under_load_fails_only_its_in_flight_requests
     finally:
         stop.set()
         thread.join(60)
-    serve_cluster.delete("ikill")
     before = [r for r in results if r[1] < killed]
     failed = [r for r in results if r[2] != 200]
     sent_after = sorted((r for r in results if r[0] > killed), key=lambda r: r[0])
@@ -293,9 +312,7 @@ def test_killing_an_ingress_replica_under_load_fails_only_its_in_flight_requests
     assert len(late) > 5 and all(r[2] == 200 for r in late), late[:3]
 
 
-def test_stalled_uploads_do_not_take_the_api_down(
-    serve_cluster: ServeCluster, tiny_checkpoints: dict[str, Path]
-) -> None:
+def test_stalled_uploads_do_not_take_the_api_down(serve_cluster: ServeCluster, faults_url: str) -> None:
     """1 200 connections send headers and part of a body, then stall for 20 s; meanwhile a normal client's
     requests are answered. Stalled bodies get 408 after body_timeout_s (5 s), so they hold an Ingress slot for
     that long at most; two Ingress replicas hold 2 x 1 024 slots. Every normal request gets a 200 while the
@@ -303,19 +320,11 @@ def test_stalled_uploads_do_not_take_the_api_down(
     statuses, not a latency: while the flood is being accepted, answers on a loaded 2-core machine took more
     than 10 s (seen in CI), so each request may take up to 60 s; an API that the stalled uploads took down
     would not answer within it (without the body timeout they would hold their slots until closed)."""
-    args = app_args(
-        tiny_checkpoints,
-        models=("moons-fm",),
-        deployment_options={
-            "moons-fm": SMALL_REPLICA,
-            "Ingress": {"num_replicas": 2, "max_ongoing_requests": 1024, "ray_actor_options": {"num_cpus": 0.25}},
-        },
-    )
-    args["body_timeout_s"] = 5.0
-    url = serve_cluster.deploy("stall", "/stall", args)
+    url = faults_url
+    _wait_running("faults", FAULTS_REPLICAS)
     host, port = "127.0.0.1", serve_cluster.http_port
     head = (
-        f"POST /stall/v1/samples HTTP/1.1\r\nHost: {host}:{port}\r\ncontent-type: application/json\r\n"
+        f"POST /faults/v1/samples HTTP/1.1\r\nHost: {host}:{port}\r\ncontent-type: application/json\r\n"
         "content-length: 1000\r\n\r\n"
     ).encode() + b'{"model": "moons-fm", '
     normal = {"model": "moons-fm", "sampler": "fm-euler", "steps": 5, "num_samples": 4, "seed": 0}
@@ -357,4 +366,3 @@ def test_stalled_uploads_do_not_take_the_api_down(
     )
     assert opened == 1200
     assert len(statuses) == 40 and all(s == 200 for s in statuses), answers
-    serve_cluster.delete("stall")
