@@ -3,9 +3,8 @@
 Refusals cross process boundaries: a model replica raises one and the Ingress, in another process, reads
 it through a Ray handle (pickled). Exceptions pickle by calling their class again with `args`, which breaks
 for any constructor whose parameters differ from what it passes up; a `Refusal` is rebuilt from its
-attributes instead, whatever its subclass's constructor takes. The HTTP answer of each refusal type is
-chosen in one place, `serving.api.ingress.refusal` (the engine's and budget's types) and the request
-schema's `ApiError` (which is itself a refusal that knows its status).
+attributes instead, whatever its subclass's constructor takes. The Ingress turns a model replica's
+refusals into HTTP in `serving.api.ingress.refusal`; `ApiError`, the edge's own refusal, carries its status.
 """
 
 from __future__ import annotations

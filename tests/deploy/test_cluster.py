@@ -312,7 +312,7 @@ def _throughput(served: Served, window_s: float, concurrency: int) -> dict[str, 
 
 def test_serve_deploy_changes_the_replica_count(served: Served) -> None:
     """`serve deploy` of the same config with `num_replicas` changed takes the scale-out model down to one replica
-    on one worker and back to one on each; a seeded request gives the same samples at every count.
+    on one worker and back to two, one on each worker; a seeded request gives the same samples at every count.
 
     With STEPSERVE_CLUSTER_THROUGHPUT_ROUNDS=n (n >= 1) it also measures closed-loop throughput, 2 replicas on two
     nodes (B) against 1 (A), side by side: B A B for n = 1, B A B A B for n = 2, and so on; medians. All nodes

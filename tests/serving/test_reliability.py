@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.serving.conftest import SMALL_REPLICA, ServeCluster, app_args
+from tests.serving.test_autoscale import running_replicas, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -177,17 +178,13 @@ def faults_url(serve_cluster: ServeCluster, tiny_checkpoints: dict[str, Path]) -
 
 
 def _wait_running(app: str, replicas: dict[str, int], timeout_s: float = 120.0) -> None:
-    """Until each deployment of `app` has that many RUNNING replicas (Serve replaces a killed one)."""
-    from ray import serve
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        deployments = serve.status().applications[app].deployments
-        got = {d: int(deployments[d].replica_states.get("RUNNING", 0)) for d in replicas}
-        if got == replicas and all(len(_replica_actor_names(app, d)) == n for d, n in replicas.items()):
-            return
-        assert time.monotonic() < deadline, f"{app}: {got} RUNNING, waiting for {replicas}"
-        time.sleep(0.5)
+    """Until each deployment of `app` has that many RUNNING replicas, each a live named actor (Serve replaces
+    a killed one)."""
+    wait_for(
+        lambda: all(running_replicas(app, d) == len(_replica_actor_names(app, d)) == n for d, n in replicas.items()),
+        timeout_s,
+        f"{app}: {replicas} RUNNING replicas",
+    )
 
 
 def _replica_actor_names(app: str, deployment: str) -> list[str]:
