@@ -1,6 +1,10 @@
-"""GET /v1/models/{id} shows the checkpoint's quality profile, over real HTTP from a real Serve application."""
+"""GET /v1/models/{id} shows the checkpoint's quality profile, over real HTTP from a real Serve application;
+the same application, which never samples, shows that an idle model replica exports its in-flight gauge
+as 0 from its start (not no series at all)."""
 
 from __future__ import annotations
+
+import time
 
 import httpx
 import pytest
@@ -8,6 +12,7 @@ import pytest
 from sampling.quality import load_quality_profile
 from tests.conftest import ROOT
 from tests.serving.conftest import ServeCluster, app_args
+from tests.serving.test_metrics import scrape
 
 
 @pytest.mark.slow
@@ -19,6 +24,17 @@ def test_model_metadata_carries_the_quality_profile(serve_cluster: ServeCluster)
             one = c.get("/v1/models/moons-fm").json()
             plain = c.get("/v1/models/moons-fm-vp").json()
             listed = {m["id"]: m for m in c.get("/v1/models").json()["models"]}
+        # Neither model has had a request (deploy's /healthz and the metadata calls never enter an engine): each
+        # replica's in-flight gauge reads 0.
+        deadline = time.monotonic() + 30
+        series: dict[str, float] = {}
+        while len(series) < len(checkpoints) and time.monotonic() < deadline:
+            series = {
+                labels["model"]: value
+                for name, labels, value in scrape(serve_cluster.metrics_url)
+                if name == "ray_stepserve_requests_in_flight" and labels.get("application") == "profiled"
+            }
+            time.sleep(1.0)
     finally:
         serve_cluster.delete("profiled")
     expected = load_quality_profile(checkpoints["moons-fm"]).to_json()
@@ -27,6 +43,7 @@ def test_model_metadata_carries_the_quality_profile(serve_cluster: ServeCluster)
     assert "min(1, 1 / value)" in one["quality_profile"]["definition"]
     assert plain["quality_profile"] is None  # a checkpoint without a profile
     assert one["sampler_max_steps"] == {"fm-euler": 300, "fm-heun": 300, "fm-rk4": 300, "fm-dopri5": 300}
+    assert series == {"moons-fm": 0, "moons-fm-vp": 0}, f"in-flight gauges of the idle replicas: {series}"
 
 
 def test_model_info_lists_each_samplers_max_steps_and_the_profile() -> None:
