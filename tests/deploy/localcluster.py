@@ -149,25 +149,19 @@ class LocalRayCluster:
         assert self.gcs_port, "start the head first"
         return self._start(name, [f"--address=127.0.0.1:{self.gcs_port}"], resources, num_cpus)
 
-    def add_nodes_and_wait(
-        self, names: list[str], resources: dict[str, float], num_cpus: float = 2, tries: int = 2
-    ) -> list[Node]:
-        """add_node for each of `names` at once, then wait until the GCS sees them all alive. `ray start` gives
-        up when its raylet has not registered within 30 s (fixed in Ray), which a busy 2-core machine can
-        exceed: a node whose `ray start` exited so is started once more (up to `tries` in all)."""
-        nodes = {name: self.add_node(name, resources, num_cpus) for name in names}
+    def add_node_and_wait(self, name: str, resources: dict[str, float], num_cpus: float = 2, tries: int = 2) -> Node:
+        """add_node, then wait until the GCS sees it alive. `ray start` gives up when its raylet has not
+        registered within 30 s (fixed in Ray), which a busy 2-core machine can exceed: then once more."""
         for attempt in range(1, tries + 1):
+            node = self.add_node(name, resources, num_cpus)
             try:
                 self.wait_nodes({n.name for n in self.nodes if not n.lost})
-                return [nodes[name] for name in names]
+                return node
             except RuntimeError:
-                gave_up = [name for name, node in nodes.items() if node.proc.poll() is not None]
-                if attempt == tries or not gave_up:
+                if attempt == tries or node.proc.poll() is None:
                     raise
-                for name in gave_up:
-                    nodes[name].lost = True  # its session is still signalled by stop()
-                    _signal_session(nodes[name].sid, signal.SIGKILL)
-                    nodes[name] = self.add_node(name, resources, num_cpus)
+                node.lost = True  # its session is still signalled by stop()
+                _signal_session(node.sid, signal.SIGKILL)
         raise AssertionError("unreachable")
 
     def node(self, name: str) -> Node:

@@ -123,7 +123,8 @@ def served() -> Served:
         t0 = time.monotonic()
         cluster.start_head({"head_node": 1}, num_cpus=2, system_config=SYSTEM_CONFIG)
         cluster.wait_nodes({"head"})
-        cluster.add_nodes_and_wait(list(WORKERS), {"worker_node": 1}, num_cpus=2)
+        for w in WORKERS:  # one at a time: less for a busy machine to start at once
+            cluster.add_node_and_wait(w, {"worker_node": 1}, num_cpus=2)
         t1 = time.monotonic()
         s = Served(cluster, f"http://127.0.0.1:{http_port}", http_port, work)
         s.deploy(moons_fm_replicas=2)
