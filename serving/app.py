@@ -65,7 +65,7 @@ def resolve(path: str) -> str:
 
 def model_replicas(a: AppArgs) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     """Each model's `ModelReplica` keyword arguments and its metadata (checked against the engine)."""
-    engine = EngineLimits(**a.engine)
+    engine = EngineLimits.from_options(**a.engine)
     replicas, infos = {}, {}
     for name, m in a.models.items():
         path = resolve(m.path or str(Path(a.models_dir) / name))

@@ -1,26 +1,17 @@
 """Step-level (continuous) batching: one net call per tick for every request in flight.
 
-Each request holds its sampler generator (`sampling.request.prepare`). Every tick the engine gathers
-the pending `Evaluation` of every in-flight request, doubles the rows of guided ones
-(`sampling.guidance.expand`), concatenates them along the batch axis, runs ONE backend call off the event
-loop, splits the output, folds guided rows (`sampling.guidance.combine`) and sends each request its prediction. A
-request that finishes leaves at once; a new one joins at the next tick, so a K = 5 request never waits
-behind a K = 500 one.
+Each request holds its sampler generator (`sampling.request.prepare`). The engine is the loop: admit
+waiting requests, plan the tick (`serving.policy.tick_plan`), gather each planned request's rows of its
+pending `Evaluation` (guided rows doubled, `sampling.guidance.expand`) into one batch, run ONE backend call
+off the event loop, scatter the output, and send each request whose evaluation is complete its prediction
+(guided rows folded, `sampling.guidance.combine`). A request that finishes leaves at once; a new one joins at
+the next tick, so a K = 5 request never waits behind a K = 500 one. One record per request
+(`serving.policy.state.RequestState`) is what the planner plans over and the loop advances.
 
-Bounds (`EngineLimits`): rows per tick (a request is admitted only when its rows fit beside the
-others; a lone request is always admitted, validation keeps it within the bound), requests in flight
-and waiting requests, and the predicted wait. Waiting is bounded by work, not by count: each request
-carries its work (rows x net evaluations), and `submit` predicts how much longer than alone a new
-request would take because of the others, from the replica's latency model (`serving.latency.TickModel`,
-tick seconds as a function of rows): when its rows fit the next tick, its evaluations times the extra
-tick time of the rows in flight; else the work ahead of it (every in-flight and queued request's
-remaining rows x evaluations) at the full-tick throughput, plus its evaluations times the extra time of
-a full tick. A request on an idle replica waits 0 whatever its size (the work cap bounds size). Past
-`max_wait_s`,
-or past the count bounds, `submit` raises `Overloaded` at once, with a Retry-After from that prediction
-(the time for the work ahead to drain below the bound), instead of letting latency grow without limit.
-A request that runs past `request_timeout_s` leaves the engine (its rows are freed) and raises
-`RequestTimeout`.
+Admission (`serving.policy.admission`, over the snapshot `Engine.load`): a new request is refused at once
+(`Overloaded`, with a Retry-After) when the count bounds are full or its predicted wait beyond its time
+alone exceeds `max_wait_s`, instead of letting latency grow without limit. A request that runs past
+`request_timeout_s` leaves the engine (its rows are freed) and raises `RequestTimeout`.
 
 Express lane (`EngineLimits.express_lane`, for backends with `concurrent_calls`): a tick too long for the
 event loop goes to the engine's thread; the requests that limit the ticks they are in (a deadline, or short)
@@ -37,69 +28,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from sampling.guidance import combine, expand
-from sampling.samplers import Evaluation, SamplerGen
+from sampling.samplers import SamplerGen
 from serving.backends.base import Backend
-from serving.latency import TickModel
-from serving.refusals import Overloaded, RequestTimeout
-from serving.scheduler import Efficiency, Load, Policy, Slot, allowance, plan_tick, predicted_latency
-from serving.scheduler import order as order_slots
+from serving.policy import admission, tick_plan
+from serving.policy.limits import EngineLimits
+from serving.policy.state import Load, RequestState
+from serving.policy.tick_model import TickModel
+from serving.refusals import RequestTimeout
 
-
-@dataclass(frozen=True)
-class EngineLimits:
-    """max_rows_per_tick: net rows per backend call (guided rows counted twice); max_in_flight: requests
-    advancing together; max_queue: requests waiting to join."""
-
-    max_rows_per_tick: int = 4096
-    max_in_flight: int = 64
-    max_queue: int = 256
-    max_wait_s: float = 5.0  # refuse a request predicted to take longer than this beyond its time alone
-    request_timeout_s: float = 300.0  # a request still running after this leaves the engine
-    # Which rows run each tick (serving.scheduler): "deadline" (EDF, then least work first, under a per-tick
-    # row budget) or "fifo" (every request every tick, whole).
-    scheduling: str = "deadline"
-    stretch: float = 1.5  # how much slower than alone others may make a request's ticks
-    max_skip_ticks: int = 8  # no request waits longer than this many ticks between two advances
-    efficiency: float = 0.9  # below this share of recent tick time on rows, ticks may always grow to it
-    tick_efficiency: float = 0.95  # the efficiency guard's yardstick: ticks with this share on rows
-    min_tick_rows: int = 256  # the efficient tick size is never taken below this
-    size_ratio: float = 4.0  # a request without a deadline limits only the ticks of requests this many times its size
-    # While a long tick runs in the engine's thread, short requests (`Engine.express`) tick on the event loop
-    # beside it, when the backend allows two calls at once (`concurrent_calls`); see the module docstring.
-    express_lane: bool = True
-
-    def __post_init__(self) -> None:
-        if self.max_rows_per_tick < 1 or self.max_in_flight < 1 or self.max_queue < 0:
-            raise ValueError(f"engine limits must be positive (max_queue >= 0), got {self}")
-        if not self.max_wait_s > 0 or not self.request_timeout_s > 0:
-            raise ValueError(f"max_wait_s and request_timeout_s must be > 0, got {self}")
-        if self.scheduling not in ("deadline", "fifo"):
-            raise ValueError(f"scheduling must be 'deadline' or 'fifo', got {self.scheduling!r}")
-        self.policy  # noqa: B018 -- checks stretch, max_skip_ticks and efficiency
-
-    @property
-    def policy(self) -> Policy:
-        return Policy(
-            max_rows_per_tick=self.max_rows_per_tick,
-            stretch=self.stretch,
-            max_skip_ticks=self.max_skip_ticks,
-            efficiency=self.efficiency,
-            tick_efficiency=self.tick_efficiency,
-            min_tick_rows=self.min_tick_rows,
-            size_ratio=self.size_ratio,
-            fifo=self.scheduling == "fifo",
-        )
+__all__ = ["Engine", "EngineLimits", "EngineResult", "EngineStats"]
 
 
 @dataclass(frozen=True)
@@ -112,34 +58,6 @@ class EngineResult:
     nfe: int
     queue_s: float
     compute_s: float
-
-
-@dataclass(eq=False)
-class _Job:
-    gen: SamplerGen
-    y: Tensor  # (N,) long labels (class label or null label)
-    guidance: float | None
-    rows: int  # rows per evaluation: N, or 2N when guided
-    planned: int  # net evaluations the sampler will ask for
-    future: asyncio.Future
-    submitted: float
-    slot: Slot  # what the scheduler sees of it
-    admitted: float = 0.0
-    pending: tuple[Tensor, Tensor, Tensor] | None = None  # the current evaluation's rows (x, t, y), guided expanded
-    parts: list[Tensor] = field(default_factory=list)  # outputs of its rows run so far in this evaluation
-    evaluations: int = 0
-    done: bool = field(default=False)
-
-    @property
-    def work_left(self) -> int:
-        """Rows x evaluations still to run (at least one evaluation while it is not done)."""
-        return self.rows * max(self.planned - self.evaluations, 1)
-
-    def set_pending(self, ev: Evaluation, null_label: int) -> None:
-        self.pending = expand(ev.x, ev.t, self.y, self.guidance is not None, null_label)
-        self.parts = []
-        self.slot.cursor = 0
-        self.slot.evals_left = max(self.planned - self.evaluations, 1)
 
 
 @dataclass(frozen=True)
@@ -176,8 +94,8 @@ class Engine:
         self.policy = self.limits.policy
         self.on_tick = on_tick
         self.clock = clock
-        self._queue: deque[_Job] = deque()
-        self._active: list[_Job] = []
+        self._queue: deque[RequestState] = deque()
+        self._active: list[RequestState] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         # One thread: backend calls are serialised (one net call per tick) and torch's own intra-op
@@ -188,7 +106,7 @@ class Engine:
         self._running_rows = 0  # rows of the tick running now (0 between ticks)
         self._running_since = 0.0
         self.tick_model = tick_model or TickModel()
-        self.efficiency = Efficiency(self.policy.efficiency_window_s)
+        self.efficiency = tick_plan.Efficiency(self.policy.efficiency_window_s)
         # the express lane needs a backend whose forward may run in two threads at once
         self._lane = self.limits.express_lane and bool(getattr(backend, "concurrent_calls", False))
         self._express_ticks = 0
@@ -204,51 +122,31 @@ class Engine:
             express_ticks=self._express_ticks,
         )
 
-    def work_ahead(self) -> int:
-        """Rows x evaluations left of every request in flight or waiting."""
-        return sum(j.work_left for j in self._active) + sum(j.work_left for j in self._queue)
+    def load(self) -> Load:
+        """The engine's load now, what its predictions read (`serving.policy.admission`)."""
+        return Load(
+            tuple(self._active),
+            tuple(self._queue),
+            self._running_rows,
+            self._running_since,
+            self.efficiency.value(),
+            self._lane,
+        )
 
     def alone_s(self, rows: int, evaluations: int) -> float:
         """Seconds a request of `rows` rows x `evaluations` evaluations takes on an idle engine."""
-        cap = self.limits.max_rows_per_tick
-        return evaluations * math.ceil(rows / cap) * self.tick_model.tick_s(min(rows, cap))
+        return admission.alone_s(rows, evaluations, self.tick_model, self.limits)
 
     def predicted_latency(self, rows: int, evaluations: int, deadline: float | None = None) -> float:
         """Seconds from now until a new request of `rows` rows x `evaluations` evaluations (deadline on
-        `clock`, or None) would finish, given the requests in flight and queued. One that would tick in the
-        express lane beside others' long ticks is predicted against the other express requests only."""
-        if self.policy.fifo:
-            return self.predicted_wait(rows, evaluations) + evaluations * self.tick_model.tick_s(rows)
-        now = self.clock()
-        jobs = [*self._active, *self._queue]
-        load = Load([j.slot for j in jobs], self._running_rows, self._running_since, self.efficiency.value())
-        if self._lane and jobs and self.tick_model.inline(rows):
-            probe = Slot(rows, evaluations, deadline, seq=self._seq + 1)
-            if math.isfinite(allowance(probe, now, self.tick_model, self.policy)):
-                in_lane = [self.express(j, now) for j in jobs]
-                others = sum(j.rows for j, e in zip(jobs, in_lane, strict=True) if not e)
-                others = min(others, self.limits.max_rows_per_tick)
-                if others and not self.tick_model.inline(others):  # it would tick beside the others' long ticks
-                    load = Load([j.slot for j, e in zip(jobs, in_lane, strict=True) if e])
-        return predicted_latency(rows, evaluations, deadline, load, now, self.tick_model, self.policy)
+        `clock`, or None) would finish under the current load (`admission.predicted_latency`)."""
+        args = (rows, evaluations, deadline, self.clock(), self.tick_model, self.limits)
+        return admission.predicted_latency(self.load(), *args)
 
     def predicted_wait(self, rows: int, evaluations: int, deadline: float | None = None) -> float:
-        """Seconds a new request would take beyond its time alone. Under FIFO: when it fits the next tick,
-        its evaluations times the extra tick time of the rows in flight; else the work ahead at the
-        full-tick throughput plus its evaluations times the extra time of a full tick. Under the deadline
-        policy: `serving.scheduler.predicted_latency` minus its time alone."""
-        lim = self.limits
-        model = self.tick_model
-        alone = model.tick_s(rows)
-        if not self.policy.fifo:
-            return max(0.0, self.predicted_latency(rows, evaluations, deadline) - evaluations * alone)
-        in_flight_rows = sum(j.rows for j in self._active)
-        fits = in_flight_rows + rows <= lim.max_rows_per_tick or not self._active
-        if not self._queue and fits and len(self._active) < lim.max_in_flight:
-            return evaluations * (model.tick_s(in_flight_rows + rows) - alone)
-        full = lim.max_rows_per_tick
-        tick = model.tick_s(full)
-        return self.work_ahead() * tick / full + evaluations * max(tick - alone, 0.0)
+        """Seconds a new request would take beyond its time alone (`admission.predicted_wait`)."""
+        args = (rows, evaluations, deadline, self.clock(), self.tick_model, self.limits)
+        return admission.predicted_wait(self.load(), *args)
 
     async def submit(
         self,
@@ -268,29 +166,19 @@ class Engine:
         lim = self.limits
         rows = int(y.shape[0]) * (2 if guidance is not None else 1)
         evaluations = evaluations or 1
-        if len(self._active) + len(self._queue) >= lim.max_in_flight + lim.max_queue:
+        refused = admission.refusal(self.load(), rows, evaluations, deadline, self.clock(), self.tick_model, lim)
+        if refused is not None:
             gen.close()
-            wait = self.predicted_wait(rows, evaluations, deadline)
-            raise Overloaded(
-                f"engine full: {len(self._active)} requests in flight, {len(self._queue)} queued",
-                _retry_after(wait, lim.max_wait_s),
-            )
-        wait = self.predicted_wait(rows, evaluations, deadline)
-        if wait > lim.max_wait_s:
-            gen.close()
-            raise Overloaded(
-                f"predicted wait {wait:.1f} s exceeds the bound of {lim.max_wait_s:g} s",
-                _retry_after(wait, lim.max_wait_s),
-            )
-        loop = asyncio.get_running_loop()
+            raise refused
         self._seq += 1
-        slot = Slot(rows, evaluations, deadline, self._seq)
-        job = _Job(gen, y, guidance, rows, evaluations, loop.create_future(), time.perf_counter(), slot)
+        future = asyncio.get_running_loop().create_future()
+        job = RequestState(rows, evaluations, deadline, self._seq, gen=gen, y=y, guidance=guidance, future=future)
+        job.submitted = time.perf_counter()
         self._queue.append(job)
         self._ensure_running()
         self._wake.set()
         try:
-            return await asyncio.wait_for(asyncio.shield(job.future), lim.request_timeout_s)
+            return await asyncio.wait_for(asyncio.shield(future), lim.request_timeout_s)
         except TimeoutError:
             self._drop(job)
             raise RequestTimeout(f"the request ran past the limit of {lim.request_timeout_s:g} s") from None
@@ -313,7 +201,7 @@ class Engine:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="stepserve-engine")
 
-    def _drop(self, job: _Job) -> None:
+    def _drop(self, job: RequestState) -> None:
         """Remove a request wherever it is; its generator is closed."""
         if job.done:
             return
@@ -335,8 +223,7 @@ class Engine:
         rows = sum(j.rows for j in self._active)
         now = time.perf_counter()
         if not self.policy.fifo and len(self._queue) > 1:
-            ranked = {id(s): i for i, s in enumerate(order_slots([j.slot for j in self._queue], self.policy))}
-            self._queue = deque(sorted(self._queue, key=lambda j: ranked[id(j.slot)]))
+            self._queue = deque(tick_plan.order(self._queue, self.policy))
         while self._queue and len(self._active) < self.limits.max_in_flight:
             job = self._queue[0]
             if self.policy.fifo and self._active and rows + job.rows > self.limits.max_rows_per_tick:
@@ -344,7 +231,7 @@ class Engine:
             self._queue.popleft()
             job.admitted = now
             try:
-                job.set_pending(next(job.gen), self.null_label)
+                job.start(next(job.gen), self.null_label)
             except StopIteration as stop:  # a sampler that needs no evaluation (not one we ship)
                 self._finish(job, stop.value)
                 continue
@@ -354,36 +241,17 @@ class Engine:
             self._active.append(job)
             rows += job.rows
 
-    def express(self, job: _Job, now: float) -> bool:
-        """Whether `job` may tick in the express lane: the lane is on and the backend allows two calls at once,
-        the job limits the ticks it is in (a finite `allowance`: a deadline, or a short request) and its rows
-        alone make a tick short enough to run on the event loop."""
-        return (
-            self._lane
-            and self.tick_model.inline(job.rows)
-            and math.isfinite(allowance(job.slot, now, self.tick_model, self.policy))
-        )
+    def _express(self, job: RequestState, now: float) -> bool:
+        return self._lane and tick_plan.express(job, now, self.tick_model, self.policy)
 
-    def _plan(self, jobs: list[_Job], recent_efficiency: float) -> list[tuple[_Job, int]]:
-        by_slot = {id(j.slot): j for j in jobs}
-        slots = [j.slot for j in jobs]
-        return [
-            (by_slot[id(s)], n)
-            for s, n in plan_tick(slots, self.clock(), self.tick_model, self.policy, recent_efficiency)
-        ]
-
-    def _gather(self, plan: list[tuple[_Job, int]]) -> tuple[Tensor, Tensor, Tensor]:
+    def _gather(self, plan: list[tuple[RequestState, int]]) -> tuple[Tensor, Tensor, Tensor]:
         """The tick's rows: each planned request's next `n` rows of its current evaluation."""
-        pieces = []
-        for j, n in plan:
-            x, t, y = j.pending
-            c = j.slot.cursor
-            pieces.append((x[c : c + n], t[c : c + n], y[c : c + n]) if c or n < j.rows else j.pending)
+        pieces = [j.next_rows(n) for j, n in plan]
         if len(pieces) == 1:  # a lone request: its rows as they are, no copy
             return pieces[0]
         return tuple(torch.cat([p[i] for p in pieces]) for i in range(3))  # type: ignore[return-value]
 
-    def _scatter(self, plan: list[tuple[_Job, int]], out: Tensor) -> None:
+    def _scatter(self, plan: list[tuple[RequestState, int]], out: Tensor) -> None:
         """Each planned request's share of the output; a request whose evaluation is complete advances."""
         offset = 0
         for j, n in plan:
@@ -391,11 +259,9 @@ class Engine:
             offset += n
             if j.done:  # cancelled while the net ran
                 continue
-            j.parts.append(chunk)
-            j.slot.cursor += n
-            if j.slot.cursor >= j.rows:
-                pred = j.parts[0] if len(j.parts) == 1 else torch.cat(j.parts)
-                self._advance(j, combine(pred, j.guidance))
+            pred = j.receive(chunk)
+            if pred is not None:
+                self._advance(j, pred)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -407,18 +273,11 @@ class Engine:
                     await self._wake.wait()
                 continue
             started = time.perf_counter()  # the whole tick is timed: planning and bookkeeping cost per tick too
-            efficiency = self.efficiency.value()
-            plan = None
+            now = self.clock()
+            plan = tick_plan.plan_beside_lane(
+                self._active, now, self.tick_model, self.policy, self.efficiency.value(), self._lane
+            )
             lane: set[int] = set()  # the jobs that ran in the express lane beside this tick
-            if self._lane and not self.policy.fifo and len(self._active) > 1:
-                now = self.clock()
-                express = {id(j) for j in self._active if self.express(j, now)}
-                if 0 < len(express) < len(self._active):  # the express requests may tick beside the others
-                    plan = self._plan([j for j in self._active if id(j) not in express], efficiency)
-                    if self.tick_model.inline(sum(n for _, n in plan)):
-                        plan = None  # a short tick anyway: one tick for all, as without the lane
-            if plan is None:
-                plan = self._plan(self._active, efficiency)
             try:
                 x, t, y = self._gather(plan)
                 total = int(x.shape[0])
@@ -449,16 +308,16 @@ class Engine:
             ran = {id(j) for j, _ in plan}
             for j in self._active:
                 if id(j) in ran:
-                    j.slot.idle_ticks = 0
+                    j.idle_ticks = 0
                 elif id(j) not in lane:
-                    j.slot.idle_ticks += 1
+                    j.idle_ticks += 1
             self._scatter(plan, out)
             self.tick_model.observe(total, time.perf_counter() - started - waited, handoff)
             self.efficiency.record(total, self.clock(), self.tick_model, self.policy)
             if inline:  # finished requests answer, new ones and the HTTP edge get the loop, before the next tick
                 await asyncio.sleep(0)
 
-    async def _express_beside(self, future: asyncio.Future, running: list[tuple[_Job, int]]) -> set[int]:
+    async def _express_beside(self, future: asyncio.Future, running: list[tuple[RequestState, int]]) -> set[int]:
         """Wait for the handed-off tick `future`; meanwhile, in the express lane, tick the express requests that
         are not in it on the event loop (admitting new ones first). Returns the ids of the jobs that ran in an
         express tick meanwhile (empty: none ran)."""
@@ -472,7 +331,7 @@ class Engine:
             while not future.done():
                 self._admit()
                 now = self.clock()
-                ready = [j for j in self._active if id(j) not in busy and self.express(j, now)]
+                ready = [j for j in self._active if id(j) not in busy and self._express(j, now)]
                 if ready:
                     ran |= self._express_tick(ready)
                     await asyncio.sleep(0)  # answers go out, new requests come in
@@ -488,29 +347,23 @@ class Engine:
             raise
         return ran
 
-    def _express_tick(self, jobs: list[_Job]) -> set[int]:
-        """One short tick of express requests on the event loop, at most what runs inline (the first always);
-        the ids of the jobs it ran. Those left out wait a tick longer (`idle_ticks`). A failure fails its own
-        requests only. Its time is not observed by the tick model: it ran beside the thread's tick, on cores
-        that tick was using, and would make short ticks look slow (which would shrink the inline limit and
-        with it the lane). Nor does the throughput guard count it (`Efficiency`: the long ticks' size)."""
-        plan: list[tuple[_Job, int]] = []
+    def _express_tick(self, jobs: list[RequestState]) -> set[int]:
+        """One short tick of express requests on the event loop (`tick_plan.plan_express_tick`); the ids of the
+        jobs it ran. Those left out wait a tick longer (`idle_ticks`). A failure fails its own requests only.
+        Its time is not observed by the tick model: it ran beside the thread's tick, on cores that tick was
+        using, and would make short ticks look slow (which would shrink the inline limit and with it the
+        lane). Nor does the throughput guard count it (`Efficiency`: the long ticks' size)."""
+        plan: list[tuple[RequestState, int]] = []
         try:
-            limit = self.tick_model.rows_within(self.tick_model.inline_s, self.limits.max_rows_per_tick)
-            total = 0
-            for j, n in self._plan(jobs, 1.0):  # no throughput floor: these ticks are short by design
-                if plan and total + n > limit:
-                    continue
-                plan.append((j, n))
-                total += n
+            plan = tick_plan.plan_express_tick(jobs, self.clock(), self.tick_model, self.policy)
             out = self._forward_chunked(*self._gather(plan))
             ran = {id(j) for j, _ in plan}
             for j in jobs:
-                j.slot.idle_ticks = 0 if id(j) in ran else j.slot.idle_ticks + 1
+                j.idle_ticks = 0 if id(j) in ran else j.idle_ticks + 1
             self._ticks += 1
             self._express_ticks += 1
             if self.on_tick is not None:
-                self.on_tick(total, len(plan))
+                self.on_tick(sum(n for _, n in plan), len(plan))
             self._scatter(plan, out)
             return ran
         except Exception as e:  # fail its requests, keep serving (if planning failed, the first of `jobs`, so
@@ -537,21 +390,21 @@ class Engine:
         ]
         return torch.cat(outs)
 
-    def _advance(self, job: _Job, pred: Tensor) -> None:
+    def _advance(self, job: RequestState, pred: Tensor) -> None:
         job.evaluations += 1
         try:
-            job.set_pending(job.gen.send(pred), self.null_label)
+            job.start(job.gen.send(pred), self.null_label)
         except StopIteration as stop:
             self._finish(job, stop.value)
         except Exception as e:
             self._fail(job, e)
 
-    def _leave(self, job: _Job) -> None:
+    def _leave(self, job: RequestState) -> None:
         job.done = True
         if job in self._active:
             self._active.remove(job)
 
-    def _finish(self, job: _Job, samples: Tensor) -> None:
+    def _finish(self, job: RequestState, samples: Tensor) -> None:
         self._leave(job)
         compute = time.perf_counter() - job.admitted
         if not job.future.done():
@@ -565,13 +418,8 @@ class Engine:
                 )
             )
 
-    def _fail(self, job: _Job, error: BaseException) -> None:
+    def _fail(self, job: RequestState, error: BaseException) -> None:
         self._leave(job)
         job.gen.close()
         if not job.future.done():
             job.future.set_exception(error)
-
-
-def _retry_after(wait_s: float, bound_s: float) -> int:
-    """Seconds until the work ahead has drained below the wait bound, in [1, 60]."""
-    return int(min(60, max(1, math.ceil(wait_s - bound_s))))

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from ray.serve.metrics import Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
-    from serving.latency import TickModel
+    from serving.policy.tick_model import TickModel
 
 LATENCY_BOUNDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
 ROWS_BOUNDS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]

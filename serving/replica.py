@@ -3,7 +3,7 @@
 It takes requests the HTTP edge has already validated (`sampling.request.validate`) and trusts them.
 Results and refusals cross the Ray handle typed: a `SampleOutput`, or `Overloaded` (the engine is full;
 the edge answers 503 with the engine's Retry-After), `RequestTimeout`, and for deadline requests with
-`steps: "auto"` `DeadlineImpossible` / `DeadlineOverloaded` (`serving.budget`).
+`steps: "auto"` `DeadlineImpossible` / `DeadlineOverloaded` (`serving.policy.step_budget`).
 
 Deadlines cross the handle as seconds left (clocks differ between processes); the replica turns them into
 a time on its engine's clock.
@@ -25,12 +25,12 @@ from ray import serve
 from sampling.progress import Progress, with_progress
 from sampling.request import Prepared, SampleSpec, prepare, to_data_space
 from serving.backends import load_backend
-from serving.budget import Calibration, Candidate, choose
 from serving.engine import Engine, EngineLimits
-from serving.latency import TickModel, profile_backend, profile_sizes
 from serving.metrics import ModelMetrics
+from serving.policy.step_budget import Calibration, Candidate, choose
+from serving.policy.tick_model import TickModel, profile_backend, profile_sizes
+from serving.policy.tick_plan import efficient_rows
 from serving.refusals import DeadlineImpossible, DeadlineOverloaded, Overloaded, RequestTimeout
-from serving.scheduler import efficient_rows
 from training.checkpoint import load_checkpoint
 
 STREAM_INTERVAL_S = 0.025  # a streamed request's events reach the ingress in batches at most this often
@@ -82,13 +82,13 @@ class ModelReplica:
         self.backend = load_backend(backend, self.ckpt, **options)
         self.metrics = ModelMetrics(name)
         self._tick_model_exported = 0.0
-        limits = EngineLimits(**(engine or {}))
+        limits = EngineLimits.from_options(**(engine or {}))
         sizes = profile_sizes(limits.max_rows_per_tick, self.backend)
         profile = []
         if len(sizes) > 1:
             profile = profile_backend(self.backend, self.ckpt.data_shape, self.ckpt.null_label, sizes)
         self.engine = Engine(self.backend, self.ckpt.null_label, limits, self._on_tick, TickModel(profile))
-        # steps "auto" scales the engine's predictions by how far they fell short lately (serving.budget)
+        # steps "auto" scales the engine's predictions by how far they fell short lately (serving.policy.step_budget)
         self.calibration = Calibration()
         self.metrics.set_in_flight(0)
         self.metrics.set_tick_model(self.engine.tick_model)
@@ -114,7 +114,7 @@ class ModelReplica:
         return out
 
     async def sample_auto(self, candidates: list[Candidate], deadline_s: float) -> SampleOutput:
-        """Run the candidate `serving.budget.choose` picks for `deadline_s` seconds from now under this
+        """Run the candidate `serving.policy.step_budget.choose` picks for `deadline_s` seconds from now under this
         replica's load; raises DeadlineImpossible / DeadlineOverloaded when none can meet it."""
         start = self.engine.clock()
         deadline = start + deadline_s
@@ -218,7 +218,7 @@ class ModelReplica:
         """This replica's engine: requests in flight and queued, rows in flight, ticks run, its latency model
         (tick seconds = tick_fixed_s + tick_per_row_s x rows, plus tick_handoff_s for a tick too long to run
         on the event loop), the tick size its throughput guard may grow ticks to (efficient_rows), and the
-        factor steps "auto" scales its predictions by (serving.budget.Calibration)."""
+        factor steps "auto" scales its predictions by (serving.policy.step_budget.Calibration)."""
         s = self.engine.stats()
         return {
             "in_flight": s.in_flight,

@@ -41,8 +41,8 @@ from serving.api.models import (
     error_from_pydantic,
 )
 from serving.api.playground import serve_playground
-from serving.budget import Candidate
 from serving.local import local_models
+from serving.policy.step_budget import Candidate
 from serving.refusals import DeadlineImpossible, Overloaded, RequestTimeout
 from serving.replica import SampleOutput
 

@@ -144,7 +144,7 @@ def test_deploy_configs_are_valid_serve_configs(name: str) -> None:
     (app,) = config["applications"]
     args = AppArgs.model_validate(app["args"])
     assert set(args.models) == {"moons-ddpm", "moons-fm", "digits-ddpm", "digits-fm"}
-    engine, limits = EngineLimits(**args.engine), Limits(**args.limits)
+    engine, limits = EngineLimits.from_options(**args.engine), Limits(**args.limits)
     assert 2 * limits.max_num_samples <= engine.max_rows_per_tick
     for dep in app["deployments"]:
         if dep["name"] in args.models:

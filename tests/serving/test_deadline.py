@@ -17,7 +17,7 @@ import pytest
 
 from sampling.quality import QualityPoint, QualityProfile, weights_sha256, write_quality_profile
 from sampling.samplers import SAMPLERS
-from serving.latency import TickModel
+from serving.policy.tick_model import TickModel
 from tests.serving.conftest import ServeCluster, app_args
 from tests.serving.test_metrics import scrape, total
 

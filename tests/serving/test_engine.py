@@ -16,7 +16,7 @@ from sampling import guidance, samplers
 from sampling.driver import run_sampler
 from sampling.request import initial_noise
 from serving.engine import Engine, EngineLimits
-from serving.latency import TickModel
+from serving.policy.tick_model import TickModel
 from serving.refusals import Overloaded, RequestTimeout
 from training.checkpoint import load_checkpoint
 
@@ -77,7 +77,7 @@ def test_mixed_requests_match_solo_runs_and_share_each_tick(ckpts, scheduling) -
     solo = [_alone(ckpt, net, c) for c in fm_cases]
 
     async def main():
-        engine = Engine(fwd, ckpt.null_label, EngineLimits(scheduling=scheduling))
+        engine = Engine(fwd, ckpt.null_label, EngineLimits.from_options(scheduling=scheduling))
         jobs = []
         for c in fm_cases:
             gen, y = _start(ckpt, c[1], c[2], c[4], c[5], c[6], c[7])
@@ -127,7 +127,7 @@ def test_short_request_leaves_while_long_one_runs(ckpts, scheduling) -> None:
     fwd = RecordingForward(ckpt.net("ema"))
 
     async def main():
-        engine = Engine(fwd, ckpt.null_label, EngineLimits(scheduling=scheduling))
+        engine = Engine(fwd, ckpt.null_label, EngineLimits.from_options(scheduling=scheduling))
         long = asyncio.create_task(engine.submit(*_start(ckpt, "fm-euler", 200, None, 8, 0, {})))
         await asyncio.sleep(0)  # the long one joins first
         short = await engine.submit(*_start(ckpt, "fm-euler", 5, None, 3, 1, {}))
@@ -151,7 +151,7 @@ def test_rows_per_tick_bound(ckpts, scheduling) -> None:
     ckpt = ckpts["moons-fm"]
     fwd = RecordingForward(ckpt.net("ema"))
     net = ckpt.net("ema")
-    limits = EngineLimits(max_rows_per_tick=10, max_in_flight=8, max_queue=8, scheduling=scheduling)
+    limits = EngineLimits.from_options(max_rows_per_tick=10, max_in_flight=8, max_queue=8, scheduling=scheduling)
     cases = [("moons-fm", "fm-euler", 4, None, None, 6, s, {}) for s in range(4)]
     big = ("moons-fm", "fm-euler", 3, 1.0, 0, 8, 9, {})  # 16 rows: alone, over the bound
 
@@ -173,7 +173,7 @@ def test_rows_per_tick_bound(ckpts, scheduling) -> None:
 
 def test_overload_refuses_at_once_and_accepted_requests_finish(ckpts) -> None:
     ckpt = ckpts["moons-fm"]
-    limits = EngineLimits(max_rows_per_tick=100, max_in_flight=2, max_queue=1)
+    limits = EngineLimits.from_options(max_rows_per_tick=100, max_in_flight=2, max_queue=1)
 
     async def main():
         engine = Engine(RecordingForward(ckpt.net("ema")), ckpt.null_label, limits)
@@ -237,7 +237,7 @@ def test_backend_failure_fails_that_tick_only(ckpts) -> None:
 
 def test_limits_are_checked() -> None:
     with pytest.raises(ValueError):
-        EngineLimits(max_rows_per_tick=0)
+        EngineLimits.from_options(max_rows_per_tick=0)
 
 
 def test_ticks_beyond_the_backends_max_batch_are_split_and_results_unchanged(ckpts) -> None:
@@ -292,7 +292,9 @@ def test_admission_refuses_at_once_when_the_predicted_wait_exceeds_the_bound(ckp
     drain below the bound."""
     ckpt = ckpts["moons-fm"]
     fwd = RecordingForward(ckpt.net("ema"))
-    limits = EngineLimits(max_rows_per_tick=100, max_in_flight=8, max_queue=8, max_wait_s=1.0, scheduling="fifo")
+    limits = EngineLimits.from_options(
+        max_rows_per_tick=100, max_in_flight=8, max_queue=8, max_wait_s=1.0, scheduling="fifo"
+    )
     model = TickModel([(1, 0.01), (100, 0.01)])  # 10 ms a tick whatever its rows: 1e-4 s per row evaluation
 
     async def main():
@@ -322,7 +324,7 @@ def test_admission_refuses_at_once_when_the_predicted_wait_exceeds_the_bound(ckp
 def test_a_request_past_the_timeout_leaves_and_frees_its_rows(ckpts) -> None:
     ckpt = ckpts["moons-fm"]
     fwd = RecordingForward(ckpt.net("ema"))
-    limits = EngineLimits(request_timeout_s=0.3)
+    limits = EngineLimits.from_options(request_timeout_s=0.3)
 
     async def main():
         engine = Engine(fwd, ckpt.null_label, limits)
@@ -481,7 +483,9 @@ def test_without_the_express_lane_the_short_request_waits_for_the_long_tick(ckpt
     ckpt = ckpts["moons-fm"]
     net = ckpt.net("ema")
     backend = SlowWhenLong(net, long_rows=256, sleep_s=0.1, concurrent_calls=why != "backend not concurrent")
-    limits = EngineLimits(express_lane=why != "lane off", scheduling="fifo" if why == "fifo" else "deadline")
+    limits = EngineLimits.from_options(
+        express_lane=why != "lane off", scheduling="fifo" if why == "fifo" else "deadline"
+    )
     (long, short), stats, _ = _long_then_short(ckpt, backend, limits)
     torch.testing.assert_close(long.samples, _alone(ckpt, net, LONG_CASE))
     torch.testing.assert_close(short.samples, _alone(ckpt, net, SHORT_CASE), atol=1e-5, rtol=1e-5)
@@ -554,7 +558,7 @@ def test_a_short_request_beside_a_long_tick_is_predicted_by_its_lane(ckpts, lane
     model = TickModel([(1, 1e-4), (512, 0.12)])  # 8 rows: about 2 ms, under the inline limit
 
     async def main():
-        engine = Engine(backend, ckpt.null_label, EngineLimits(express_lane=lane), tick_model=model)
+        engine = Engine(backend, ckpt.null_label, EngineLimits.from_options(express_lane=lane), tick_model=model)
         long = asyncio.ensure_future(engine.submit(*_start(ckpt, "fm-euler", 3, None, 512, 7, {}), None, 3))
         await asyncio.sleep(0.02)
         predicted, own = engine.predicted_latency(8, 4), 4 * model.tick_s(8)

@@ -1,4 +1,4 @@
-"""Choosing K for a deadline (`serving.budget.choose`) over the scheduler's predictions, on a fixed latency
+"""Choosing K for a deadline (`serving.policy.step_budget.choose`) over the scheduler's predictions, on a fixed latency
 model and a fake clock: the idle choice, K lowered by load, refusals for load and for impossibility."""
 
 from __future__ import annotations
@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 
 from sampling.request import SampleSpec
-from serving.budget import Calibration, Candidate, choose
-from serving.latency import TickModel
+from serving.policy.limits import Policy
+from serving.policy.state import Load, RequestState
+from serving.policy.step_budget import Calibration, Candidate, choose
+from serving.policy.tick_model import TickModel
+from serving.policy.tick_plan import predicted_latency
 from serving.refusals import DeadlineImpossible, DeadlineOverloaded
-from serving.scheduler import Load, Policy, Slot, predicted_latency
 
 MODEL = TickModel([(1, 1e-3 + 1e-5), (1000, 1e-3 + 1e-2)])  # 1 ms a tick plus 10 us a row
 POLICY = Policy()
@@ -31,11 +33,11 @@ def _choose(load: Load, deadline_s: float, now: float = 0.0):
     )
 
 
-def _ahead(seconds: float, deadline: float) -> list[Slot]:
+def _ahead(seconds: float, deadline: float) -> list[RequestState]:
     """Three requests with an earlier deadline holding about `seconds` of work at the efficient tick size."""
     per_row_eval = 1.2e-5  # about what a row evaluation costs in efficient ticks under MODEL
     evals = max(1, round(seconds / per_row_eval / (3 * 256)))
-    return [Slot(256, evals, deadline, seq=i) for i in range(3)]
+    return [RequestState(256, evals, deadline, seq=i) for i in range(3)]
 
 
 def test_idle_takes_the_best_quality_that_fits() -> None:
@@ -74,7 +76,7 @@ def test_requests_without_deadlines_do_not_push_a_deadline_request_back() -> Non
     """Default-class work is ordered after deadline requests: it can stretch a deadline request's ticks by at
     most `stretch` (1.5), so a deadline twice the best choice's time alone still gets it."""
     deadline = 2.0 * _alone(CANDIDATES[-1].spec)
-    background = [Slot(256, 10_000, None, seq=i) for i in range(6)]
+    background = [RequestState(256, 10_000, None, seq=i) for i in range(6)]
     assert _choose(Load(background), deadline).candidate.spec.steps == 400
 
 

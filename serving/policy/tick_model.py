@@ -14,8 +14,8 @@ runs (0.36-0.46 ms measured on 2 cores, paid only by the longer ticks). Admissio
 with the model. Without a profile, until ticks of two sizes have been seen, the model knows only the mean
 tick time (per_row_s 0), and before any tick it predicts 0 s.
 
-The profile's own line (`profiled`) is kept as it was measured: the scheduler's throughput guard sizes ticks
-by it (`serving.scheduler.efficient_rows`), unless it came out with no per-row cost. The online line is no
+The profile's own line (`profiled`) is kept as it was measured: the tick planner's throughput guard sizes ticks
+by it (`serving.policy.tick_plan.efficient_rows`), unless it came out with no per-row cost. The online line is no
 yardstick for that: under a mix of requests it moved by 3x from one second to the next (fixed cost 0.25-0.88
 ms), because a tick also pays per request (each request's sampler step and bookkeeping), and large ticks hold
 more requests. The guard enlarges ticks, which raised the fitted fixed cost, which enlarged the guard's tick

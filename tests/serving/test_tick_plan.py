@@ -7,12 +7,11 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from serving.latency import TickModel
-from serving.scheduler import (
+from serving.policy.limits import Policy
+from serving.policy.state import Load, RequestState
+from serving.policy.tick_model import TickModel
+from serving.policy.tick_plan import (
     Efficiency,
-    Load,
-    Policy,
-    Slot,
     allowance,
     binds,
     efficient_rows,
@@ -32,7 +31,7 @@ class Req:
     evals: int
     arrive: float = 0.0
     deadline: float | None = None  # relative to arrival
-    slot: Slot | None = None
+    slot: RequestState | None = None
     finished: float | None = None
     predicted: float | None = None
     advanced_at: list[int] = field(default_factory=list)  # ticks in which it ran rows
@@ -47,7 +46,7 @@ def simulate(reqs: list[Req], policy: Policy, max_ticks: int = 100_000) -> tuple
     active: list[Req] = []
     plans = []
     for seq, r in enumerate(pending):
-        r.slot = Slot(r.rows, r.evals, None if r.deadline is None else r.arrive + r.deadline, seq)
+        r.slot = RequestState(r.rows, r.evals, None if r.deadline is None else r.arrive + r.deadline, seq)
     while (pending or active) and tick < max_ticks:
         while pending and pending[0].arrive <= now:
             r = pending.pop(0)
@@ -72,8 +71,8 @@ def simulate(reqs: list[Req], policy: Policy, max_ticks: int = 100_000) -> tuple
             r.slot.cursor += n
             if r.slot.cursor == r.rows:
                 r.slot.cursor = 0
-                r.slot.evals_left -= 1
-                if r.slot.evals_left == 0:
+                r.slot.evaluations += 1
+                if r.slot.evaluations == r.evals:
                     r.finished = now
                     active.remove(r)
         tick += 1
@@ -163,8 +162,8 @@ def test_fifo_runs_every_request_every_tick() -> None:
 
 def test_allowance_grows_with_deadline_slack() -> None:
     policy = Policy()
-    tight = Slot(64, 10, deadline=0.0, seq=0)
-    loose = Slot(64, 10, deadline=10.0, seq=1)
+    tight = RequestState(64, 10, deadline=0.0, seq=0)
+    loose = RequestState(64, 10, deadline=10.0, seq=1)
     assert allowance(tight, 0.0, MODEL, policy) == pytest.approx(policy.stretch * MODEL.tick_s(64))
     assert allowance(loose, 0.0, MODEL, policy) == pytest.approx(0.5)  # half of 10 s over 10 evaluations
 
@@ -190,7 +189,7 @@ def test_a_fit_without_fixed_cost_does_not_make_ticks_tiny() -> None:
     flat = TickModel([(1, 1e-5), (1000, 1e-2)])  # exactly proportional: fixed 0
     assert flat.fixed_s == pytest.approx(0.0, abs=1e-12)
     policy = Policy()
-    slots = [Slot(256, 100, None, i) for i in range(6)]
+    slots = [RequestState(256, 100, None, i) for i in range(6)]
     plan = plan_tick(slots, 0.0, flat, policy)
     assert sum(n for _, n in plan) >= policy.min_tick_rows
 
@@ -227,11 +226,13 @@ def test_requests_of_like_size_share_whole_ticks_as_under_fifo() -> None:
 
 def test_a_request_limits_only_requests_several_times_its_size_or_everyone_with_a_deadline() -> None:
     policy = Policy(size_ratio=4.0)
-    small = Slot(64, 5, None, seq=0)  # size 320
-    assert not binds(small, Slot(64, 19, None, seq=1), policy)  # 1 216 < 4 x 320
-    assert binds(small, Slot(64, 20, None, seq=2), policy)  # 1 280 = 4 x 320
-    assert binds(Slot(64, 5, 1.0, seq=3), Slot(1, 1, None, seq=4), policy)  # a deadline binds all after it
+    small = RequestState(64, 5, None, seq=0)  # size 320
+    assert not binds(small, RequestState(64, 19, None, seq=1), policy)  # 1 216 < 4 x 320
+    assert binds(small, RequestState(64, 20, None, seq=2), policy)  # 1 280 = 4 x 320
+    assert binds(
+        RequestState(64, 5, 1.0, seq=3), RequestState(1, 1, None, seq=4), policy
+    )  # a deadline binds all after it
     # The size is what it asked for: a long request near its end still counts as long.
-    tail = Slot(256, 100, None, seq=5)
-    tail.evals_left = 1
-    assert tail.size == 25_600 and not binds(tail, Slot(256, 100, None, seq=6), policy)
+    tail = RequestState(256, 100, None, seq=5)
+    tail.evaluations = 99  # one evaluation left
+    assert tail.size == 25_600 and not binds(tail, RequestState(256, 100, None, seq=6), policy)

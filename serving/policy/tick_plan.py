@@ -1,7 +1,7 @@
 """Which rows run in the next engine tick: earliest deadline first, under a per-tick row budget.
 
-The engine calls `plan_tick` once per tick with what it knows of each request in flight (a `Slot`) and
-runs exactly the rows it returns. The policy, from `Policy`:
+The engine calls `plan_tick` once per tick with the requests in flight (`state.RequestState`) and runs
+exactly the rows it returns. The policy, from `limits.Policy`:
 
 - **Order.** A request without a deadline that has not advanced for `max_skip_ticks` ticks goes first (it
   cannot starve behind deadline traffic);
@@ -27,50 +27,28 @@ runs exactly the rows it returns. The policy, from `Policy`:
 - `Policy.fifo` turns all of that off: every request runs all its rows every tick (continuous batching
   as it was; kept to compare against).
 
-`predicted_latency` is the same policy's estimate of how long a new request would take, used for
-admission and for choosing K under a deadline (`serving.budget`).
+- **Express lane** (`express`, `plan_beside_lane`, `plan_express_tick`): while a tick too long for the
+  event loop runs in the engine's thread, the requests that limit the ticks they are in (a finite
+  allowance: a deadline, or short) and whose rows alone make an inline tick are left out of it and tick on
+  the event loop beside it, at most what runs inline per tick.
 
-Pure functions of their arguments (time is passed in): tests drive them with a fake clock.
+`predicted_latency` is the same policy's estimate of how long a new request would take, used for
+admission (`admission`) and for choosing K under a deadline (`step_budget`).
+
+Functions of their arguments (time is passed in; `Efficiency` is the one running record): tests drive them
+with a fake clock.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
-from serving.latency import TickModel
+from serving.policy.limits import Policy
+from serving.policy.state import Load, RequestState
+from serving.policy.tick_model import TickModel
 
 DEADLINE_SHARE = 0.5  # the share of a deadline request's slack that other requests' rows may take
-
-
-@dataclass(frozen=True)
-class Policy:
-    """max_rows_per_tick: hard cap of one tick; stretch: how much slower than alone a request's ticks may
-    be made by others; max_skip_ticks: the longest a request without a deadline waits between two advances;
-    efficiency: below this share of recent tick time spent on rows (not fixed cost), ticks may always grow
-    to the efficient size; efficiency_window_s: how far back that share looks; tick_efficiency: the share of
-    the ticks that share is measured against; min_tick_rows: the efficient size is never taken below
-    this; size_ratio: a request without a deadline limits the ticks only of requests at least this many
-    times its size; fifo: every request runs whole every tick instead."""
-
-    max_rows_per_tick: int = 4096
-    stretch: float = 1.5
-    max_skip_ticks: int = 8
-    efficiency: float = 0.9
-    efficiency_window_s: float = 1.0
-    tick_efficiency: float = 0.95
-    min_tick_rows: int = 256
-    size_ratio: float = 4.0
-    fifo: bool = False
-
-    def __post_init__(self) -> None:
-        if self.max_rows_per_tick < 1 or self.max_skip_ticks < 1 or self.min_tick_rows < 1:
-            raise ValueError(f"max_rows_per_tick, max_skip_ticks and min_tick_rows must be >= 1, got {self}")
-        if not self.stretch >= 1.0 or not 0.0 < self.efficiency < self.tick_efficiency < 1.0:
-            raise ValueError(f"need stretch >= 1 and 0 < efficiency < tick_efficiency < 1, got {self}")
-        if not self.efficiency_window_s > 0 or not self.size_ratio >= 1.0:
-            raise ValueError(f"need efficiency_window_s > 0 and size_ratio >= 1, got {self}")
 
 
 class Efficiency:
@@ -100,38 +78,6 @@ class Efficiency:
         return self._ideal_s / self._total_s if self._total_s > 0 else 1.0
 
 
-@dataclass(eq=False)
-class Slot:
-    """What the scheduler knows of one request in flight.
-
-    rows: rows of one evaluation; cursor: rows of the current evaluation already run; evals_left: evaluations
-    left, the current one included; deadline: absolute seconds, None for the default class;
-    idle_ticks: ticks since it last advanced; seq: arrival order; size: rows x evaluations asked for, fixed
-    for its life (0: rows x evals_left at creation)."""
-
-    rows: int
-    evals_left: int
-    deadline: float | None
-    seq: int
-    cursor: int = 0
-    idle_ticks: int = 0
-    size: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.size:
-            self.size = self.rows * self.evals_left
-
-    @property
-    def rows_now(self) -> int:
-        """Rows still to run of the current evaluation."""
-        return self.rows - self.cursor
-
-    @property
-    def work_left(self) -> int:
-        """Rows x evaluations still to run."""
-        return self.rows * self.evals_left - self.cursor
-
-
 def efficient_rows(model: TickModel, policy: Policy, efficiency: float | None = None) -> int:
     """The smallest tick whose fixed cost is at most 1 - efficiency (default: the policy's) of its time by
     the model's yardstick (`TickModel.yardstick`: the bare net's cost line from the start-up profile, which
@@ -150,11 +96,11 @@ def rows_within(seconds: float, model: TickModel, cap: int) -> int:
     return model.rows_within(seconds, cap)
 
 
-def order(slots: Iterable[Slot], policy: Policy) -> list[Slot]:
+def order(slots: Iterable[RequestState], policy: Policy) -> list[RequestState]:
     """Starved default-class requests first (longest idle first), then deadlines earliest first, then the
     default class by work left; arrival order breaks ties."""
 
-    def key(s: Slot) -> tuple:
+    def key(s: RequestState) -> tuple:
         starved = starving(s, policy)
         urgency = s.deadline if s.deadline is not None else float(s.work_left)
         return (not starved, -s.idle_ticks if starved else 0, s.deadline is None, urgency, s.seq)
@@ -162,13 +108,13 @@ def order(slots: Iterable[Slot], policy: Policy) -> list[Slot]:
     return sorted(slots, key=key)
 
 
-def starving(slot: Slot, policy: Policy) -> bool:
+def starving(slot: RequestState, policy: Policy) -> bool:
     """A default-class request idle for max_skip_ticks ticks. (A late deadline request is already first
     among its class by EDF.)"""
     return slot.deadline is None and slot.idle_ticks >= policy.max_skip_ticks
 
 
-def allowance(slot: Slot, now: float, model: TickModel, policy: Policy) -> float:
+def allowance(slot: RequestState, now: float, model: TickModel, policy: Policy) -> float:
     """The tick length `slot` can afford. With a deadline: half the time left to it per evaluation left, and at
     least `stretch` times its own tick alone. Without: `stretch` times its tick alone while the time it has
     left alone is short (at most the slack the efficiency target allows in one window, (1 - efficiency) x
@@ -180,7 +126,7 @@ def allowance(slot: Slot, now: float, model: TickModel, policy: Policy) -> float
     return own if left_alone <= (1.0 - policy.efficiency) * policy.efficiency_window_s else math.inf
 
 
-def binds(slot: Slot, other: Slot, policy: Policy) -> bool:
+def binds(slot: RequestState, other: RequestState, policy: Policy) -> bool:
     """Whether `slot`'s allowance limits the ticks `other` joins: always with a deadline; without, only when
     `other` is at least size_ratio times its size."""
     return slot.deadline is not None or other.size >= policy.size_ratio * slot.size
@@ -192,10 +138,10 @@ def budget_floor(model: TickModel, policy: Policy, recent_efficiency: float) -> 
 
 
 def plan_tick(
-    slots: Sequence[Slot], now: float, model: TickModel, policy: Policy, recent_efficiency: float = 1.0
-) -> list[tuple[Slot, int]]:
-    """The next tick: (slot, rows to run) in order; rows never exceed a slot's `rows_now` and the total never
-    exceeds max_rows_per_tick. recent_efficiency: `Efficiency.value()` of the ticks so far."""
+    slots: Sequence[RequestState], now: float, model: TickModel, policy: Policy, recent_efficiency: float = 1.0
+) -> list[tuple[RequestState, int]]:
+    """The next tick: (request, rows to run) in order; rows never exceed a request's `rows_now` and the total
+    never exceeds max_rows_per_tick. recent_efficiency: `Efficiency.value()` of the ticks so far."""
     cap = policy.max_rows_per_tick
     if policy.fifo:
         return [(s, s.rows_now) for s in slots]
@@ -203,8 +149,9 @@ def plan_tick(
         s = slots[0]
         return [(s, min(s.rows_now, max(1, rows_within(allowance(s, now, model, policy), model, cap))))]
     floor = budget_floor(model, policy, recent_efficiency)
-    plan: list[tuple[Slot, int]] = []
-    limits: list[tuple[Slot, float]] = []  # requests in the plan with a finite allowance: only they limit a tick
+    plan: list[tuple[RequestState, int]] = []
+    # requests in the plan with a finite allowance: only they limit a tick
+    limits: list[tuple[RequestState, float]] = []
     smallest = math.inf  # the smallest size among those without a deadline
     with_deadline = False  # whether any of them has a deadline
     total = 0
@@ -236,17 +183,6 @@ def plan_tick(
     return plan
 
 
-@dataclass(frozen=True)
-class Load:
-    """What a prediction needs of the engine's state: the slots in flight or queued, the rows of the tick
-    running now (0 when idle) and when it started."""
-
-    slots: Sequence[Slot]
-    running_rows: int = 0
-    running_since: float = 0.0
-    recent_efficiency: float = 1.0
-
-
 def predicted_latency(
     rows: int,
     evaluations: int,
@@ -263,16 +199,16 @@ def predicted_latency(
     before it in fact shares its ticks."""
     cap = policy.max_rows_per_tick
     running = max(0.0, load.running_since + model.tick_s(load.running_rows) - now) if load.running_rows else 0.0
-    others = sum(s.rows for s in load.slots)
+    others = sum(s.rows for s in load.requests)
     floor = efficient_rows(model, policy)
-    probe = Slot(rows, evaluations, deadline, seq=1 << 62)
-    ranked = order([*load.slots, probe], policy)
+    probe = RequestState(rows, evaluations, deadline, seq=1 << 62)
+    ranked = order([*load.requests, probe], policy)
     before = ranked[: ranked.index(probe)]
     ahead = sum(s.work_left for s in before)
     # Its ticks: its own rows and those of requests it does not bind (like sizes share whole ticks), plus what
     # the budget lets the rest add (never more than they have).
     own = allowance(probe, now, model, policy)
-    unbound = sum(s.rows for s in load.slots if not binds(probe, s, policy))
+    unbound = sum(s.rows for s in load.requests if not binds(probe, s, policy))
     budget = max(
         budget_floor(model, policy, load.recent_efficiency), rows_within(own, model, cap), min(rows + unbound, cap)
     )
@@ -282,3 +218,49 @@ def predicted_latency(
         own_s = evaluations * math.ceil(rows / cap) * model.tick_s(cap)
     ahead_s = ahead * model.tick_s(floor) / floor if ahead else 0.0
     return running + ahead_s + own_s
+
+
+def express(request: RequestState, now: float, model: TickModel, policy: Policy) -> bool:
+    """Whether `request` may tick in the express lane (where the engine has one): it limits the ticks it is in
+    (a finite `allowance`: a deadline, or a short request) and its rows alone make a tick short enough to run
+    on the event loop."""
+    return model.inline(request.rows) and math.isfinite(allowance(request, now, model, policy))
+
+
+def plan_beside_lane(
+    requests: Sequence[RequestState],
+    now: float,
+    model: TickModel,
+    policy: Policy,
+    recent_efficiency: float,
+    lane: bool,
+) -> list[tuple[RequestState, int]]:
+    """The next tick of the engine's main lane: with the express lane on (`lane`) and both kinds in flight,
+    the non-express requests alone, when their tick is too long for the event loop (the express ones tick
+    beside it); else `plan_tick` of them all."""
+    if lane and not policy.fifo and len(requests) > 1:
+        fast = [express(r, now, model, policy) for r in requests]
+        if 0 < sum(fast) < len(requests):
+            plan = plan_tick(
+                [r for r, f in zip(requests, fast, strict=True) if not f], now, model, policy, recent_efficiency
+            )
+            if not model.inline(sum(n for _, n in plan)):
+                return plan
+    return plan_tick(requests, now, model, policy, recent_efficiency)
+
+
+def plan_express_tick(
+    requests: Sequence[RequestState], now: float, model: TickModel, policy: Policy
+) -> list[tuple[RequestState, int]]:
+    """One express tick of `requests` (express, not in the tick running in the thread): their `plan_tick`
+    with no throughput floor (these ticks are short by design), cut to at most what runs inline; the first
+    always runs."""
+    limit = model.rows_within(model.inline_s, policy.max_rows_per_tick)
+    plan: list[tuple[RequestState, int]] = []
+    total = 0
+    for r, n in plan_tick(requests, now, model, policy, 1.0):
+        if plan and total + n > limit:
+            continue
+        plan.append((r, n))
+        total += n
+    return plan

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from serving.latency import DECAY, TickModel, profile_backend, profile_sizes
+from serving.policy.tick_model import DECAY, TickModel, profile_backend, profile_sizes
 
 
 def test_profile_alone_gives_the_line_through_it() -> None:
