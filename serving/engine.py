@@ -13,12 +13,9 @@ Admission (`serving.policy.admission`, over the snapshot `Engine.load`): a new r
 alone exceeds `max_wait_s`, instead of letting latency grow without limit. A request that runs past
 `request_timeout_s` leaves the engine (its rows are freed) and raises `RequestTimeout`.
 
-Express lane (`EngineLimits.express_lane`, for backends with `concurrent_calls`): a tick too long for the
-event loop goes to the engine's thread; the requests that limit the ticks they are in (a deadline, or short)
-and whose rows make an inline tick are left out of it and, while it runs, tick on the event loop beside it.
-A short request then does not wait for a long tick, and long ticks keep their size (measured in
-docs/benchmarks.md: K = 5 under six K = 100 requests). Each request's rows still run once per evaluation,
-in one lane at a time.
+Express lane (`EngineLimits.express_lane`, for backends with `concurrent_calls`): while a tick too long for
+the event loop runs in the engine's thread, the short or deadline requests left out of it tick on the event
+loop beside it (`serving.policy.tick_plan`), so a short request does not wait for a long tick.
 
 A request's noise comes from its own torch.Generator, so its samples do not depend on its batch
 neighbours (up to float summation order inside the net's matmuls).
@@ -38,7 +35,7 @@ import torch
 from torch import Tensor
 
 from sampling.samplers import SamplerGen
-from serving.backends.base import Backend
+from serving.backends.base import Backend, forward_in_chunks, timed_forward
 from serving.policy import admission, tick_plan
 from serving.policy.limits import EngineLimits
 from serving.policy.state import Load, RequestState
@@ -110,8 +107,6 @@ class Engine:
         # the express lane needs a backend whose forward may run in two threads at once
         self._lane = self.limits.express_lane and bool(getattr(backend, "concurrent_calls", False))
         self._express_ticks = 0
-
-    # -- public -------------------------------------------------------------------------------------
 
     def stats(self) -> EngineStats:
         return EngineStats(
@@ -194,8 +189,6 @@ class Engine:
         for job in list(self._active) + list(self._queue):
             self._drop(job)
         self._executor.shutdown(wait=False)
-
-    # -- the loop -----------------------------------------------------------------------------------
 
     def _ensure_running(self) -> None:
         if self._task is None or self._task.done():
@@ -287,10 +280,10 @@ class Engine:
                 waited = 0.0  # time awaited beyond the thread's: the handoff, and any express ticks meanwhile
                 try:
                     if inline:
-                        out = self._forward_chunked(x, t, y)
+                        out = forward_in_chunks(self.backend, x, t, y)
                     else:
                         sent = time.perf_counter()
-                        future = loop.run_in_executor(self._executor, self._timed_forward, x, t, y)
+                        future = loop.run_in_executor(self._executor, timed_forward, self.backend, x, t, y)
                         lane = await self._express_beside(future, plan)
                         out, in_thread = future.result()
                         waited = max(0.0, time.perf_counter() - sent - in_thread)
@@ -356,7 +349,7 @@ class Engine:
         plan: list[tuple[RequestState, int]] = []
         try:
             plan = tick_plan.plan_express_tick(jobs, self.clock(), self.tick_model, self.policy)
-            out = self._forward_chunked(*self._gather(plan))
+            out = forward_in_chunks(self.backend, *self._gather(plan))
             ran = {id(j) for j, _ in plan}
             for j in jobs:
                 j.idle_ticks = 0 if id(j) in ran else j.idle_ticks + 1
@@ -371,24 +364,6 @@ class Engine:
             for j, _ in plan or [(j, 0) for j in jobs[:1]]:
                 self._fail(j, e)
             return set()
-
-    def _timed_forward(self, x: Tensor, t: Tensor, y: Tensor) -> tuple[Tensor, float]:
-        """`_forward_chunked` and the seconds it took, timed in the thread it runs on."""
-        start = time.perf_counter()
-        out = self._forward_chunked(x, t, y)
-        return out, time.perf_counter() - start
-
-    def _forward_chunked(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
-        """One backend call, or several in a row when the tick exceeds the backend's `max_batch` (a TensorRT
-        profile's maximum); requests are unaffected since rows are independent."""
-        max_batch = self.backend.max_batch
-        if not max_batch or x.shape[0] <= max_batch:
-            return self.backend(x, t, y)
-        outs = [
-            self.backend(x[i : i + max_batch], t[i : i + max_batch], y[i : i + max_batch])
-            for i in range(0, x.shape[0], max_batch)
-        ]
-        return torch.cat(outs)
 
     def _advance(self, job: RequestState, pred: Tensor) -> None:
         job.evaluations += 1
