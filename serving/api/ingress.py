@@ -53,7 +53,6 @@ REPLICA_LOST = (RayActorError, ReplicaUnavailableError)
 UNAVAILABLE = (BackPressureError, DeploymentUnavailableError, *REPLICA_LOST)
 # What a model deployment refuses with, answered by `refusal`.
 REFUSALS = (Overloaded, RequestTimeout, DeadlineImpossible, *UNAVAILABLE)
-MAX_DEADLINE_MS = 600_000.0
 # The path outside the replica's engine (hops, serialization, noise and data-space conversion) is measured
 # per model as a moving average and kept out of a deadline request's time at the replica.
 PATH_EWMA = 0.2
@@ -180,10 +179,8 @@ class Ingress:
         t0 = time.perf_counter()
         info = self._info(req.model)
         seed = req.seed if req.seed is not None else secrets.randbits(63)
-        deadline_s = self._deadline_s(req)
-        preview_every = req.preview_every_checked()
-        if req.stream and deadline_s is not None:
-            raise ApiError("stream", 'stream: true does not take deadline_ms (nor steps "auto"); drop one of them')
+        fields = req.check()
+        deadline_s = fields.deadline_s
         handle = self.handles[req.model]
         path_s = self.path_s[req.model]  # the path around the engine, kept out of the engine's time
         if req.steps == "auto":
@@ -195,17 +192,13 @@ class Ingress:
             out = await self._call(req.model, lambda: handle.sample_auto.remote(candidates, left_s), quiet_s)
 
             return JSONResponse(await self._respond(req, seed, out, t0, deadline_s, before_s + path_s))
-        if req.sampler == "auto":
-            raise ApiError("sampler", 'sampler "auto" needs steps "auto" (and deadline_ms)')
-        if req.min_quality is not None:
-            raise ApiError("min_quality", 'min_quality applies only with steps "auto"')
         spec = req.to_spec(seed)
         try:
             validate(spec, self.objectives[req.model], info.num_classes, info.limits)
         except InvalidRequest as e:
             raise ApiError(e.field, e.message) from None
         if req.stream:
-            return await self._stream(req, spec, preview_every, t0)
+            return await self._stream(req, spec, fields.preview_every, t0)
         before_s = time.perf_counter() - t0
         left = None if deadline_s is None else deadline_s - before_s - path_s
         out = await self._call(req.model, lambda: handle.sample.remote(spec, left))
@@ -249,15 +242,6 @@ class Ingress:
             "predicted_quality": out.quality,
         }
 
-    def _deadline_s(self, req: SampleRequest) -> float | None:
-        if req.deadline_ms is None:
-            if req.steps == "auto":
-                raise ApiError("deadline_ms", 'steps "auto" needs deadline_ms (the latency budget it is chosen for)')
-            return None
-        if not 0 < req.deadline_ms <= MAX_DEADLINE_MS:
-            raise ApiError("deadline_ms", f"deadline_ms must be in (0, {MAX_DEADLINE_MS:.0f}], got {req.deadline_ms}")
-        return req.deadline_ms / 1e3
-
     def _observe_path(self, model: str, seconds: float) -> None:
         """Moving average of the time a request spends outside the replica's engine."""
         self.path_s[model] += PATH_EWMA * (max(0.0, seconds) - self.path_s[model])
@@ -278,8 +262,6 @@ class Ingress:
                 f"sampler {req.sampler[:64]!r} has no quality profile for {req.model}; "
                 f'profiled: {profile.samplers()} (or "auto")',
             )
-        if req.min_quality is not None and not 0.0 <= req.min_quality <= 1.0:
-            raise ApiError("min_quality", f"min_quality must be in [0, 1], got {req.min_quality}")
         floor = req.min_quality if req.min_quality is not None else 0.0
         out: list[Candidate] = []
         best: tuple[float, str, int] | None = None

@@ -71,6 +71,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 DEFAULT_PREVIEW_EVERY = 5
 MAX_PREVIEW_EVERY = 1000
+MAX_DEADLINE_MS = 600_000.0  # ten minutes
 
 # The 200 of a streamed request (`stream: true`), besides the JSON body of an unstreamed one.
 STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {
@@ -148,17 +149,48 @@ class SampleRequest(BaseModel):
             max_nfe=self.max_nfe,
         )
 
-    def preview_every_checked(self) -> int:
-        """The stream's preview interval; an ApiError naming `preview_every` when out of range or not streamed."""
-        if self.preview_every is None:
-            return DEFAULT_PREVIEW_EVERY
-        if not self.stream:
-            raise ApiError("preview_every", "preview_every needs stream: true")
-        if not 1 <= self.preview_every <= MAX_PREVIEW_EVERY:
-            raise ApiError(
-                "preview_every", f"preview_every must be in [1, {MAX_PREVIEW_EVERY}], got {self.preview_every}"
-            )
-        return self.preview_every
+    def check(self) -> RequestFields:
+        """The checks between fields that pydantic's types do not make, in one place (the route calls it
+        first; what depends on the model is `sampling.request.validate`'s and the steps-"auto" candidates'):
+        deadline_ms required by steps "auto" and in (0, MAX_DEADLINE_MS]; preview_every only with stream and
+        in [1, MAX_PREVIEW_EVERY]; stream not with deadline_ms; sampler "auto" and min_quality only with steps
+        "auto", min_quality in [0, 1]. An ApiError naming the field, else the checked values."""
+        deadline_s = None
+        if self.deadline_ms is None:
+            if self.steps == "auto":
+                raise ApiError("deadline_ms", 'steps "auto" needs deadline_ms (the latency budget it is chosen for)')
+        elif not 0 < self.deadline_ms <= MAX_DEADLINE_MS:
+            raise ApiError("deadline_ms", f"deadline_ms must be in (0, {MAX_DEADLINE_MS:.0f}], got {self.deadline_ms}")
+        else:
+            deadline_s = self.deadline_ms / 1e3
+        preview_every = DEFAULT_PREVIEW_EVERY
+        if self.preview_every is not None:
+            if not self.stream:
+                raise ApiError("preview_every", "preview_every needs stream: true")
+            if not 1 <= self.preview_every <= MAX_PREVIEW_EVERY:
+                raise ApiError(
+                    "preview_every", f"preview_every must be in [1, {MAX_PREVIEW_EVERY}], got {self.preview_every}"
+                )
+            preview_every = self.preview_every
+        if self.stream and deadline_s is not None:
+            raise ApiError("stream", 'stream: true does not take deadline_ms (nor steps "auto"); drop one of them')
+        if self.steps != "auto":
+            if self.sampler == "auto":
+                raise ApiError("sampler", 'sampler "auto" needs steps "auto" (and deadline_ms)')
+            if self.min_quality is not None:
+                raise ApiError("min_quality", 'min_quality applies only with steps "auto"')
+        elif self.min_quality is not None and not 0.0 <= self.min_quality <= 1.0:
+            raise ApiError("min_quality", f"min_quality must be in [0, 1], got {self.min_quality}")
+        return RequestFields(deadline_s, preview_every)
+
+
+@dataclass(frozen=True)
+class RequestFields:
+    """What `SampleRequest.check` derives: the deadline in seconds (None without one) and the stream's
+    preview interval."""
+
+    deadline_s: float | None
+    preview_every: int
 
 
 class Timing(BaseModel):
