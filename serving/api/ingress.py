@@ -1,7 +1,8 @@
 """The HTTP ingress: FastAPI routes on a Serve deployment that calls the model deployments by handle.
 
 The path of a request: Serve's proxy -> `Ingress.samples` (pydantic types, model lookup,
-`sampling.request.validate`: the one place a request is checked) -> the model's `ModelReplica.sample`
+`SampleRequest.check` for the checks between fields, `sampling.request.validate` for what must fit the model,
+and for steps "auto" the candidates from the model's quality profile) -> the model's `ModelReplica.sample`
 through its handle (a validated `SampleSpec`) -> engine -> backend, and back as a `SampleOutput`.
 Every refusal is an `ApiError` answered as `{"error": {status, field, message}}`.
 """

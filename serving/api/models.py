@@ -1,7 +1,8 @@
 """The HTTP contract: request and response bodies, per-model metadata, the error body.
 
-Pydantic checks types only (unknown fields, strict integers, finite floats); every range and every check
-that depends on the model is `sampling.request.validate`'s, called once by the ingress. Any refusal is an
+Pydantic checks types (unknown fields, strict integers, finite floats); `SampleRequest.check` the checks
+between fields and the ranges of the HTTP-only fields; every check of the sampling request itself and every
+check that depends on the model is `sampling.request.validate`'s, called once by the ingress. Any refusal is an
 `ApiError(field, message, status)` -> a JSON body `{"error": {status, field, message}}`.
 """
 
