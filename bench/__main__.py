@@ -2,7 +2,7 @@
 
     python -m bench [--out DIR] [--quick] [--only quality,export,serving,backends]
 
-Sections: quality (bench.quality: quality against K, sampler overhead, training speed), export
+Sections: quality (bench.foundation: quality against K, sampler overhead, training speed), export
 (bench.export: onnxruntime against torch per evaluation), serving (bench.serving: served throughput,
 step-level against request-level batching, lone-request overhead), backends (bench.backends: served
 throughput with onnxruntime against torch), reliability (bench.reliability: goodput and latency at 1x, 2x
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 SECTIONS = {
-    "quality": "bench.quality",
+    "quality": "bench.foundation",
     "export": "bench.export",
     "serving": "bench.serving",
     "backends": "bench.backends",

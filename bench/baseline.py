@@ -20,8 +20,8 @@ from serving.replica import ModelReplica, SampleOutput
 
 
 class RequestBatchedReplica(ModelReplica):
-    async def sample(self, spec: SampleSpec, deadline_s: float | None = None) -> SampleOutput:
-        """Request-level batching knows no deadlines: `deadline_s` is ignored (the response still says
+    async def sample(self, spec: SampleSpec, deadline_at: float | None = None) -> SampleOutput:
+        """Request-level batching knows no deadlines: `deadline_at` is ignored (the response still says
         whether the deadline was met)."""
         return await self._batch(spec)
 

@@ -111,13 +111,13 @@ INSTANT_SAMPLES = np.random.default_rng(0).standard_normal((64, 2)).astype(np.fl
 
 
 class InstantModel:
-    """Handle-shaped stand-in for a model deployment that answers at once (`sample.remote(spec, deadline_s)`):
+    """Handle-shaped stand-in for a model deployment that answers at once (`sample.remote(spec, deadline_at)`):
     the first `num_samples` of INSTANT_SAMPLES, nothing run."""
 
     def __init__(self) -> None:
         self.sample = LocalMethod(self._sample)
 
-    async def _sample(self, spec: SampleSpec, deadline_s: float | None = None) -> SampleOutput:
+    async def _sample(self, spec: SampleSpec, deadline_at: float | None = None) -> SampleOutput:
         return SampleOutput(INSTANT_SAMPLES[: spec.num_samples], spec.steps, 0.0, 0.0, spec.sampler, spec.steps)
 
 
@@ -126,7 +126,7 @@ class _InstantIngressClass(Ingress.func_or_class):  # type: ignore[misc,name-def
 
     async def __init__(self, *args: Any, **kwargs: Any) -> None:
         await super().__init__(*args, **kwargs)
-        self.handles = {name: InstantModel() for name in self.infos}
+        self.service.handles = {name: InstantModel() for name in self.service.infos}
 
 
 InstantIngress = serve.deployment(_InstantIngressClass, name="Ingress", max_ongoing_requests=1024)

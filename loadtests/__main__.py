@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     print(report.slo_text(slo))
     print("\n" + report.server_text(result.server, result.requests_sent, result.metrics_error))
     if args.quality:
-        from loadtests.quality import primary_metric, quality_sweep
+        from loadtests.quality_over_http import primary_metric, quality_sweep
 
         quality_rows = quality_sweep(
             args.url,

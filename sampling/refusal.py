@@ -4,7 +4,7 @@ Refusals cross process boundaries: a model replica raises one and the Ingress, i
 it through a Ray handle (pickled). Exceptions pickle by calling their class again with `args`, which breaks
 for any constructor whose parameters differ from what it passes up; a `Refusal` is rebuilt from its
 attributes instead, whatever its subclass's constructor takes. The Ingress turns a model replica's
-refusals into HTTP in `serving.api.ingress.refusal`; `ApiError`, the edge's own refusal, carries its status.
+refusals into HTTP in `serving.api.errors.refusal`; `ApiError`, the edge's own refusal, carries its status.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sampling.profile import DEFAULT_MAX_NFE, DEFAULT_SAMPLES, DEFAULT_STEPS
+from sampling.measure_quality import DEFAULT_MAX_NFE, DEFAULT_SAMPLES, DEFAULT_STEPS
 from serving.offline import profile_checkpoint, sample_to_file
 from serving.serve_cli import add_serve_parser
 

@@ -19,7 +19,7 @@ from sampling.request import Limits
 from serving.api.auth import AuthArgs
 from serving.api.headers import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS
 from serving.api.ingress import Ingress
-from serving.api.models import model_info
+from serving.api.schemas import model_info
 from serving.engine import EngineLimits
 from serving.replica import ModelServer
 from training.checkpoint import has_torch_weights, read_manifest

@@ -37,24 +37,27 @@ from torch import Tensor
 from sampling.samplers import SamplerGen
 from serving.backends.base import Backend, forward_in_chunks, timed_forward
 from serving.policy import admission, tick_plan
+from serving.policy.admission import Prediction
 from serving.policy.limits import EngineLimits
 from serving.policy.state import Load, RequestState
 from serving.policy.tick_model import TickModel
 from serving.refusals import RequestTimeout
 
-__all__ = ["Engine", "EngineLimits", "EngineResult", "EngineStats"]
+__all__ = ["Engine", "EngineLimits", "EngineResult", "EngineStats", "Prediction"]
 
 
 @dataclass(frozen=True)
 class EngineResult:
     """samples (N, *shape) in the sampler's space; evaluations: net evaluations the sampler asked for;
-    nfe: evaluations times 2 when guided (rows the net ran per sample); times in seconds."""
+    nfe: evaluations times 2 when guided (rows the net ran per sample); times in seconds; predicted_s: the
+    latency predicted at admission (`admission.Prediction.latency_s`), against queue_s + compute_s."""
 
     samples: Tensor
     evaluations: int
     nfe: int
     queue_s: float
     compute_s: float
+    predicted_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -109,39 +112,23 @@ class Engine:
         self._express_ticks = 0
 
     def stats(self) -> EngineStats:
-        return EngineStats(
-            in_flight=len(self._active),
-            queued=len(self._queue),
-            rows_in_flight=sum(j.rows for j in self._active),
-            ticks=self._ticks,
-            express_ticks=self._express_ticks,
-        )
+        rows = sum(j.rows for j in self._active)
+        return EngineStats(len(self._active), len(self._queue), rows, self._ticks, self._express_ticks)
 
     def load(self) -> Load:
         """The engine's load now, what its predictions read (`serving.policy.admission`)."""
-        return Load(
-            tuple(self._active),
-            tuple(self._queue),
-            self._running_rows,
-            self._running_since,
-            self.efficiency.value(),
-            self._lane,
-        )
+        running = (self._running_rows, self._running_since)
+        return Load(tuple(self._active), tuple(self._queue), *running, self.efficiency.value(), self._lane)
 
     def alone_s(self, rows: int, evaluations: int) -> float:
         """Seconds a request of `rows` rows x `evaluations` evaluations takes on an idle engine."""
-        return admission.alone_s(rows, evaluations, self.tick_model, self.limits)
+        return admission.alone_s(RequestState(rows, evaluations), self.tick_model, self.limits)
 
-    def predicted_latency(self, rows: int, evaluations: int, deadline: float | None = None) -> float:
-        """Seconds from now until a new request of `rows` rows x `evaluations` evaluations (deadline on
-        `clock`, or None) would finish under the current load (`admission.predicted_latency`)."""
-        args = (rows, evaluations, deadline, self.clock(), self.tick_model, self.limits)
-        return admission.predicted_latency(self.load(), *args)
-
-    def predicted_wait(self, rows: int, evaluations: int, deadline: float | None = None) -> float:
-        """Seconds a new request would take beyond its time alone (`admission.predicted_wait`)."""
-        args = (rows, evaluations, deadline, self.clock(), self.tick_model, self.limits)
-        return admission.predicted_wait(self.load(), *args)
+    def predict(self, rows: int, evaluations: int, deadline: float | None = None) -> Prediction:
+        """How long a new request of `rows` rows x `evaluations` evaluations (deadline on `clock`, or None)
+        would take under the load now (`admission.predict`)."""
+        request = RequestState(rows, evaluations, deadline)
+        return admission.predict(request, self.load(), self.clock(), self.tick_model, self.limits)
 
     async def submit(
         self,
@@ -150,10 +137,13 @@ class Engine:
         guidance: float | None = None,
         evaluations: int | None = None,
         deadline: float | None = None,
+        prediction: Prediction | None = None,
     ) -> EngineResult:
         """Run sampler `gen` (labels y (N,), guidance w or None) to completion amid the other requests;
         `evaluations`: the net evaluations it will ask for (its work; None counts one); `deadline`: when it
-        should be done, on `clock` (None: the default class).
+        should be done, on `clock` (None: the default class); `prediction`: this request's `predict`, made
+        against the load now (no await between), so a caller that has one does not predict it twice (None:
+        predicted here). The result carries it (`predicted_s`).
 
         Raises Overloaded at once when the count bounds are full or the predicted wait exceeds max_wait_s;
         RequestTimeout when it runs past request_timeout_s. If the awaiting coroutine is cancelled (client
@@ -161,7 +151,11 @@ class Engine:
         lim = self.limits
         rows = int(y.shape[0]) * (2 if guidance is not None else 1)
         evaluations = evaluations or 1
-        refused = admission.refusal(self.load(), rows, evaluations, deadline, self.clock(), self.tick_model, lim)
+        load = self.load()
+        if prediction is None:
+            request = RequestState(rows, evaluations, deadline)
+            prediction = admission.predict(request, load, self.clock(), self.tick_model, lim)
+        refused = admission.refusal(prediction, load, lim)
         if refused is not None:
             gen.close()
             raise refused
@@ -169,6 +163,7 @@ class Engine:
         future = asyncio.get_running_loop().create_future()
         job = RequestState(rows, evaluations, deadline, self._seq, gen=gen, y=y, guidance=guidance, future=future)
         job.submitted = time.perf_counter()
+        job.predicted_s = prediction.latency_s
         self._queue.append(job)
         self._ensure_running()
         self._wake.set()
@@ -390,6 +385,7 @@ class Engine:
                     nfe=job.evaluations * (2 if job.guidance is not None else 1),
                     queue_s=job.admitted - job.submitted,
                     compute_s=compute,
+                    predicted_s=job.predicted_s,
                 )
             )
 

@@ -39,7 +39,7 @@ class LocalStream:
 
 
 class LocalModel:
-    """Handle-shaped access to a `ModelReplica` in this process: `local.sample.remote(spec, deadline_s)`,
+    """Handle-shaped access to a `ModelReplica` in this process: `local.sample.remote(spec, deadline_at)`,
     `local.sample_auto.remote(...)`, `local.load.remote()`, and `local.options(stream=True).sample_stream.remote(
     spec, preview_every)` for a `LocalStream`."""
 

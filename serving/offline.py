@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from sampling.driver import sample
-from sampling.profile import (
+from sampling.measure_quality import (
     DEFAULT_MAX_NFE,
     DEFAULT_SAMPLES,
     DEFAULT_STEPS,
@@ -20,7 +20,7 @@ from sampling.profile import (
     metric_name,
     profile_grid,
 )
-from sampling.quality import QualityPoint, QualityProfile, weights_sha256, write_quality_profile
+from sampling.quality_profile import QualityPoint, QualityProfile, weights_sha256, write_quality_profile
 from sampling.render import render_png
 from sampling.request import OFFLINE_LIMITS, SampleSpec, to_data_space, validate
 from serving.backends import load_backend

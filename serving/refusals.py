@@ -1,6 +1,6 @@
 """What a model replica refuses a request with: the engine's admission and time limit, and the step budget's
 deadline. Each is a `sampling.refusal.Refusal` (pickle-safe across a Ray handle); the Ingress words each
-one as HTTP in `serving.api.ingress.refusal`."""
+one as HTTP in `serving.api.errors.refusal`."""
 
 from __future__ import annotations
 

@@ -5,8 +5,10 @@ Results and refusals cross the Ray handle typed: a `SampleOutput`, or `Overloade
 the edge answers 503 with the engine's Retry-After), `RequestTimeout`, and for deadline requests with
 `steps: "auto"` `DeadlineImpossible` / `DeadlineOverloaded` (`serving.policy.step_budget`).
 
-Deadlines cross the handle as seconds left (clocks differ between processes); the replica turns them into
-a time on its engine's clock.
+A deadline crosses the handle as one absolute unix time, set once at the HTTP edge (the nodes' clocks agree
+through NTP to far less than a deadline); the replica puts it on its engine's clock once
+(`_on_engine_clock`). A deadline request's latency is predicted once, at the engine's admission, or for
+steps "auto" once per candidate in the choice, the chosen one's prediction handed to the admission.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from ray import serve
 from sampling.progress import Progress, with_progress
 from sampling.request import Prepared, SampleSpec, prepare, to_data_space
 from serving.backends import load_backend
-from serving.engine import Engine, EngineLimits
+from serving.engine import Engine, EngineLimits, Prediction
 from serving.metrics import ModelMetrics
 from serving.policy.step_budget import Calibration, Candidate, choose
 from serving.policy.tick_model import TickModel, profile_backend, profile_sizes
@@ -100,30 +102,31 @@ class ModelReplica:
             self._tick_model_exported = now
             self.metrics.set_tick_model(self.engine.tick_model)
 
-    async def sample(self, spec: SampleSpec, deadline_s: float | None = None) -> SampleOutput:
-        """Run a validated request, with `deadline_s` seconds left to its deadline or None; raises Overloaded
-        when the engine refuses it (full, or its predicted wait over the bound) and RequestTimeout when it runs
-        past the engine's request_timeout_s."""
-        if deadline_s is None:
-            return await self._run(spec, prepare(self.ckpt, spec))
-        start = self.engine.clock()
-        deadline = start + deadline_s
-        predicted = self.engine.predicted_latency(spec.rows, spec.evaluations, deadline)
-        out = await self._run(spec, prepare(self.ckpt, spec), deadline, self.calibration.factor() * predicted)
-        self._calibrate(predicted, self.engine.clock() - start)
-        return out
+    async def sample(self, spec: SampleSpec, deadline_at: float | None = None) -> SampleOutput:
+        """Run a validated request, due by `deadline_at` (unix time) or None; raises Overloaded when the engine
+        refuses it (full, or its predicted wait over the bound) and RequestTimeout when it runs past the
+        engine's request_timeout_s."""
+        job = prepare(self.ckpt, spec)
+        if deadline_at is None:
+            return await self._run(spec, job)
+        return await self._run(spec, job, self._on_engine_clock(deadline_at), factor=self.calibration.factor())
 
-    async def sample_auto(self, candidates: list[Candidate], deadline_s: float) -> SampleOutput:
-        """Run the candidate `serving.policy.step_budget.choose` picks for `deadline_s` seconds from now under this
+    async def sample_auto(self, candidates: list[Candidate], deadline_at: float) -> SampleOutput:
+        """Run the candidate `serving.policy.step_budget.choose` picks for `deadline_at` (unix time) under this
         replica's load; raises DeadlineImpossible / DeadlineOverloaded when none can meet it."""
-        start = self.engine.clock()
-        deadline = start + deadline_s
+        deadline = self._on_engine_clock(deadline_at)
         factor = self.calibration.factor()
+        predictions: dict[int, Prediction] = {}
+
+        def predict(s: SampleSpec) -> float:
+            predictions[id(s)] = p = self.engine.predict(s.rows, s.evaluations, deadline)
+            return factor * p.latency_s
+
         try:
             choice = choose(
                 candidates,
-                deadline_s,
-                lambda s: factor * self.engine.predicted_latency(s.rows, s.evaluations, deadline),
+                deadline - self.engine.clock(),
+                predict,
                 lambda s: self.engine.alone_s(s.rows, s.evaluations),
             )
         except (DeadlineImpossible, DeadlineOverloaded) as e:
@@ -131,26 +134,30 @@ class ModelReplica:
             raise
         spec = choice.candidate.spec
         self.metrics.chose(spec.sampler, spec.steps)
-        out = await self._run(spec, prepare(self.ckpt, spec), deadline, choice.predicted_s, choice.candidate.quality)
-        self._calibrate(choice.predicted_s / factor, self.engine.clock() - start)
-        return out
+        job = prepare(self.ckpt, spec)  # no await from the prediction to the engine's admission: the same load
+        return await self._run(spec, job, deadline, predictions[id(spec)], factor, choice.candidate.quality)
 
-    def _calibrate(self, predicted_s: float, actual_s: float) -> None:
-        self.calibration.record(predicted_s, actual_s)
-        self.metrics.set_calibration(self.calibration.factor())
+    def _on_engine_clock(self, deadline_at: float) -> float:
+        """A unix time as a time on the engine's clock (the one conversion a deadline makes)."""
+        return self.engine.clock() + (deadline_at - time.time())
 
     async def _run(
         self,
         spec: SampleSpec,
         job: Prepared,
         deadline: float | None = None,
-        predicted_s: float | None = None,
+        prediction: Prediction | None = None,
+        factor: float = 1.0,
         quality: float | None = None,
     ) -> SampleOutput:
-        """Submit a prepared request to the engine, with its metrics; the samples in data space."""
+        """Submit a prepared request to the engine, with its metrics; the samples in data space. A deadline
+        request's prediction (made here when `prediction` is None) is reported times the calibration `factor`
+        it was chosen with, and its outcome calibrates later ones."""
         self.metrics.set_in_flight(self._load() + 1)
         try:
-            res = await self.engine.submit(job.sampler, job.labels, spec.guidance, spec.evaluations, deadline)
+            res = await self.engine.submit(
+                job.sampler, job.labels, spec.guidance, spec.evaluations, deadline, prediction
+            )
         except Overloaded:
             self.metrics.rejected("overloaded")
             raise
@@ -159,8 +166,12 @@ class ModelReplica:
             raise
         finally:
             self.metrics.set_in_flight(self._load())
+        predicted_s = None
         if deadline is not None:
             self.metrics.deadline(met=self.engine.clock() <= deadline)
+            self.calibration.record(res.predicted_s, res.queue_s + res.compute_s)
+            self.metrics.set_calibration(self.calibration.factor())
+            predicted_s = factor * res.predicted_s
         self.metrics.finished(spec.sampler, spec.steps, res.nfe, spec.num_samples, res.queue_s)
         samples = to_data_space(self.ckpt, res.samples)
         return SampleOutput(

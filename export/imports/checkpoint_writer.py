@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from export.imports.scheduler_map import ImportRefused
+from export.imports.diffusers_scheduler import ImportRefused
 from export.onnx_export import INPUT_NAMES
 from sampling.ort_session import cpu_session
 from training.checkpoint import FORMAT_VERSION, MANIFEST, Checkpoint, load_checkpoint, sha256_file

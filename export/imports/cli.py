@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from export.imports.scheduler_map import ImportRefused
+from export.imports.diffusers_scheduler import ImportRefused
 from export.onnx_export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
 DESCRIPTION = (

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from export.imports.checkpoint_writer import write_imported
-from export.imports.scheduler_map import ImportRefused, map_scheduler
+from export.imports.diffusers_scheduler import ImportRefused, map_scheduler
 from export.onnx_export import DEFAULT_OPSET, to_onnx_model
 from export.parity import EVAL_TOLERANCE, ort_forward
 from training.checkpoint import Checkpoint

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from export.imports.checkpoint_writer import write_imported
-from export.imports.scheduler_map import ImportRefused
+from export.imports.diffusers_scheduler import ImportRefused
 from sampling.samplers import SPACINGS
 from training.checkpoint import Checkpoint
 from training.paths import FM_PATHS, SCHEDULES, TARGETS, DDPMObjective, FMObjective, Objective

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from serving.api.headers import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS
 from serving.api.middleware import send_error
-from serving.api.models import ApiError
+from serving.api.schemas import ApiError
 from serving.metrics import AuthMetrics
 
 logger = logging.getLogger("ray.serve")

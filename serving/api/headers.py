@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from serving.api.middleware import send_error
-from serving.api.models import ApiError
+from serving.api.schemas import ApiError
 
 DEFAULT_MAX_HEADERS = 64
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024  # what h11 (uvicorn's other parser) and nginx's large buffers allow

@@ -1,6 +1,6 @@
 """ASGI middleware of the HTTP edge: a body-size bound and the request metrics.
 
-Both read their settings from the FastAPI app's `state` (set once by the ingress from the Serve config).
+Both read their settings from the FastAPI app's `state` (set by `ingress.build_http_app` from the Serve config).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from sampling.samplers import SAMPLERS
-from serving.api.models import ApiError
+from serving.api.schemas import ApiError
 from serving.metrics import IngressMetrics
 
 SAMPLES_PATH = "/v1/samples"
@@ -29,8 +29,8 @@ async def send_error(send: Any, err: ApiError) -> None:
 class BodySizeLimit:
     """Bodies over `app.state.max_body_bytes` get 413 before any parsing. Counts the bytes received, so a
     body without Content-Length (chunked) is bounded too; a body that does not arrive within
-    `app.state.body_timeout_s` gets 408, so a stalled client holds no slot for long. The `model` and
-    `sampler` of a JSON body go into the request's state as received, for RequestMetrics' tags."""
+    `app.state.body_timeout_s` gets 408, so a stalled client holds no slot for long. The body is passed on
+    as received, unparsed (FastAPI parses it once)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -59,7 +59,6 @@ class BodySizeLimit:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        tag_request(scope, body)
         replayed = False
 
         async def replay() -> dict:
@@ -72,21 +71,11 @@ class BodySizeLimit:
         await self.app(scope, replay, send)
 
 
-def tag_request(scope: dict, body: bytes) -> None:
-    """Put the body's `model` and `sampler` (any JSON type, or absent) into the request's state."""
-    try:
-        fields = json.loads(body) if body else None
-    except ValueError:  # not JSON: the route answers 400
-        return
-    if isinstance(fields, dict):
-        state = scope.setdefault("state", {})
-        state["model"], state["sampler"] = fields.get("model"), fields.get("sampler")
-
-
 class RequestMetrics:
     """Counts every answer of POST /v1/samples by model, sampler and status, and times the 200s.
 
-    BodySizeLimit puts the request's `model` and `sampler` into its state as received; only known values
+    The route (or its validation error's handler, `errors.tag_request`) puts the body's `model` and `sampler`
+    into the request's state as FastAPI parsed them; only known values
     become tags (anything else, of any JSON type, is "unknown"), so label sets stay bounded. An exception
     that escapes the app is counted as 500 here before the server answers it."""
 
@@ -99,7 +88,7 @@ class RequestMetrics:
             return await self.app(scope, receive, send)
         t0 = time.perf_counter()
         status = 500
-        scope.setdefault("state", {})  # BodySizeLimit writes the tags into this dict; read back in _record
+        scope.setdefault("state", {})  # the route writes the tags into this dict; read back in _record
 
         async def send_status(message: dict) -> None:
             nonlocal status

@@ -4,8 +4,8 @@
 - `limits`: the knobs (`Policy` for tick planning, inside `EngineLimits` for admission).
 - `tick_model`: the latency model, tick seconds as a function of rows, profiled at start-up, refitted online.
 - `tick_plan`: which rows run in a tick (EDF under a per-tick row budget, the throughput guard, the express
-  lane) and `predicted_latency`, the same policy's estimate of a new request's finish.
-- `admission`: predicted latency and wait of a new request under a `Load`, and whether the engine takes it.
+  lane) and `finish_s`, the same policy's estimate of a new request's finish.
+- `admission`: a new request's `Prediction` under a `Load` (made once), and whether the engine takes it.
 - `step_budget`: choosing (sampler, K) for a deadline request with `steps: "auto"`, and `Calibration`.
 
 Everything here is a function of its arguments (a snapshot, the model, the knobs, the time), so it is tested

@@ -28,8 +28,8 @@ class RequestState:
     seq (arrival order), evaluations (run so far), cursor (rows of the current evaluation already run),
     idle_ticks (ticks since it last advanced), size (rows x evaluations asked for, fixed for its life; 0:
     rows x planned). What the engine owns (unset in the policy's own tests): the sampler generator, labels,
-    guidance, the future its caller awaits, when it was submitted and admitted, the current evaluation's
-    rows (x, t, y; guided rows expanded) and the outputs of those run so far."""
+    guidance, the future its caller awaits, when it was submitted and admitted, its latency predicted then,
+    the current evaluation's rows (x, t, y; guided rows expanded) and the outputs of those run so far."""
 
     rows: int
     planned: int
@@ -45,6 +45,7 @@ class RequestState:
     future: asyncio.Future | None = None
     submitted: float = 0.0
     admitted: float = 0.0
+    predicted_s: float = 0.0
     pending: tuple[Tensor, Tensor, Tensor] | None = None
     parts: list[Tensor] = field(default_factory=list)
     done: bool = False

@@ -1,9 +1,9 @@
 """Choosing the step budget K (and the sampler) for a deadline: `steps: "auto"`.
 
 The HTTP edge turns a request into candidates, one per measured point of the model's quality profile
-(`sampling.quality`) that the request's sampler, limits and `min_quality` allow, each a validated
+(`sampling.quality_profile`) that the request's sampler, limits and `min_quality` allow, each a validated
 `SampleSpec` with the profile's predicted quality. The replica predicts each candidate's finish from its
-engine's current load (`Engine.predicted_latency`) and `choose` takes, among those predicted to meet the
+engine's current load (`Engine.predict`) and `choose` takes, among those predicted to meet the
 deadline, the best predicted quality, then the largest K, then the shortest predicted time. As load rises
 the predictions grow and the choice moves down to smaller K, down to the quality floor, before anything is
 refused.

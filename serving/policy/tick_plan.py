@@ -32,8 +32,8 @@ exactly the rows it returns. The policy, from `limits.Policy`:
   allowance: a deadline, or short) and whose rows alone make an inline tick are left out of it and tick on
   the event loop beside it, at most what runs inline per tick.
 
-`predicted_latency` is the same policy's estimate of how long a new request would take, used for
-admission (`admission`) and for choosing K under a deadline (`step_budget`).
+`finish_s` is the same policy's estimate of how long a new request would take, used for admission
+(`admission.predict`) and for choosing K under a deadline (`step_budget`).
 
 Functions of their arguments (time is passed in; `Efficiency` is the one running record): tests drive them
 with a fake clock.
@@ -132,7 +132,7 @@ def binds(slot: RequestState, other: RequestState, policy: Policy) -> bool:
     return slot.deadline is not None or other.size >= policy.size_ratio * slot.size
 
 
-def budget_floor(model: TickModel, policy: Policy, recent_efficiency: float) -> int:
+def row_floor(model: TickModel, policy: Policy, recent_efficiency: float) -> int:
     """The rows a tick may always grow to: `efficient_rows` once recent efficiency is below the target, else 0."""
     return efficient_rows(model, policy) if recent_efficiency < policy.efficiency else 0
 
@@ -148,7 +148,7 @@ def plan_tick(
     if len(slots) == 1:  # the loop below, for one request: what its allowance holds, at least one row
         s = slots[0]
         return [(s, min(s.rows_now, max(1, rows_within(allowance(s, now, model, policy), model, cap))))]
-    floor = budget_floor(model, policy, recent_efficiency)
+    floor = row_floor(model, policy, recent_efficiency)
     plan: list[tuple[RequestState, int]] = []
     # requests in the plan with a finite allowance: only they limit a tick
     limits: list[tuple[RequestState, float]] = []
@@ -168,8 +168,8 @@ def plan_tick(
             limit_s = math.inf
             if with_deadline or s.size >= policy.size_ratio * smallest:  # else none of them binds it: skip the scan
                 limit_s = min((a for p, a in limits if binds(p, s, policy)), default=math.inf)
-            budget = max(floor, rows_within(limit_s, model, cap))  # joining beats waiting, whatever its own
-            take = min(s.rows_now, budget - total, cap - total)
+            row_budget = max(floor, rows_within(limit_s, model, cap))  # joining beats waiting, whatever its own
+            take = min(s.rows_now, row_budget - total, cap - total)
         if take <= 0:
             continue
         plan.append((s, take))
@@ -183,37 +183,30 @@ def plan_tick(
     return plan
 
 
-def predicted_latency(
-    rows: int,
-    evaluations: int,
-    deadline: float | None,
-    load: Load,
-    now: float,
-    model: TickModel,
-    policy: Policy,
-) -> float:
-    """Seconds from now until a new request (rows per evaluation, evaluations, absolute deadline or None)
-    would finish under the policy (not FIFO): the rest of the tick running now, then the work ordered before
-    it at the throughput of `efficient_rows` ticks (within 1 - efficiency of the best), then its own
-    evaluations in ticks of the size the budget allows it beside the rest. It errs long: work ordered
-    before it in fact shares its ticks."""
+def finish_s(request: RequestState, load: Load, now: float, model: TickModel, policy: Policy) -> float:
+    """Seconds from `now` until a new `request` (rows per evaluation, planned evaluations, absolute deadline or
+    None; not yet in `load`) would finish under the policy (not FIFO): the rest of the tick running now, then
+    the work ordered before it at the throughput of `efficient_rows` ticks (within 1 - efficiency of the best),
+    then its own evaluations in ticks of the size the row budget allows it beside the rest. It errs long: work
+    ordered before it in fact shares its ticks."""
     cap = policy.max_rows_per_tick
     running = max(0.0, load.running_since + model.tick_s(load.running_rows) - now) if load.running_rows else 0.0
     others = sum(s.rows for s in load.requests)
     floor = efficient_rows(model, policy)
-    probe = RequestState(rows, evaluations, deadline, seq=1 << 62)
+    rows, evaluations = request.rows, request.planned
+    probe = RequestState(rows, evaluations, request.deadline, seq=1 << 62)  # ordered after its equals
     ranked = order([*load.requests, probe], policy)
     before = ranked[: ranked.index(probe)]
     ahead = sum(s.work_left for s in before)
     # Its ticks: its own rows and those of requests it does not bind (like sizes share whole ticks), plus what
-    # the budget lets the rest add (never more than they have).
+    # the row budget lets the rest add (never more than they have).
     own = allowance(probe, now, model, policy)
     unbound = sum(s.rows for s in load.requests if not binds(probe, s, policy))
-    budget = max(
-        budget_floor(model, policy, load.recent_efficiency), rows_within(own, model, cap), min(rows + unbound, cap)
+    row_budget = max(
+        row_floor(model, policy, load.recent_efficiency), rows_within(own, model, cap), min(rows + unbound, cap)
     )
     if rows <= cap:
-        own_s = evaluations * model.tick_s(min(rows + others, budget))
+        own_s = evaluations * model.tick_s(min(rows + others, row_budget))
     else:  # each evaluation runs in ceil(rows / cap) full ticks
         own_s = evaluations * math.ceil(rows / cap) * model.tick_s(cap)
     ahead_s = ahead * model.tick_s(floor) / floor if ahead else 0.0

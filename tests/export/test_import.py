@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from export.__main__ import main
+from export.imports.diffusers_scheduler import ImportRefused, map_scheduler
 from export.imports.onnx_file import import_onnx
-from export.imports.scheduler_map import ImportRefused, map_scheduler
 from sampling import samplers
 from sampling.driver import run_sampler
 from sampling.request import initial_noise

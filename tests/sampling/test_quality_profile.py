@@ -14,8 +14,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sampling.driver import sample
-from sampling.profile import DEFAULT_SAMPLES, profile_grid
-from sampling.quality import QUALITY_FILE, QualityPoint, QualityProfile, load_quality_profile, write_quality_profile
+from sampling.measure_quality import DEFAULT_SAMPLES, profile_grid
+from sampling.quality_profile import (
+    QUALITY_FILE,
+    QualityPoint,
+    QualityProfile,
+    load_quality_profile,
+    write_quality_profile,
+)
 from sampling.request import Limits, SampleSpec, max_steps, to_data_space
 from sampling.samplers import SAMPLERS, samplers_for
 from serving.__main__ import main as serving_main

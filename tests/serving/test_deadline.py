@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from sampling.quality import QualityPoint, QualityProfile, weights_sha256, write_quality_profile
+from sampling.quality_profile import QualityPoint, QualityProfile, weights_sha256, write_quality_profile
 from sampling.samplers import SAMPLERS
 from serving.policy.tick_model import TickModel
 from tests.serving.conftest import ServeCluster, app_args

@@ -305,7 +305,7 @@ def test_admission_refuses_at_once_when_the_predicted_wait_exceeds_the_bound(ckp
             await asyncio.sleep(0.001)
         small = await engine.submit(*_start(ckpt, "fm-euler", 3, None, 20, 1, {}), None, 3)  # fits: 80 + 20 rows
         ticks_before = engine.stats().ticks
-        wait = engine.predicted_wait(40, 5)
+        wait = engine.predict(40, 5).wait_s
         with pytest.raises(Overloaded) as refused:  # 40 rows do not fit beside 80
             await engine.submit(*_start(ckpt, "fm-euler", 5, None, 40, 2, {}), None, 5)
         assert engine.stats().ticks == ticks_before  # refused at once, no tick ran meanwhile
@@ -561,7 +561,7 @@ def test_a_short_request_beside_a_long_tick_is_predicted_by_its_lane(ckpts, lane
         engine = Engine(backend, ckpt.null_label, EngineLimits.from_options(express_lane=lane), tick_model=model)
         long = asyncio.ensure_future(engine.submit(*_start(ckpt, "fm-euler", 3, None, 512, 7, {}), None, 3))
         await asyncio.sleep(0.02)
-        predicted, own = engine.predicted_latency(8, 4), 4 * model.tick_s(8)
+        predicted, own = engine.predict(8, 4).latency_s, 4 * model.tick_s(8)
         await long
         await engine.close()
         return predicted, own

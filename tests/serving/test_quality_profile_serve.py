@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from sampling.quality import load_quality_profile
+from sampling.quality_profile import load_quality_profile
 from tests.conftest import ROOT
 from tests.serving.conftest import ServeCluster, app_args
 from tests.serving.test_metrics import scrape
@@ -49,7 +49,7 @@ def test_model_metadata_carries_the_quality_profile(serve_cluster: ServeCluster)
 def test_model_info_lists_each_samplers_max_steps_and_the_profile() -> None:
     """Without Ray: the metadata the ingress serves, built from the manifest (DDPM: T minus the grid's needs)."""
     from sampling.request import Limits
-    from serving.api.models import model_info
+    from serving.api.schemas import model_info
 
     info = model_info("moons-ddpm", ROOT / "models" / "moons-ddpm", "torch", Limits()).to_json()
     assert info["sampler_max_steps"] == {"ddpm": 1000, "ddim": 1000, "dpm-solver++": 999, "heun": 1000}

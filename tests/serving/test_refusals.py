@@ -11,7 +11,7 @@ import pytest
 from sampling.refusal import Refusal
 from sampling.request import InvalidRequest
 from serving.api.auth import AuthError
-from serving.api.models import ApiError
+from serving.api.schemas import ApiError
 from serving.refusals import DeadlineImpossible, DeadlineOverloaded, Overloaded, RequestTimeout
 
 CASES = [

@@ -11,7 +11,7 @@ from serving.policy.limits import Policy
 from serving.policy.state import Load, RequestState
 from serving.policy.step_budget import Calibration, Candidate, choose
 from serving.policy.tick_model import TickModel
-from serving.policy.tick_plan import predicted_latency
+from serving.policy.tick_plan import finish_s
 from serving.refusals import DeadlineImpossible, DeadlineOverloaded
 
 MODEL = TickModel([(1, 1e-3 + 1e-5), (1000, 1e-3 + 1e-2)])  # 1 ms a tick plus 10 us a row
@@ -28,7 +28,7 @@ def _choose(load: Load, deadline_s: float, now: float = 0.0):
     return choose(
         CANDIDATES,
         deadline_s,
-        lambda s: predicted_latency(s.rows, s.evaluations, now + deadline_s, load, now, MODEL, POLICY),
+        lambda s: finish_s(RequestState(s.rows, s.evaluations, now + deadline_s), load, now, MODEL, POLICY),
         _alone,
     )
 

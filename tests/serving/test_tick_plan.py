@@ -15,8 +15,8 @@ from serving.policy.tick_plan import (
     allowance,
     binds,
     efficient_rows,
+    finish_s,
     plan_tick,
-    predicted_latency,
     rows_within,
 )
 
@@ -39,7 +39,7 @@ class Req:
 
 def simulate(reqs: list[Req], policy: Policy, max_ticks: int = 100_000) -> tuple[float, list[list[tuple[Req, int]]]]:
     """Run every request to completion on the fake clock; the tick plans, and the time the last finished.
-    Each request's `predicted` is `predicted_latency` from the state when it joined."""
+    Each request's `predicted` is `finish_s` from the state when it joined."""
     now, tick = 0.0, 0
     eff = Efficiency(policy.efficiency_window_s)
     pending = sorted(reqs, key=lambda r: r.arrive)
@@ -51,7 +51,7 @@ def simulate(reqs: list[Req], policy: Policy, max_ticks: int = 100_000) -> tuple
         while pending and pending[0].arrive <= now:
             r = pending.pop(0)
             load = Load([a.slot for a in active], recent_efficiency=eff.value())
-            ahead = predicted_latency(r.rows, r.evals, r.slot.deadline, load, now, MODEL, policy)
+            ahead = finish_s(RequestState(r.rows, r.evals, r.slot.deadline), load, now, MODEL, policy)
             r.predicted = (now - r.arrive) + ahead
             active.append(r)
         if not active:
@@ -171,7 +171,7 @@ def test_allowance_grows_with_deadline_slack() -> None:
 @pytest.mark.parametrize("deadline", [None, 0.5])
 @pytest.mark.parametrize("longs_n", [0, 2, 6])
 def test_the_prediction_errs_long_but_not_far(deadline: float | None, longs_n: int) -> None:
-    """predicted_latency for a request joining amid load (from the state it joins in), against the simulated
+    """finish_s for a request joining amid load (from the state it joins in), against the simulated
     time it then takes: never shorter, at most twice as long (give or take one tick)."""
     policy = Policy()
     longs = [Req(f"long{i}", 256, 100) for i in range(longs_n)]

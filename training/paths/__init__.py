@@ -2,6 +2,7 @@
 
 from training.paths.conversions import TARGETS, to_eps_x0
 from training.paths.fm_paths import FM_PATHS, PathCoefficients, path_coefficients, velocity_to_data
+from training.paths.noise_schedules import NUM_TRAIN_TIMESTEPS, SCHEDULES, DDPMSchedule
 from training.paths.objectives import (
     DDPM_T_SCALE,
     FM_T_SCALE,
@@ -10,7 +11,6 @@ from training.paths.objectives import (
     Objective,
     objective_from_dict,
 )
-from training.paths.schedules import NUM_TRAIN_TIMESTEPS, SCHEDULES, DDPMSchedule
 
 __all__ = [
     "DDPM_T_SCALE",

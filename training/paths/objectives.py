@@ -15,7 +15,7 @@ from torch import Tensor
 
 from training.paths.conversions import TARGETS, target_from
 from training.paths.fm_paths import FM_PATHS, path_coefficients, path_t_end
-from training.paths.schedules import SCHEDULES, DDPMSchedule
+from training.paths.noise_schedules import SCHEDULES, DDPMSchedule
 
 # Nets see time through a sinusoidal embedding of t * t_scale: DDPM's integer t already spans
 # [0, 1000); FM's t in [0, 1] is stretched to the same range.

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from sampling.driver import run_sampler, sample
-from sampling.quality import QualityPoint, QualityProfile
+from sampling.quality_profile import QualityPoint, QualityProfile
 from sampling.request import Limits, SampleSpec, initial_noise, max_steps, to_data_space
 from sampling.samplers import SAMPLERS, Forward, samplers_for, start
 from training import metrics

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sampling.quality import load_quality_profile
+from sampling.quality_profile import load_quality_profile
 from sampling.refusal import Refusal
 from sampling.request import Limits, SampleSpec, max_steps
 from sampling.samplers import SAMPLERS, SPACINGS, samplers_for
@@ -240,7 +240,7 @@ class ModelInfo:
     backend: str
     limits: Limits
     training_steps: int | None
-    # The checkpoint's quality profile (sampling/quality.py) as JSON, None when it has none.
+    # The checkpoint's quality profile (sampling/quality_profile.py) as JSON, None when it has none.
     quality_profile: dict[str, Any] | None = None
 
     @classmethod

@@ -3,7 +3,7 @@
 Stored in the checkpoint as `quality_profile.json` (role "quality" in the manifest, with its sha256) and tied
 to the weights it was measured on by their sha256: retrained weights make the profile stale, and
 `load_quality_profile` refuses a stale or tampered profile with a CheckpointError. `quality` is in [0, 1],
-higher is better; the profile's `definition` says how it was computed (see `sampling/profile.py`).
+higher is better; the profile's `definition` says how it was computed (see `sampling/measure_quality.py`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,177 @@
+"""What the HTTP edge does for each route, apart from HTTP: find the model, check the request once, call its
+replica through a handle (run once more if the replica died), and shape the answer.
+
+The path of a request: `routes` (pydantic types) -> `SampleService.sample` (model lookup,
+`SampleRequest.check` for the checks between fields, `sampling.request.validate` for what must fit the
+model, or for steps "auto" the `candidates` from the model's quality profile) -> the model's
+`ModelReplica.sample` through its handle (a validated `SampleSpec`) -> engine -> backend, and back as a
+`SampleOutput`. Every refusal is an `ApiError` (`errors.refusal` for the replica's).
+
+A deadline enters once, as an absolute unix time: when the request arrived plus its `deadline_ms`. The
+replica is given that time less this model's path estimate (the time a request spends outside the engine:
+hops, serialization, noise and data-space conversion, a moving average per model), so that the way back
+fits; `deadline_met` is judged against the time itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+from sampling.quality_profile import QualityProfile
+from sampling.render import render_base64
+from sampling.request import InvalidRequest, SampleSpec, validate
+from serving.api.candidates import candidates
+from serving.api.errors import REFUSALS, REPLICA_LOST, refusal
+from serving.api.schemas import ApiError, ModelInfo, SampleRequest
+from serving.api.streaming import sse_events
+from serving.replica import SampleOutput
+
+PATH_EWMA = 0.2
+PATH_INITIAL_S = 0.01
+
+T = TypeVar("T")
+
+
+class SampleService:
+    """The models behind the edge: their handles (Serve's, or `serving.local`'s in-process ones) and
+    metadata, each one's quality profile and path estimate."""
+
+    def __init__(self, handles: dict[str, Any], infos: dict[str, dict[str, Any]]) -> None:
+        self.handles = handles
+        self.infos = {name: ModelInfo.from_dict(info) for name, info in infos.items()}
+        self.objectives = {name: info.objective_obj() for name, info in self.infos.items()}
+        self.profiles = {
+            name: QualityProfile.from_json(info.quality_profile)
+            for name, info in self.infos.items()
+            if info.quality_profile is not None
+        }
+        self.path_s = dict.fromkeys(self.infos, PATH_INITIAL_S)
+
+    def info(self, model: str, field: str = "model") -> ModelInfo:
+        info = self.infos.get(model)
+        if info is None:
+            raise ApiError(field, f"unknown model {model[:64]!r}; served: {sorted(self.infos)}", 404)
+        return info
+
+    async def sample(self, req: SampleRequest, t0: float, arrived: float) -> dict[str, Any]:
+        """The response body of an unstreamed request that arrived at `arrived` (unix time; `t0` the same
+        moment on perf_counter)."""
+        info = self.info(req.model)
+        seed = req.seed if req.seed is not None else secrets.randbits(63)
+        deadline_s = req.check().deadline_s
+        due = None if deadline_s is None else arrived + deadline_s
+        handle = self.handles[req.model]
+        path_s = self.path_s[req.model]  # the path around the engine, kept out of the engine's time
+        if req.steps == "auto":
+            assert due is not None and deadline_s is not None  # check() requires deadline_ms
+            choices = candidates(req, info, self.objectives[req.model], self.profiles.get(req.model), seed)
+            before_s = time.perf_counter() - t0
+            # What the engine would have on a quiet service: a choice that fits that is refused for load (503).
+            quiet_s = deadline_s - PATH_INITIAL_S
+            out = await self.call(req.model, lambda: handle.sample_auto.remote(choices, due - path_s), quiet_s)
+            return await self.respond(req, seed, out, t0, due, before_s + path_s)
+        spec = self.spec(req, info, seed)
+        before_s = time.perf_counter() - t0
+        engine_due = None if due is None else due - path_s
+        out = await self.call(req.model, lambda: handle.sample.remote(spec, engine_due))
+        return await self.respond(req, seed, out, t0, due, before_s + path_s)
+
+    def spec(self, req: SampleRequest, info: ModelInfo, seed: int) -> SampleSpec:
+        """The request as a `SampleSpec`, validated against the model."""
+        spec = req.to_spec(seed)
+        try:
+            validate(spec, self.objectives[req.model], info.num_classes, info.limits)
+        except InvalidRequest as e:
+            raise ApiError(e.field, e.message) from None
+        return spec
+
+    async def stream(self, req: SampleRequest, t0: float) -> AsyncIterator[str]:
+        """A streamed request's SSE events. The replica's first event is awaited here, before any byte is
+        sent, so a refusal before any work (503, a dead replica run once more) is an ordinary JSON error."""
+        info = self.info(req.model)
+        seed = req.seed if req.seed is not None else secrets.randbits(63)
+        preview_every = req.check().preview_every
+        spec = self.spec(req, info, seed)
+        handle = self.handles[req.model].options(stream=True)
+
+        async def start() -> tuple[Any, Any]:
+            events = handle.sample_stream.remote(spec, preview_every)
+            try:
+                return events, await events.__anext__()
+            except BaseException:
+                events.cancel()
+                raise
+
+        events, first = await self.call(req.model, start)
+        return sse_events(req.model, events, first, lambda out: self.respond(req, seed, out, t0))
+
+    async def respond(
+        self,
+        req: SampleRequest,
+        seed: int,
+        out: SampleOutput,
+        t0: float,
+        due: float | None = None,
+        outside_s: float = 0.0,
+    ) -> dict[str, Any]:
+        """The response body of a finished request, streamed or not. due: its deadline (unix time);
+        outside_s: the time before the call and the predicted path around the engine (for predicted_ms)."""
+        image = await asyncio.to_thread(render_base64, out.samples) if req.format == "png" else None
+        total_s = time.perf_counter() - t0
+        self._observe_path(req.model, total_s - out.queue_s - out.compute_s)
+        predicted_ms = None
+        if out.predicted_s is not None and due is not None:
+            predicted_ms = 1e3 * (outside_s + out.predicted_s)
+        # Built as the response model's JSON directly: validating the samples again through SampleResponse
+        # cost more than the rest of the route for large requests (the route still declares the model).
+        return {
+            "model": req.model,
+            "sampler": out.sampler,
+            "steps": out.steps,
+            "num_samples": req.num_samples,
+            "guidance": req.guidance,
+            "class_label": req.class_label,
+            "seed": seed,
+            "nfe": out.nfe,
+            "shape": list(out.samples.shape),
+            "samples": None if image is not None else out.samples.tolist(),
+            "image": image,
+            "timing": {"queue_ms": 1e3 * out.queue_s, "compute_ms": 1e3 * out.compute_s, "total_ms": 1e3 * total_s},
+            "deadline_ms": req.deadline_ms,
+            "deadline_met": None if due is None else time.time() <= due,
+            "predicted_ms": predicted_ms,
+            "predicted_quality": out.quality,
+        }
+
+    def _observe_path(self, model: str, seconds: float) -> None:
+        """Moving average of the time a request spends outside the replica's engine."""
+        self.path_s[model] += PATH_EWMA * (max(0.0, seconds) - self.path_s[model])
+
+    async def call(self, model: str, call: Callable[[], Awaitable[T]], quiet_s: float = 0.0) -> T:
+        """`call()` awaited, once more if its replica died; refusals as ApiErrors (`errors.refusal`)."""
+        try:
+            try:
+                return await call()
+            except REPLICA_LOST:
+                return await call()
+        except REFUSALS as e:
+            raise refusal(model, e, quiet_s) from None
+
+    def models(self) -> dict[str, Any]:
+        return {"models": [info.to_json() for info in self.infos.values()]}
+
+    async def model(self, model_id: str) -> dict[str, Any]:
+        info = self.info(model_id, "model_id")
+        return {**info.to_json(), "replica_load": await self.handles[model_id].load.remote()}
+
+    async def health(self) -> tuple[dict[str, Any], bool]:
+        """Which model deployments answer within 5 s; True when all do."""
+        names = list(self.handles)
+        calls = [asyncio.wait_for(self.handles[n].load.remote(), 5.0) for n in names]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        down = [n for n, r in zip(names, results, strict=True) if isinstance(r, BaseException)]
+        return {"status": "ok" if not down else "unavailable", "models": names, "unavailable": down}, not down
