@@ -30,6 +30,15 @@ from stepserve_client.errors import (
 from stepserve_client.stream import EventParser, Progress, decode
 
 SAMPLES_PATH = "/v1/samples"
+# When the client sent a request (unix seconds): the service counts a deadline from then (docs/api.md).
+SENT_AT_HEADER = "X-Client-Sent-At"
+
+
+def sent_at_headers(body: dict[str, Any] | None) -> dict[str, str] | None:
+    """The send-time header for a request with a deadline (each attempt's own), else None."""
+    if body is None or body.get("deadline_ms") is None:
+        return None
+    return {SENT_AT_HEADER: f"{time.time():.6f}"}
 
 
 @dataclass(frozen=True)
@@ -180,7 +189,7 @@ class Client:
 
     def _send(self, method: str, path: str, json: dict[str, Any] | None = None) -> httpx.Response:
         try:
-            return self.http.request(method, path, json=json)
+            return self.http.request(method, path, json=json, headers=sent_at_headers(json))
         except httpx.TransportError as e:
             raise transport_failure(e, f"{self.base_url}{path}") from None
 
@@ -272,7 +281,7 @@ class AsyncClient:
 
     async def _send(self, method: str, path: str, json: dict[str, Any] | None = None) -> httpx.Response:
         try:
-            return await self.http.request(method, path, json=json)
+            return await self.http.request(method, path, json=json, headers=sent_at_headers(json))
         except httpx.TransportError as e:
             raise transport_failure(e, f"{self.base_url}{path}") from None
 

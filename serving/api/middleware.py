@@ -15,6 +15,9 @@ from serving.api.schemas import ApiError
 from serving.metrics import IngressMetrics
 
 SAMPLES_PATH = "/v1/samples"
+# The API's bodies are flat objects; a body nested deeper is refused before any parser sees it (a parser
+# recurses per level: 30 000 nested `[` made Python's json raise RecursionError, a 500).
+MAX_JSON_DEPTH = 32
 
 
 async def send_error(send: Any, err: ApiError) -> None:
@@ -27,7 +30,8 @@ async def send_error(send: Any, err: ApiError) -> None:
 
 
 class BodySizeLimit:
-    """Bodies over `app.state.max_body_bytes` get 413 before any parsing. Counts the bytes received, so a
+    """Bodies over `app.state.max_body_bytes` get 413 before any parsing, and bodies nested deeper than
+    MAX_JSON_DEPTH get 400. Counts the bytes received, so a
     body without Content-Length (chunked) is bounded too; a body that does not arrive within
     `app.state.body_timeout_s` gets 408, so a stalled client holds no slot for long. The body is passed on
     as received, unparsed (FastAPI parses it once)."""
@@ -59,6 +63,9 @@ class BodySizeLimit:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        if json_too_deep(body, MAX_JSON_DEPTH):
+            msg = f"request body is JSON nested deeper than {MAX_JSON_DEPTH} levels"
+            return await send_error(send, ApiError("body", msg, 400))
         replayed = False
 
         async def replay() -> dict:
@@ -69,6 +76,32 @@ class BodySizeLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+def json_too_deep(body: bytes, limit: int) -> bool:
+    """Whether `body`, read as JSON, opens more than `limit` arrays or objects inside one another (brackets
+    inside strings do not count). Linear in the body's size and without recursion, whatever the body; a body
+    with at most `limit` brackets in all is answered at once."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    depth, in_string, escaped = 0, False, False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return False
 
 
 class RequestMetrics:

@@ -12,7 +12,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from serving.api.errors import tag_request
-from serving.api.schemas import ERROR_RESPONSES, STREAM_RESPONSE, SampleRequest, SampleResponse
+from serving.api.schemas import (
+    ERROR_RESPONSES,
+    SENT_AT_HEADER,
+    STREAM_RESPONSE,
+    SampleRequest,
+    SampleResponse,
+    arrival,
+)
 from serving.api.service import SampleService
 
 
@@ -30,8 +37,9 @@ def routes(service: SampleService) -> APIRouter:
         """Draw `num_samples` samples of `model` with `sampler` in `steps` steps (guidance w optional); with
         `deadline_ms`, scheduled for it, and with `steps: "auto"` at the step budget that meets it; with
         `stream: true`, progress events as the sampler runs and the response body as the last event."""
-        t0, arrived = time.perf_counter(), time.time()
+        t0, now = time.perf_counter(), time.time()
         tag_request(request, {"model": req.model, "sampler": req.sampler})
+        arrived = arrival(request.headers.get(SENT_AT_HEADER), now)  # the deadline's start: the client's clock
         if req.stream:
             events = await service.stream(req, t0)
             return StreamingResponse(

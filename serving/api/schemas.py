@@ -8,6 +8,7 @@ check that depends on the model is `sampling.request.validate`'s, called once by
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -55,7 +56,7 @@ class ErrorBody(BaseModel):
 
 
 _WHEN = {
-    400: "body is not valid JSON",
+    400: "body is not valid JSON or nests deeper than 32 levels, or X-Client-Sent-At is off the server's clock",
     404: "unknown model",
     408: "the body did not arrive in time",
     413: "body too large",
@@ -73,6 +74,13 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 DEFAULT_PREVIEW_EVERY = 5
 MAX_PREVIEW_EVERY = 1000
 MAX_DEADLINE_MS = 600_000.0  # ten minutes
+# A client may say when it sent a request (unix seconds), so that its deadline counts from then: the time in
+# front of the server (the proxy's queue, the hops) is the client's too. Bounded against clock skew: a time
+# ahead of the server's clock by up to MAX_CLIENT_AHEAD_S is taken as now; further ahead, or older than
+# MAX_CLIENT_AGE_S, is refused (400) as a clock that is off.
+SENT_AT_HEADER = "X-Client-Sent-At"
+MAX_CLIENT_AHEAD_S = 1.0
+MAX_CLIENT_AGE_S = 60.0
 
 # The 200 of a streamed request (`stream: true`), besides the JSON body of an unstreamed one.
 STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {
@@ -183,6 +191,35 @@ class SampleRequest(BaseModel):
         elif self.min_quality is not None and not 0.0 <= self.min_quality <= 1.0:
             raise ApiError("min_quality", f"min_quality must be in [0, 1], got {self.min_quality}")
         return RequestFields(deadline_s, preview_every)
+
+
+def arrival(sent_at: str | None, now: float) -> float:
+    """When a request counts as arrived, in unix seconds: the client's `X-Client-Sent-At` when it sent one
+    (within the skew bounds above; never later than `now`), else `now`. An ApiError naming the header when
+    it is not a number or out of bounds."""
+    if sent_at is None:
+        return now
+    try:
+        sent = float(sent_at)
+    except ValueError:
+        sent = math.nan
+    if not math.isfinite(sent):
+        raise ApiError(SENT_AT_HEADER, f"{SENT_AT_HEADER} must be unix seconds, e.g. 1764633600.25", 400)
+    if sent > now + MAX_CLIENT_AHEAD_S:
+        raise ApiError(
+            SENT_AT_HEADER,
+            f"{SENT_AT_HEADER} is {sent - now:.1f} s ahead of the server's clock (at most {MAX_CLIENT_AHEAD_S:g} s "
+            "is taken as skew); check the client's clock",
+            400,
+        )
+    if sent < now - MAX_CLIENT_AGE_S:
+        raise ApiError(
+            SENT_AT_HEADER,
+            f"{SENT_AT_HEADER} is {now - sent:.0f} s before the server's clock (at most {MAX_CLIENT_AGE_S:g} s); "
+            "check the client's clock",
+            400,
+        )
+    return min(sent, now)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ model, or for steps "auto" the `candidates` from the model's quality profile) ->
 `ModelReplica.sample` through its handle (a validated `SampleSpec`) -> engine -> backend, and back as a
 `SampleOutput`. Every refusal is an `ApiError` (`errors.refusal` for the replica's).
 
-A deadline enters once, as an absolute unix time: when the request arrived plus its `deadline_ms`. The
+A deadline enters once, as an absolute unix time: when the request arrived plus its `deadline_ms`, where a
+client's `X-Client-Sent-At` moves the arrival back to when it sent the request (`schemas.arrival`). The
 replica is given that time less this model's path estimate (the time a request spends outside the engine:
 hops, serialization, noise and data-space conversion, a moving average per model), so that the way back
 fits; `deadline_met` is judged against the time itself.
@@ -58,8 +59,8 @@ class SampleService:
         return info
 
     async def sample(self, req: SampleRequest, t0: float, arrived: float) -> dict[str, Any]:
-        """The response body of an unstreamed request that arrived at `arrived` (unix time; `t0` the same
-        moment on perf_counter)."""
+        """The response body of an unstreamed request that counts as arrived at `arrived` (unix time: when
+        the client sent it, `schemas.arrival`); `t0`: when the route got it, on perf_counter (total_ms)."""
         info = self.info(req.model)
         seed = req.seed if req.seed is not None else secrets.randbits(63)
         deadline_s = req.check().deadline_s
@@ -69,13 +70,13 @@ class SampleService:
         if req.steps == "auto":
             assert due is not None and deadline_s is not None  # check() requires deadline_ms
             choices = candidates(req, info, self.objectives[req.model], self.profiles.get(req.model), seed)
-            before_s = time.perf_counter() - t0
+            before_s = time.time() - arrived  # the deadline's time spent before the call
             # What the engine would have on a quiet service: a choice that fits that is refused for load (503).
             quiet_s = deadline_s - PATH_INITIAL_S
             out = await self.call(req.model, lambda: handle.sample_auto.remote(choices, due - path_s), quiet_s)
             return await self.respond(req, seed, out, t0, due, before_s + path_s)
         spec = self.spec(req, info, seed)
-        before_s = time.perf_counter() - t0
+        before_s = time.time() - arrived
         engine_due = None if due is None else due - path_s
         out = await self.call(req.model, lambda: handle.sample.remote(spec, engine_due))
         return await self.respond(req, seed, out, t0, due, before_s + path_s)

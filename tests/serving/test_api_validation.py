@@ -79,6 +79,9 @@ CASES = [
     ("body a list", b"[1, 2, 3]", 422, "body"),
     ("body empty", b"", 422, "body"),
     ("body oversized", json.dumps(_with(GOOD_FM, pad="x" * 70_000)).encode(), 413, "body"),
+    ("body of 30 000 nested [", b"[" * 30_000, 400, "body"),
+    ("body nested 33 deep, closed", b'{"model": ' + b"[" * 33 + b"]" * 33 + b"}", 400, "body"),
+    ("brackets inside a string", json.dumps(_with(GOOD_FM, model="[" * 40)).encode(), 404, "model"),
 ]
 
 

@@ -83,6 +83,26 @@ def test_fixed_steps_with_a_deadline_say_whether_it_was_met(deadline_url: str) -
     assert body["predicted_quality"] is None and body["predicted_ms"] > 0
 
 
+def test_a_deadline_counts_from_the_clients_send_time(deadline_url: str) -> None:
+    """With X-Client-Sent-At the deadline runs from the client's send time: a request sent (by its header) 2 s
+    before it arrived has spent 2 s of its deadline; a header off the server's clock is a 400 naming it."""
+    body = {"model": MODEL, "num_samples": 16, "sampler": "fm-euler", "steps": 3}
+
+    def post(deadline_ms: float, sent_at: str) -> httpx.Response:
+        headers = {"X-Client-Sent-At": sent_at}
+        return httpx.post(f"{deadline_url}/v1/samples", json=body | {"deadline_ms": deadline_ms}, headers=headers)
+
+    late = post(1500, f"{time.time() - 2.0:.6f}")
+    assert late.status_code == 200 and late.json()["deadline_met"] is False, late.text
+    kept = post(60_000, f"{time.time() - 2.0:.6f}")
+    assert kept.status_code == 200 and kept.json()["deadline_met"] is True
+    assert kept.json()["predicted_ms"] >= 2000  # the 2 s before arrival are in the prediction
+    assert kept.json()["timing"]["total_ms"] < 2000  # the server's own time is still its own
+    for bad in ("soon", "nan", f"{time.time() + 30:.3f}", f"{time.time() - 3600:.3f}"):
+        r = post(60_000, bad)
+        assert r.status_code == 400 and r.json()["error"]["field"] == "X-Client-Sent-At", (bad, r.text)
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
