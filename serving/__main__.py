@@ -77,6 +77,15 @@ def _add_profile_parser(sub: argparse._SubParsersAction) -> None:
         help=f"skip points past this many net evaluations per sample (default {DEFAULT_MAX_NFE}; 0: no cap)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of every point's noise and data draws (default 0)")
+    p.add_argument(
+        "--add",
+        type=lambda v: tuple(s.strip() for s in v.split(",") if s.strip()),
+        default=(),
+        metavar="SAMPLERS",
+        help="comma-separated: measure only these samplers and add their points to the checkpoint's current "
+        "profile (measured with the same --samples and --seed; its other points and noise are kept), e.g. "
+        "after a new sampler",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -88,6 +97,7 @@ def _profile(args: argparse.Namespace) -> int:
         max_nfe=args.max_nfe or None,
         seed=args.seed,
         progress=not args.no_progress,
+        add=args.add,
     )
     for name in profile.samplers():
         row = "  ".join(f"K={p.steps}:{p.quality:.3f}" for p in profile.for_sampler(name))

@@ -17,14 +17,22 @@ from sampling.measure_quality import (
     DEFAULT_STEPS,
     NOISE_REPEATS,
     compute_profile,
+    definition,
+    measure,
     metric_name,
     profile_grid,
 )
-from sampling.quality_profile import QualityPoint, QualityProfile, weights_sha256, write_quality_profile
+from sampling.quality_profile import (
+    QualityPoint,
+    QualityProfile,
+    load_quality_profile,
+    weights_sha256,
+    write_quality_profile,
+)
 from sampling.render import render_png
 from sampling.request import OFFLINE_LIMITS, SampleSpec, to_data_space, validate
 from serving.backends import load_backend
-from training.checkpoint import load_checkpoint
+from training.checkpoint import Checkpoint, load_checkpoint
 
 
 def sample_to_file(
@@ -68,9 +76,12 @@ def profile_checkpoint(
     max_nfe: int | None = DEFAULT_MAX_NFE,
     seed: int = 0,
     progress: bool = True,
+    add: tuple[str, ...] = (),
 ) -> QualityProfile:
     """Measure the checkpoint's quality profile with the torch backend (EMA weights) and store it in the
-    checkpoint (`quality_profile.json`, recorded in the manifest with its sha256)."""
+    checkpoint (`quality_profile.json`, recorded in the manifest with its sha256). With `add`: measure only
+    those samplers and add their points to the checkpoint's current profile, which must have been measured
+    with the same samples and seed (its noise and other points are kept as they are)."""
     ckpt = load_checkpoint(ckpt_dir)
     n = samples if samples is not None else DEFAULT_SAMPLES.get(ckpt.data_kind, 0)
     metric_name(ckpt)  # an unknown data kind fails before any work
@@ -79,6 +90,10 @@ def profile_checkpoint(
     grid = profile_grid(ckpt, steps, max_nfe=max_nfe)
     if not grid:
         raise ValueError(f"no K of {list(steps)} is accepted by any fixed-step sampler of {ckpt.name}")
+    base = None
+    if add:
+        base = _profile_to_extend(ckpt_dir, ckpt, add, grid, n, seed)
+        grid = {name: ks for name, ks in grid.items() if name in add}
     net = load_backend("torch", ckpt, weights="ema")
     total = sum(len(ks) for ks in grid.values()) + NOISE_REPEATS - 1
     bar = tqdm(total=total, desc=f"profile {ckpt.name}", unit="pt", disable=not progress, dynamic_ncols=True)
@@ -88,8 +103,37 @@ def profile_checkpoint(
         bar.update(1)
 
     try:
-        profile = compute_profile(ckpt, net, weights_sha256(ckpt_dir), grid, n, seed, on_point)
+        if base is None:
+            profile = compute_profile(ckpt, net, weights_sha256(ckpt_dir), grid, n, seed, on_point)
+        else:
+            bar.total = sum(len(ks) for ks in grid.values())
+            new = []
+            for name, ks in grid.items():
+                for k in ks:
+                    new.append(measure(ckpt, net, name, k, n, seed))
+                    on_point(new[-1])
+            order = list(profile_grid(ckpt, steps, max_nfe=max_nfe))
+            points = sorted([*base.points, *new], key=lambda p: (order.index(p.sampler), p.steps))
+            profile = QualityProfile(base.metric, base.definition, base.weights_sha256, tuple(points))
     finally:
         bar.close()
     write_quality_profile(ckpt_dir, profile)
     return profile
+
+
+def _profile_to_extend(
+    ckpt_dir: Path, ckpt: Checkpoint, add: tuple[str, ...], grid: dict[str, list[int]], n: int, seed: int
+) -> QualityProfile:
+    """The checkpoint's current profile, less any points of `add`, checked to take them: every name a
+    fixed-step sampler of the model, and the profile measured with these samples and seed."""
+    unknown = [s for s in add if s not in grid]
+    if unknown:
+        raise ValueError(f"--add {','.join(unknown)}: not a fixed-step sampler of {ckpt.name}; its: {sorted(grid)}")
+    current = load_quality_profile(ckpt_dir)
+    if current is None:
+        raise ValueError(f"--add needs a profile to add to, and {ckpt_dir} has none; profile it whole first")
+    wanted = definition(ckpt, n, seed, {"sd": 0.0, "min": 0.0, "max": 0.0, "repeats": 0, "sampler": "", "steps": 0})
+    if current.definition.split("; EMA")[0] != wanted.split("; EMA")[0]:
+        raise ValueError("--add: the profile was measured with other --samples or --seed; profile it whole instead")
+    kept = tuple(p for p in current.points if p.sampler not in add)
+    return QualityProfile(current.metric, current.definition, current.weights_sha256, kept)

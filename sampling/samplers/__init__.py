@@ -17,6 +17,7 @@ from sampling.samplers.dpm import dpm_solver_pp
 from sampling.samplers.fm import fm_euler, fm_rk4
 from sampling.samplers.heun import fm_heun, heun
 from sampling.samplers.spacing import SPACINGS, solver_timesteps, timesteps
+from sampling.samplers.unipc import fm_unipc, unipc
 from training.paths import Objective
 
 
@@ -47,10 +48,12 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "ddpm": SamplerSpec("ddpm", "ddpm", ddpm, 1, ("spacing",)),
     "ddim": SamplerSpec("ddim", "ddpm", ddim, 1, ("eta", "spacing")),
     "dpm-solver++": SamplerSpec("dpm-solver++", "ddpm", dpm_solver_pp, 1, ("spacing",), grid_extra=1),
+    "unipc": SamplerSpec("unipc", "ddpm", unipc, 1, ("spacing",), grid_extra=1),
     "heun": SamplerSpec("heun", "ddpm", heun, 2, ("spacing",), last_step_evals=1),
     "fm-euler": SamplerSpec("fm-euler", "fm", fm_euler, 1),
     "fm-heun": SamplerSpec("fm-heun", "fm", fm_heun, 2, last_step_evals=1),
     "fm-rk4": SamplerSpec("fm-rk4", "fm", fm_rk4, 4),
+    "fm-unipc": SamplerSpec("fm-unipc", "fm", fm_unipc, 1),
     "fm-dopri5": SamplerSpec("fm-dopri5", "fm", fm_dopri5, 6, ("rtol", "atol", "max_nfe"), adaptive=True),
 }
 

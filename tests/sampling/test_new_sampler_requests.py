@@ -14,6 +14,10 @@ from training.paths import DDPMObjective, FMObjective
 
 NEW = [
     ("dpm-solver++", DDPMObjective("cosine", "v"), {"spacing": "linspace"}),
+    ("unipc", DDPMObjective("linear", "eps"), {"spacing": "trailing"}),
+    ("unipc", DDPMObjective("cosine", "x0"), {"spacing": "leading"}),
+    ("fm-unipc", FMObjective(), {}),
+    ("fm-unipc", FMObjective("vp"), {}),
     ("heun", DDPMObjective("linear", "x0"), {"spacing": "trailing"}),
     ("fm-heun", FMObjective(), {}),
     ("fm-heun", FMObjective("vp"), {}),
@@ -112,5 +116,5 @@ def test_dpm_solver_pp_takes_at_most_T_minus_1_steps():
 
 
 def test_samplers_for_lists_the_new_samplers_by_objective():
-    assert samplers.samplers_for(DDPMObjective()) == ["ddpm", "ddim", "dpm-solver++", "heun"]
-    assert samplers.samplers_for(FMObjective("vp")) == ["fm-euler", "fm-heun", "fm-rk4", "fm-dopri5"]
+    assert samplers.samplers_for(DDPMObjective()) == ["ddpm", "ddim", "dpm-solver++", "unipc", "heun"]
+    assert samplers.samplers_for(FMObjective("vp")) == ["fm-euler", "fm-heun", "fm-rk4", "fm-unipc", "fm-dopri5"]

@@ -101,6 +101,24 @@ def test_profile_cli_writes_a_profile_that_loads(tmp_path: Path, capsys: pytest.
     assert "wrote" in capsys.readouterr().out
 
 
+def test_profile_add_measures_one_sampler_into_the_current_profile(tmp_path: Path, capsys) -> None:
+    """--add re-measures only the named sampler: its points equal a whole profile's (the same seed and samples),
+    the others and the noise are kept; a profile of other settings or an unknown sampler is refused in a line."""
+    d = _copy(tmp_path)
+    args = ["profile", "--checkpoint", str(d), "--samples", "300", "--steps", "1,4", "--no-progress"]
+    assert serving_main(args) == 0
+    whole = load_quality_profile(d)
+    assert serving_main([*args, "--add", "fm-unipc"]) == 0
+    added = load_quality_profile(d)
+    assert added.definition == whole.definition and added.samplers() == whole.samplers()
+    assert sorted(added.points, key=str) == sorted(whole.points, key=str)
+    capsys.readouterr()
+    for extra in (["--add", "ddim"], ["--add", "fm-unipc", "--seed", "3"]):
+        assert serving_main([*args, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --add") and err.count("\n") == 1, err
+
+
 def test_profile_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert serving_main(["profile", "--checkpoint", str(tmp_path / "nope"), "--no-progress"]) == 2
     err = capsys.readouterr().err

@@ -102,8 +102,8 @@ def test_metadata_health_and_docs(stepserve_url: str) -> None:
     with httpx.Client(base_url=stepserve_url, timeout=60) as c:
         models = {m["id"]: m for m in c.get("/v1/models").json()["models"]}
         assert set(models) == {"moons-ddpm", "moons-fm", "digits-ddpm", "digits-fm"}
-        assert models["moons-fm"]["samplers"] == ["fm-euler", "fm-heun", "fm-rk4", "fm-dopri5"]
-        assert models["digits-ddpm"]["samplers"] == ["ddpm", "ddim", "dpm-solver++", "heun"]
+        assert models["moons-fm"]["samplers"] == ["fm-euler", "fm-heun", "fm-rk4", "fm-unipc", "fm-dopri5"]
+        assert models["digits-ddpm"]["samplers"] == ["ddpm", "ddim", "dpm-solver++", "unipc", "heun"]
         assert models["digits-fm"]["data_shape"] == [1, 8, 8] and models["digits-fm"]["classes"] == list(range(10))
         assert models["moons-ddpm"]["limits"]["max_num_samples"] == 256
         one = c.get("/v1/models/digits-fm").json()

@@ -342,6 +342,8 @@ def test_a_request_past_the_timeout_leaves_and_frees_its_rows(ckpts) -> None:
 LOW_K_CASES = [
     ("moons-ddpm", "dpm-solver++", 6, 2.0, 1, 5, 21, {}),
     ("moons-ddpm", "heun", 4, None, 0, 3, 22, {"spacing": "linspace"}),
+    ("moons-ddpm", "unipc", 7, 2.0, 1, 5, 25, {"spacing": "leading"}),
+    ("moons-fm", "fm-unipc", 6, None, 0, 4, 26, {}),
     ("moons-fm", "fm-heun", 5, 1.5, 1, 4, 23, {}),
     ("moons-fm", "fm-dopri5", 3, None, None, 6, 24, {"rtol": 1e-4, "atol": 1e-5}),
 ]

@@ -39,10 +39,16 @@ def test_model_metadata_carries_the_quality_profile(serve_cluster: ServeCluster)
         serve_cluster.delete("profiled")
     expected = load_quality_profile(checkpoints["moons-fm"]).to_json()
     assert one["quality_profile"] == expected and listed["moons-fm"]["quality_profile"] == expected
-    assert {p["sampler"] for p in one["quality_profile"]["points"]} == {"fm-euler", "fm-heun", "fm-rk4"}
+    assert {p["sampler"] for p in one["quality_profile"]["points"]} == {"fm-euler", "fm-heun", "fm-rk4", "fm-unipc"}
     assert "min(1, 1 / value)" in one["quality_profile"]["definition"]
     assert plain["quality_profile"] is None  # a checkpoint without a profile
-    assert one["sampler_max_steps"] == {"fm-euler": 300, "fm-heun": 300, "fm-rk4": 300, "fm-dopri5": 300}
+    assert one["sampler_max_steps"] == {
+        "fm-euler": 300,
+        "fm-heun": 300,
+        "fm-rk4": 300,
+        "fm-unipc": 300,
+        "fm-dopri5": 300,
+    }
     assert series == {"moons-fm": 0, "moons-fm-vp": 0}, f"in-flight gauges of the idle replicas: {series}"
 
 
@@ -52,5 +58,5 @@ def test_model_info_lists_each_samplers_max_steps_and_the_profile() -> None:
     from serving.api.schemas import model_info
 
     info = model_info("moons-ddpm", ROOT / "models" / "moons-ddpm", "torch", Limits()).to_json()
-    assert info["sampler_max_steps"] == {"ddpm": 1000, "ddim": 1000, "dpm-solver++": 999, "heun": 1000}
+    assert info["sampler_max_steps"] == {"ddpm": 1000, "ddim": 1000, "dpm-solver++": 999, "unipc": 999, "heun": 1000}
     assert info["quality_profile"] == load_quality_profile(ROOT / "models" / "moons-ddpm").to_json()
