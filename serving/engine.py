@@ -86,7 +86,7 @@ class Engine:
         tick_model: TickModel | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
-        """tick_model: the replica's latency model, seeded from a profile of `backend` (`profile_backend`);
+        """tick_model: the replica's latency model, seeded from a profile of `backend` (`profile_tick_times`);
         None starts one with no profile. clock: the time deadlines are given in."""
         self.backend = backend
         self.null_label = null_label

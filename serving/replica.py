@@ -30,7 +30,7 @@ from serving.backends import load_backend
 from serving.engine import Engine, EngineLimits, Prediction
 from serving.metrics import ModelMetrics
 from serving.policy.step_budget import Calibration, Candidate, choose
-from serving.policy.tick_model import TickModel, profile_backend, profile_sizes
+from serving.policy.tick_model import TickModel, profile_tick_times, tick_profile_sizes
 from serving.policy.tick_plan import efficient_rows
 from serving.refusals import DeadlineImpossible, DeadlineOverloaded, Overloaded, RequestTimeout
 from training.checkpoint import load_checkpoint
@@ -85,10 +85,10 @@ class ModelReplica:
         self.metrics = ModelMetrics(name)
         self._tick_model_exported = 0.0
         limits = EngineLimits.from_options(**(engine or {}))
-        sizes = profile_sizes(limits.max_rows_per_tick, self.backend)
+        sizes = tick_profile_sizes(limits.max_rows_per_tick, self.backend)
         profile = []
         if len(sizes) > 1:
-            profile = profile_backend(self.backend, self.ckpt.data_shape, self.ckpt.null_label, sizes)
+            profile = profile_tick_times(self.backend, self.ckpt.data_shape, self.ckpt.null_label, sizes)
         self.engine = Engine(self.backend, self.ckpt.null_label, limits, self._on_tick, TickModel(profile))
         # steps "auto" scales the engine's predictions by how far they fell short lately (serving.policy.step_budget)
         self.calibration = Calibration()

@@ -148,7 +148,7 @@ class TickModel:
         return fixed, per_row
 
 
-def profile_sizes(max_rows_per_tick: int, backend: object) -> tuple[int, ...]:
+def tick_profile_sizes(max_rows_per_tick: int, backend: object) -> tuple[int, ...]:
     """The batch sizes a replica profiles: 1, 64, 256 and 1 024 rows, each brought within the engine's rows
     per tick and the backend's own batch bounds (`min_batch` / `max_batch`: a TensorRT plan's profile).
     Fewer than two distinct sizes (bounds that allow one batch size only) give no line: the replica then
@@ -158,7 +158,7 @@ def profile_sizes(max_rows_per_tick: int, backend: object) -> tuple[int, ...]:
     return tuple(sorted({min(max(b, low), high) for b in (1, 64, 256, 1024)}))
 
 
-def profile_backend(
+def profile_tick_times(
     forward: Callable[[Tensor, Tensor, Tensor], Tensor],
     data_shape: tuple[int, ...],
     null_label: int,

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from serving.policy.tick_model import DECAY, TickModel, profile_backend, profile_sizes
+from serving.policy.tick_model import DECAY, TickModel, profile_tick_times, tick_profile_sizes
 
 
 def test_profile_alone_gives_the_line_through_it() -> None:
@@ -92,13 +92,13 @@ def test_the_profile_times_every_size_in_rounds_within_its_budget() -> None:
         time.sleep(0.001 + 2e-5 * x.shape[0])
         return x
 
-    profile = profile_backend(forward, (2,), 0, (1, 64, 256), rounds=9, budget_s=10.0)
+    profile = profile_tick_times(forward, (2,), 0, (1, 64, 256), rounds=9, budget_s=10.0)
     assert [b for b, _ in profile] == [1, 64, 256] and len(calls) == 3 * 10  # a warm-up, then 9 rounds
     assert calls[3:6] == [1, 64, 256]  # sizes interleave within a round
     m = TickModel(profile)
     assert m.per_row_s == pytest.approx(2e-5, rel=0.2) and m.fixed_s == pytest.approx(0.001, abs=0.0005)
     calls.clear()
-    profile_backend(forward, (2,), 0, (1, 64, 256), rounds=9, budget_s=0.0, min_rounds=3)
+    profile_tick_times(forward, (2,), 0, (1, 64, 256), rounds=9, budget_s=0.0, min_rounds=3)
     assert len(calls) == 3 * 4  # past the budget: the minimum of rounds
 
 
@@ -158,4 +158,4 @@ class _Bounded:
     ],
 )
 def test_profile_sizes_keep_within_the_engine_and_the_backend(top, backend, sizes) -> None:
-    assert profile_sizes(top, backend) == sizes
+    assert tick_profile_sizes(top, backend) == sizes
