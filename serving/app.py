@@ -53,6 +53,9 @@ class AppArgs(BaseModel):
     # the Ingress deployment's options (replicas, autoscaling, num_cpus) are the models'. For a one-model
     # application on one node; see docs/architecture.md ("The request path").
     single_hop: bool = False
+    # Shed at the door (serving.api.door): the Ingress refuses what the model replicas' load snapshots say
+    # their engines would refuse, without calling them. Off: every request reaches an engine to be refused.
+    shed_at_door: bool = True
     # Deployment options by deployment name, for applications built in code (tests, benchmarks); in a
     # Serve config file use its `deployments` section instead, which takes precedence over these.
     deployment_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -119,7 +122,7 @@ def assemble(args: dict[str, Any], server: serve.Deployment = ModelServer) -> se
         "max_headers": a.max_headers,
         "max_header_bytes": a.max_header_bytes,
     }
-    return ingress.bind(handles, infos, a.max_body_bytes, a.body_timeout_s, security, local)
+    return ingress.bind(handles, infos, a.max_body_bytes, a.body_timeout_s, security, local, a.shed_at_door)
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:

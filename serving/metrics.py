@@ -66,6 +66,21 @@ class IngressMetrics:
             self.latency.observe(seconds, tags={"model": model, "sampler": sampler})
 
 
+class DoorMetrics:
+    """Recorded by the HTTP ingress when it refuses a request at the door (`serving.api.door`)."""
+
+    def __init__(self) -> None:
+        self.refusals = Counter(
+            "stepserve_door_refusals",
+            description="Requests refused at the HTTP edge from the model replicas' load snapshots, without "
+            "calling them, by model (their 503s are in stepserve_requests too).",
+            tag_keys=("model",),
+        )
+
+    def refused(self, model: str) -> None:
+        self.refusals.inc(tags={"model": model})
+
+
 class ModelMetrics:
     """Recorded by a model replica's engine. Records are queued and made within FLUSH_S by a timer on the
     running event loop (at once when called outside one), in the order they were asked for."""

@@ -29,12 +29,15 @@ from sampling.request import Prepared, SampleSpec, prepare, to_data_space
 from serving.backends import load_backend
 from serving.engine import Engine, EngineLimits, Prediction
 from serving.metrics import ModelMetrics
+from serving.policy import admission
+from serving.policy.admission import Snapshot
 from serving.policy.step_budget import Calibration, Candidate, choose
 from serving.policy.tick_model import TickModel, profile_tick_times, tick_profile_sizes
 from serving.policy.tick_plan import efficient_rows
 from serving.refusals import DeadlineImpossible, DeadlineOverloaded, Overloaded, RequestTimeout
 from training.checkpoint import load_checkpoint
 
+SNAPSHOT_EVERY_S = 0.02  # answers within this of the last load snapshot carry that one again
 STREAM_INTERVAL_S = 0.025  # a streamed request's events reach the ingress in batches at most this often
 TICK_MODEL_EXPORT_S = 0.5  # how often the tick model's gauges are refreshed (Ray exports metrics every ~1 s)
 
@@ -53,6 +56,15 @@ class SampleOutput:
     steps: int
     predicted_s: float | None = None
     quality: float | None = None
+    snapshot: Snapshot | None = None  # the engine's load as it answered (serving.api.door)
+
+
+def replica_id() -> str:
+    """This replica's Ray actor id ("local" outside Ray): whose load a snapshot is."""
+    try:
+        return ray.get_runtime_context().get_actor_id() or "local"
+    except Exception:  # outside Ray (in-process benchmarks)
+        return "local"
 
 
 def replica_cpus() -> int:
@@ -94,6 +106,8 @@ class ModelReplica:
         self.calibration = Calibration()
         self.metrics.set_in_flight(0)
         self.metrics.set_tick_model(self.engine.tick_model)
+        self.replica_id = replica_id()
+        self._snapshot: Snapshot | None = None
 
     def _on_tick(self, rows: int, requests: int) -> None:
         self.metrics.on_tick(rows)
@@ -158,8 +172,9 @@ class ModelReplica:
             res = await self.engine.submit(
                 job.sampler, job.labels, spec.guidance, spec.evaluations, deadline, prediction
             )
-        except Overloaded:
+        except Overloaded as e:
             self.metrics.rejected("overloaded")
+            e.snapshot = self.snapshot()  # the edge sheds from it (serving.api.door)
             raise
         except RequestTimeout:
             self.metrics.rejected("timeout")
@@ -175,8 +190,25 @@ class ModelReplica:
         self.metrics.finished(spec.sampler, spec.steps, res.nfe, spec.num_samples, res.queue_s)
         samples = to_data_space(self.ckpt, res.samples)
         return SampleOutput(
-            samples, res.nfe, res.queue_s, res.compute_s, spec.sampler, spec.steps, predicted_s, quality
+            samples,
+            res.nfe,
+            res.queue_s,
+            res.compute_s,
+            spec.sampler,
+            spec.steps,
+            predicted_s,
+            quality,
+            self.snapshot(),
         )
+
+    def snapshot(self) -> Snapshot:
+        """The engine's load now, as the HTTP edge reads it (`serving.api.door`); built at most every
+        SNAPSHOT_EVERY_S (an answer within that carries the last one, whose taken_at says when it was)."""
+        now = time.time()
+        if self._snapshot is None or now - self._snapshot.taken_at >= SNAPSHOT_EVERY_S:
+            e = self.engine
+            self._snapshot = admission.snapshot(e.load(), e.clock(), e.tick_model, e.limits, self.replica_id, now)
+        return self._snapshot
 
     async def sample_stream(
         self, spec: SampleSpec, preview_every: int

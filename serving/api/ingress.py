@@ -66,9 +66,10 @@ class Ingress:
         body_timeout_s: float = 10.0,
         security: dict[str, Any] | None = None,
         local: dict[str, dict[str, Any]] | None = None,
+        shed_at_door: bool = True,
     ) -> None:
         # `local`: models whose replica runs in this process (single_hop, serving.local), called like handles.
-        self.service = SampleService({**models, **local_models(local or {})}, infos)
+        self.service = SampleService({**models, **local_models(local or {})}, infos, shed_at_door)
         self.settings = (max_body_bytes, body_timeout_s, security)
 
     def __serve_build_asgi_app__(self) -> FastAPI:

@@ -26,9 +26,11 @@ from sampling.quality_profile import QualityProfile
 from sampling.render import render_base64
 from sampling.request import InvalidRequest, SampleSpec, validate
 from serving.api.candidates import candidates
+from serving.api.door import Door
 from serving.api.errors import REFUSALS, REPLICA_LOST, refusal
 from serving.api.schemas import ApiError, ModelInfo, SampleRequest
 from serving.api.streaming import sse_events
+from serving.metrics import DoorMetrics
 from serving.replica import SampleOutput
 
 PATH_EWMA = 0.2
@@ -41,7 +43,7 @@ class SampleService:
     """The models behind the edge: their handles (Serve's, or `serving.local`'s in-process ones) and
     metadata, each one's quality profile and path estimate."""
 
-    def __init__(self, handles: dict[str, Any], infos: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, handles: dict[str, Any], infos: dict[str, dict[str, Any]], shed_at_door: bool = True) -> None:
         self.handles = handles
         self.infos = {name: ModelInfo.from_dict(info) for name, info in infos.items()}
         self.objectives = {name: info.objective_obj() for name, info in self.infos.items()}
@@ -51,6 +53,8 @@ class SampleService:
             if info.quality_profile is not None
         }
         self.path_s = dict.fromkeys(self.infos, PATH_INITIAL_S)
+        self.door = Door() if shed_at_door else None
+        self._door_metrics: DoorMetrics | None = None
 
     def info(self, model: str, field: str = "model") -> ModelInfo:
         info = self.infos.get(model)
@@ -74,12 +78,33 @@ class SampleService:
             # What the engine would have on a quiet service: a choice that fits that is refused for load (503).
             quiet_s = deadline_s - PATH_INITIAL_S
             out = await self.call(req.model, lambda: handle.sample_auto.remote(choices, due - path_s), quiet_s)
+            self.observe(req.model, out)
             return await self.respond(req, seed, out, t0, due, before_s + path_s)
         spec = self.spec(req, info, seed)
         before_s = time.time() - arrived
         engine_due = None if due is None else due - path_s
+        self.enter(req.model, spec, engine_due)
         out = await self.call(req.model, lambda: handle.sample.remote(spec, engine_due))
+        self.observe(req.model, out)
         return await self.respond(req, seed, out, t0, due, before_s + path_s)
+
+    def observe(self, model: str, out: SampleOutput) -> None:
+        """The load snapshot an answer carries, for the door."""
+        if self.door is not None:
+            self.door.observe(model, out.snapshot)
+
+    def enter(self, model: str, spec: SampleSpec, due: float | None) -> None:
+        """Through the door (`door.Door`): the engine's own 503 when every replica of the model would refuse
+        the request by its latest load, else it is counted as sent."""
+        if self.door is None:
+            return
+        refused = self.door.refusal(model, spec.rows, spec.evaluations, due)
+        if refused is not None:
+            if self._door_metrics is None:  # made on first use, inside the replica's process
+                self._door_metrics = DoorMetrics()
+            self._door_metrics.refused(model)
+            raise refusal(model, refused)
+        self.door.sent(model, spec.rows, spec.evaluations, due)
 
     def spec(self, req: SampleRequest, info: ModelInfo, seed: int) -> SampleSpec:
         """The request as a `SampleSpec`, validated against the model."""
@@ -98,6 +123,7 @@ class SampleService:
         preview_every = req.check().preview_every
         spec = self.spec(req, info, seed)
         handle = self.handles[req.model].options(stream=True)
+        self.enter(req.model, spec, None)
 
         async def start() -> tuple[Any, Any]:
             events = handle.sample_stream.remote(spec, preview_every)
@@ -160,6 +186,8 @@ class SampleService:
             except REPLICA_LOST:
                 return await call()
         except REFUSALS as e:
+            if self.door is not None:
+                self.door.observe(model, getattr(e, "snapshot", None))
             raise refusal(model, e, quiet_s) from None
 
     def models(self) -> dict[str, Any]:

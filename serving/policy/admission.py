@@ -15,7 +15,9 @@ waits 0 whatever its size (the work cap of `sampling.request.validate` bounds si
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from serving.policy import tick_plan
@@ -87,3 +89,47 @@ def refusal(prediction: Prediction, load: Load, limits: EngineLimits) -> Overloa
 def retry_after(wait_s: float, bound_s: float) -> int:
     """Seconds until the work ahead has drained below the wait bound, in [1, 60]."""
     return int(min(60, max(1, math.ceil(wait_s - bound_s))))
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """An engine's load as another process sees it (the HTTP edge, `serving.api.door`): the requests'
+    scheduling fields with every time relative to `taken_at` (unix seconds, when it was taken), a copy of the
+    latency model and the knobs; `replica` names the replica it came from."""
+
+    replica: str
+    taken_at: float
+    load: Load
+    model: TickModel
+    limits: EngineLimits
+
+    def refusal(self, request: RequestState, now: float, sent: Sequence[RequestState] = ()) -> Overloaded | None:
+        """`refusal` for a new `request` (its deadline relative to taken_at, or None) at unix time `now`, with
+        `sent`, requests sent to the engine since the snapshot was taken, queued behind the rest."""
+        load = self.load
+        if sent:
+            load = Load(load.in_flight, (*load.queued, *sent), *_rest(load))
+        prediction = predict(request, load, now - self.taken_at, self.model, self.limits)
+        return refusal(prediction, load, self.limits)
+
+
+def _rest(load: Load) -> tuple[int, float, float, bool]:
+    return load.running_rows, load.running_since, load.recent_efficiency, load.express_lane
+
+
+def snapshot(load: Load, now: float, model: TickModel, limits: EngineLimits, replica: str, taken_at: float) -> Snapshot:
+    """`load` at `now` on the engine's clock as a `Snapshot` taken at unix time `taken_at`."""
+
+    def scheduling(r: RequestState) -> RequestState:
+        deadline = None if r.deadline is None else r.deadline - now
+        return RequestState(r.rows, r.planned, deadline, r.seq, r.evaluations, r.cursor, r.idle_ticks, r.size)
+
+    portable = Load(
+        tuple(map(scheduling, load.in_flight)),
+        tuple(map(scheduling, load.queued)),
+        load.running_rows,
+        load.running_since - now,
+        load.recent_efficiency,
+        load.express_lane,
+    )
+    return Snapshot(replica, taken_at, portable, copy.deepcopy(model), limits)

@@ -16,6 +16,7 @@ import pytest
 
 from tests.serving.conftest import SMALL_REPLICA, ServeCluster, app_args
 from tests.serving.test_autoscale import running_replicas, wait_for
+from tests.serving.test_metrics import scrape
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +75,9 @@ def shed_url(serve_cluster: ServeCluster, tiny_checkpoints: dict[str, Path]) -> 
     return serve_cluster.deploy("shed", "/shed", args)
 
 
-def test_overload_at_three_times_capacity_sheds_fast_and_serves_the_rest(shed_url: str) -> None:
+def test_overload_at_three_times_capacity_sheds_fast_and_serves_the_rest(
+    serve_cluster: ServeCluster, shed_url: str
+) -> None:
     asyncio.run(_closed(shed_url, 8, 2.0))  # warm-up: the first requests after deployment are slower
     warm = asyncio.run(_closed(shed_url, 8, 4.0))
     ok = [lat for status, lat, _ in warm if status == "200"]
@@ -115,6 +118,14 @@ def test_overload_at_three_times_capacity_sheds_fast_and_serves_the_rest(shed_ur
     # After the burst the queue drains: a new request waits at most the wait bound, then runs in a few times
     # its lone time (measured above, before the burst).
     assert after and after[0][0] == "200" and after[0][1] < MAX_WAIT_S + 3 * alone, (after[0][1], alone)
+
+    # Some of the refusals were made at the door, from the replica's load snapshots, without calling it.
+    def door_refusals() -> float:
+        samples = scrape(serve_cluster.metrics_url)
+        name = "ray_stepserve_door_refusals_total"
+        return sum(v for n, lab, v in samples if n == name and lab.get("application") == "shed")
+
+    wait_for(lambda: door_refusals() > 0, 20.0, "door refusals in the metrics")  # exported every few seconds
 
 
 def test_work_cap_refuses_the_hour_long_request_naming_its_fields(shed_url: str) -> None:

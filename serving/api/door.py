@@ -1,0 +1,83 @@
+"""Shedding at the door: the HTTP edge refuses a request its model's replicas would refuse, without
+calling them, from the load snapshots they send back with every answer.
+
+Each answer of a model replica (a `SampleOutput` or its `Overloaded`) carries its engine's
+`serving.policy.admission.Snapshot`. Before sending a fixed-steps request, the edge asks every replica of
+the model it has heard from lately whether its engine would refuse it (`Snapshot.refusal`: the engine's own
+admission rule on that load, with the requests this edge sent since the snapshot queued behind it), and
+answers the engine's own 503 with its Retry-After when all of them would. It never sheds on old news: a
+replica whose last snapshot is older than FRESH_S (an idle or new replica, or one that stopped answering)
+makes the door let requests through, and the engine, which decides for itself, stays the authority. The
+requests sent since a snapshot are counted only while one replica is known (with several, which one a
+request reaches is the router's choice). Requests with steps "auto" are not shed here: the replica picks K
+for the load, which is the point.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from serving.policy.admission import Snapshot
+from serving.policy.state import RequestState
+from serving.refusals import Overloaded
+
+FRESH_S = 0.5  # a snapshot older than this is not acted on
+SEEN_S = 5.0  # replicas heard from within this are the ones whose snapshots must all agree
+MAX_SENT = 4096  # requests remembered as sent since the last snapshot
+
+
+@dataclass
+class _Model:
+    snapshots: dict[str, Snapshot] = field(default_factory=dict)
+    sent: deque[tuple[float, int, int, float | None]] = field(default_factory=lambda: deque(maxlen=MAX_SENT))
+
+
+class Door:
+    """Per model: the latest snapshot of each replica and the requests sent since."""
+
+    def __init__(self, clock=time.time) -> None:
+        self.clock = clock
+        self._models: dict[str, _Model] = {}
+
+    def observe(self, model: str, snapshot: Snapshot | None) -> None:
+        """A replica's answer came back with `snapshot` (None: it carried none)."""
+        if snapshot is None:
+            return
+        m = self._models.setdefault(model, _Model())
+        known = m.snapshots.get(snapshot.replica)
+        if known is None or snapshot.taken_at >= known.taken_at:
+            m.snapshots[snapshot.replica] = snapshot
+        newest = min(s.taken_at for s in m.snapshots.values())
+        while m.sent and m.sent[0][0] <= newest:  # in every snapshot by now, or done
+            m.sent.popleft()
+
+    def refusal(self, model: str, rows: int, evaluations: int, due: float | None) -> Overloaded | None:
+        """The engine's refusal of a request of `rows` rows x `evaluations` evaluations due at unix time `due`
+        (or None) when every replica of `model` heard from lately would refuse it, by a fresh snapshot; else
+        None (the request goes on)."""
+        m = self._models.get(model)
+        if m is None:
+            return None
+        now = self.clock()
+        recent = [s for s in m.snapshots.values() if now - s.taken_at <= SEEN_S]
+        if not recent or any(now - s.taken_at > FRESH_S for s in recent):
+            return None
+        refusals = []
+        for s in recent:
+            sent = [] if len(recent) > 1 else [_state(r, e, d, s) for t, r, e, d in m.sent if t > s.taken_at]
+            refused = s.refusal(_state(rows, evaluations, due, s), now, sent)
+            if refused is None:
+                return None
+            refusals.append(refused)
+        return min(refusals, key=lambda r: r.retry_after)
+
+    def sent(self, model: str, rows: int, evaluations: int, due: float | None) -> None:
+        """A request was sent to `model`'s replicas now."""
+        self._models.setdefault(model, _Model()).sent.append((self.clock(), rows, evaluations, due))
+
+
+def _state(rows: int, evaluations: int, due: float | None, snapshot: Snapshot) -> RequestState:
+    """A request as the snapshot's engine would hold it (its deadline relative to when it was taken)."""
+    return RequestState(rows, evaluations, None if due is None else due - snapshot.taken_at, seq=1 << 61)
