@@ -11,8 +11,9 @@ against FIFO), deadline (bench.deadline: goodput of steps "auto" against fixed K
 batching at 1x, 2x and 4x capacity), streaming (bench.streaming: a streamed K = 50 request against the
 same unstreamed, and the playground's click-to-drawn-samples time in headless Chromium), path (bench.path:
 the request path's fixed cost against no-op Serve applications, behind Serve's proxy and behind
-HAProxy). Each writes its own JSON file; `summary.json` lists what ran and how long it took. On a GPU
-machine, `python -m bench.gpu` (run by scripts/gpu_check.sh).
+HAProxy), door (bench.door: a 15x burst on the shipped application, shedding at the door on and off,
+behind Serve's proxy and HAProxy). Each writes its own JSON file; `summary.json` lists what ran and how
+long it took. On a GPU machine, `python -m bench.gpu` (run by scripts/gpu_check.sh).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ SECTIONS = {
     "deadline": "bench.deadline",
     "streaming": "bench.streaming",
     "path": "bench.path",
+    "door": "bench.door",
 }
 
 
