@@ -14,13 +14,12 @@ share from the engine's, `http_stack`: the service's own Ingress (FastAPI app, m
    back to back. Also, the same with the in-process requests paced: the thread idles between them for the
    one-hop no-op's p50 of that round (for both served variants: the two-hop one idles somewhat longer), as a
    served replica idles while its client's requests travel the path (on this machine the same net call ran
-   about 1.2x slower after such idling). Also recorded, to say where the time goes: the served responses'
-   engine time (compute) and route time (total; the client's latency minus it is Serve's path), and the engine
-   time of the same request through a `ModelReplica` in this process (the engine without Serve).
+   about 1.2x slower after such idling). Also recorded: the served responses' engine time (compute) and route
+   time (total; the client's latency minus it is Serve's path), and the engine time of the same request
+   through a `ModelReplica` in this process (the engine without Serve).
    `http_stack`: its p50 over the one-hop no-op's (the HTTP layer's cost beyond Serve's own path).
 2. tiny-request ceiling: K = 1, one sample, 16 closed-loop clients: the service's 200s per second / the
    one-hop no-op's (target >= 0.8).
-
 3. The same, behind HAProxy in place of Serve's Python proxy (`serving.serve_cli --ingress haproxy`: HAProxy
    forwards to the Ingress replicas' own HTTP servers): HAPROXY_VARIANTS, prefixed "haproxy:", on a second
    local Ray started in a child process with that environment, up at the same time as the first and measured
@@ -29,8 +28,8 @@ share from the engine's, `http_stack`: the service's own Ingress (FastAPI app, m
    idles for the no-op round trip of the variant's own ingress.
 
 Windows interleave the variants (A B C A B C ...). Each ratio is taken within a round, from measurements at
-most about a minute apart, and the median over rounds is reported beside the per-round values.
-Run: `python -m bench --only path [--quick]` (or `python -m bench.path [--quick]`).
+most about a minute apart; the median over rounds is reported beside the per-round values. Run:
+`python -m bench --only path [--quick]` (or `python -m bench.path [--quick]`).
 """
 
 from __future__ import annotations
@@ -70,19 +69,9 @@ LONE = {"model": MODEL, "sampler": "fm-euler", "steps": 10, "num_samples": 64}
 TINY = {"model": MODEL, "sampler": "fm-euler", "steps": 1, "num_samples": 1}
 CLIENTS = 16
 # What the no-ops answer: a K = 1, one-sample response as the service shapes it (the client parses it).
-NOOP_BODY = json.dumps(
-    {
-        **TINY,
-        "guidance": None,
-        "class_label": None,
-        "seed": 0,
-        "nfe": 1,
-        "shape": [1, 2],
-        "samples": [[0.5, -0.25]],
-        "image": None,
-        "timing": {"queue_ms": 0.0, "compute_ms": 0.0, "total_ms": 0.0},
-    }
-).encode()
+NOOP_FIELDS = {"guidance": None, "class_label": None, "seed": 0, "nfe": 1, "shape": [1, 2], "image": None}
+TIMING = {"queue_ms": 0.0, "compute_ms": 0.0, "total_ms": 0.0}
+NOOP_BODY = json.dumps({**TINY, **NOOP_FIELDS, "samples": [[0.5, -0.25]], "timing": TIMING}).encode()
 
 
 @serve.deployment(max_ongoing_requests=1024)

@@ -49,6 +49,11 @@ class Door:
         known = m.snapshots.get(snapshot.replica)
         if known is None or snapshot.taken_at >= known.taken_at:
             m.snapshots[snapshot.replica] = snapshot
+        now = self.clock()
+        for replica in [r for r, s in m.snapshots.items() if now - s.taken_at > SEEN_S]:  # gone or idle
+            del m.snapshots[replica]
+        if not m.snapshots:
+            return
         newest = min(s.taken_at for s in m.snapshots.values())
         while m.sent and m.sent[0][0] <= newest:  # in every snapshot by now, or done
             m.sent.popleft()

@@ -95,3 +95,14 @@ def test_requests_sent_since_the_snapshot_count_until_a_newer_one() -> None:
     clock.now = TAKEN + 0.02
     door.observe("m", _snapshot(Load([]), taken=TAKEN + 0.02))  # newer, and those requests are not in it
     assert door.refusal("m", 256, 100, None) is None
+
+
+def test_a_replica_gone_quiet_is_forgotten_and_holds_nothing_back() -> None:
+    clock = Clock(TAKEN)
+    door = Door(clock)
+    door.observe("m", _snapshot(Load([]), "gone"))
+    door.sent("m", 256, 50, None)
+    clock.now = TAKEN + 10.0  # the first replica has not answered since
+    door.observe("m", _snapshot(_load(1000), "live", TAKEN + 10.0))
+    assert door.refusal("m", 256, 50, None) is not None  # only the live replica counts now
+    assert not door._models["m"].sent  # the request sent before the live snapshot is not counted twice
