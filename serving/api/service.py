@@ -3,7 +3,8 @@ replica through a handle (run once more if the replica died), and shape the answ
 
 The path of a request: `routes` (pydantic types) -> `SampleService.sample` (model lookup,
 `SampleRequest.check` for the checks between fields, `sampling.request.validate` for what must fit the
-model, or for steps "auto" the `candidates` from the model's quality profile) -> the model's
+model, or for steps "auto" the `candidates` from the model's quality profile) -> the door (`door`: a
+fixed-steps request every replica would refuse by its last load snapshot is refused here) -> the model's
 `ModelReplica.sample` through its handle (a validated `SampleSpec`) -> engine -> backend, and back as a
 `SampleOutput`. Every refusal is an `ApiError` (`errors.refusal` for the replica's).
 
@@ -41,7 +42,8 @@ T = TypeVar("T")
 
 class SampleService:
     """The models behind the edge: their handles (Serve's, or `serving.local`'s in-process ones) and
-    metadata, each one's quality profile and path estimate."""
+    metadata, each one's quality profile and path estimate, and the door (`door.Door`; None with
+    shed_at_door off) that refuses what their replicas' load snapshots say they would refuse."""
 
     def __init__(self, handles: dict[str, Any], infos: dict[str, dict[str, Any]], shed_at_door: bool = True) -> None:
         self.handles = handles
