@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from sampling.samplers.base import Evaluation, SamplerGen, full_t
-from sampling.samplers.spacing import solver_timesteps
+from sampling.samplers.spacing import solver_grid
 from training.paths import DDPMObjective, to_eps_x0
 
 
@@ -29,11 +29,7 @@ def dpm_solver_pp(
     spacing: str = "trailing",
 ) -> SamplerGen:
     """DPM-Solver++(2M): K evaluations; global error O(h^2) in lambda. Deterministic (no fresh noise)."""
-    sched = objective.schedule
-    ts = solver_timesteps(spacing, steps, sched.num_timesteps)
-    ab = sched.alpha_bar_at(torch.as_tensor(ts)).tolist()
-    alpha = [a**0.5 for a in ab]
-    sigma = [(1 - a) ** 0.5 for a in ab]
+    ts, ab, alpha, sigma = solver_grid(objective.schedule, spacing, steps)
     lam = [math.log(a / s) for a, s in zip(alpha, sigma, strict=True)]
     x = noise.float()
     b = x.shape[0]

@@ -7,6 +7,9 @@ Each returns K descending integer timesteps in [0, T).
 from __future__ import annotations
 
 import numpy as np
+import torch
+
+from training.paths import DDPMSchedule
 
 SPACINGS = ("trailing", "leading", "linspace")
 
@@ -44,3 +47,14 @@ def solver_timesteps(spacing: str, steps: int, num_train_timesteps: int = 1000) 
         ratio = T // (K + 1)
         return (np.arange(0, K + 1) * ratio).round()[::-1][:-1].copy().astype(np.int64)
     return timesteps(spacing, K, T)
+
+
+Grid = tuple[np.ndarray, list[float], list[float], list[float]]
+
+
+def solver_grid(schedule: DDPMSchedule, spacing: str, steps: int) -> Grid:
+    """The multistep solvers' grid (`solver_timesteps`): the timesteps, and alpha_bar, alpha = sqrt(alpha_bar)
+    and sigma = sqrt(1 - alpha_bar) at each."""
+    ts = solver_timesteps(spacing, steps, schedule.num_timesteps)
+    ab = schedule.alpha_bar_at(torch.as_tensor(ts)).tolist()
+    return ts, ab, [a**0.5 for a in ab], [(1 - a) ** 0.5 for a in ab]

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from sampling.samplers.base import Evaluation, SamplerGen, full_t
-from sampling.samplers.spacing import solver_timesteps
+from sampling.samplers.spacing import solver_grid
 from training.paths import DDPMObjective, FMObjective, to_eps_x0
 from training.paths.fm_paths import path_coefficients, velocity_to_data
 
@@ -104,11 +104,8 @@ def unipc(
     spacing: str = "trailing",
 ) -> SamplerGen:
     """UniPC-bh2, order 2, data prediction: K evaluations. Deterministic (no fresh noise)."""
-    sched = objective.schedule
-    ts = solver_timesteps(spacing, steps, sched.num_timesteps)
-    ab = sched.alpha_bar_at(torch.as_tensor(ts)).tolist()
-    alpha = [a**0.5 for a in ab] + [1.0]  # the end of the last step: sigma = 0 (clean data)
-    sigma = [(1 - a) ** 0.5 for a in ab] + [0.0]
+    ts, ab, alpha, sigma = solver_grid(objective.schedule, spacing, steps)
+    alpha, sigma = [*alpha, 1.0], [*sigma, 0.0]  # the end of the last step: sigma = 0 (clean data)
 
     def to_x0(x: Tensor, pred: Tensor, i: int) -> Tensor:
         return to_eps_x0(x, pred, torch.tensor(ab[i]), objective.target)[1]
