@@ -6,7 +6,20 @@ request reaches an engine to be refused), with Serve's Python proxy or HAProxy i
 haproxy`). Each gets the same open-loop burst: evenly spaced K = 50, 256-sample fm-euler requests to
 moons-fm at `--rate` per second (150, about 15x what its one replica serves) for `--seconds`, every request
 timed from its own send, then one K = 5, 64-sample request. Records per status the count and p50 / p99
-latency, answers whose body is not JSON, and the request after. Writes door.json.
+latency, answers whose body is not JSON, and the request after.
+
+The two variants with the door on (the shipped application behind either ingress) also get, on the same
+running service, the issue's other contracts as a client sees them:
+- `mixed`: a K = 5, 64-sample request's p50 alone and amid six closed loops of K = 100, 256 samples;
+- `stalled`: 1 200 connections that send headers and part of a body and stall, while a normal client sends
+  40 small requests 0.5 s apart: how many of those fail;
+- `hang_up`: a client that gives up after 0.5 s on a request of several seconds: how long until its
+  model replica is idle again (its work stopped) against the same request run to its end;
+- `deadline`: `python -m loadtests deadline` (steps "auto", 250 ms, 1x and 2x the measured capacity; the
+  client sends its clock, so `deadline_met` counts the time in front of the engine): attainment as the
+  service reports it and as the client timed it.
+
+Writes door.json.
 
     python -m bench --only door [--quick]      (or python -m bench.door [--rate 150] [--seconds 10])
 """
@@ -15,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -33,6 +47,8 @@ from bench.path import free_port
 
 BODY = {"model": "moons-fm", "sampler": "fm-euler", "steps": 50, "num_samples": 256}
 AFTER = {**BODY, "steps": 5, "num_samples": 64}
+HEAVY = {**BODY, "steps": 100}  # the mixed probe's load
+LONG = {**BODY, "sampler": "fm-rk4", "steps": 1000, "num_samples": 1024}  # seconds of CPU; 4 096 000 row evaluations, under max_work
 VARIANTS = {  # name -> (shed_at_door, ingress)
     "door, Serve proxy": (True, "serve"),
     "no door, Serve proxy": (False, "serve"),
@@ -75,6 +91,113 @@ async def burst(url: str, rate: float, seconds: float) -> dict[str, Any]:
     }
 
 
+async def _sequential(c: httpx.AsyncClient, body: dict[str, Any], seconds: float) -> list[float]:
+    """Latencies (s) of `body` sent one after another for `seconds`; a failure raises."""
+    out, end = [], time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        status, latency, _ = await _send(c, {**body, "seed": len(out)})
+        if status != "200":
+            raise RuntimeError(f"a lone {body['steps']}-step request got {status}")
+        out.append(latency)
+    return out
+
+
+async def mixed(url: str, loops: int = 6, seconds: float = 10.0) -> dict[str, Any]:
+    """K = 5 p50 alone, then amid `loops` closed loops of HEAVY, and their ratio."""
+    async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+        await _sequential(c, AFTER, 1.0)  # warm
+        idle = await _sequential(c, AFTER, seconds / 2)
+        stop = asyncio.Event()
+
+        async def loop() -> None:
+            while not stop.is_set():
+                await _send(c, HEAVY)
+
+        tasks = [asyncio.create_task(loop()) for _ in range(loops)]
+        await asyncio.sleep(2.0)
+        loaded = await _sequential(c, AFTER, seconds)
+        stop.set()
+        await asyncio.gather(*tasks)
+    a, b = _pct(idle, 0.5), _pct(loaded, 0.5)
+    return {"idle_p50_ms": a, "loaded_p50_ms": b, "ratio": round(b / a, 2), "n": [len(idle), len(loaded)]}
+
+
+async def stalled(url: str, n: int = 1200, normal: int = 40) -> dict[str, Any]:
+    """`n` stalled uploads held open while a client sends `normal` small requests 0.5 s apart."""
+    host, port = url.removeprefix("http://").split(":")
+    head = (
+        f"POST /v1/samples HTTP/1.1\r\nHost: {host}:{port}\r\ncontent-type: application/json\r\n"
+        "content-length: 1000\r\n\r\n"
+    ).encode() + b'{"model": "moons-fm", '
+    writers = []
+    for _ in range(n):
+        try:
+            _, w = await asyncio.open_connection(host, int(port))
+        except OSError:
+            break
+        w.write(head)
+        writers.append(w)
+    async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+
+        async def one(i: int) -> tuple[str, float, bool]:
+            await asyncio.sleep(0.5 * i)
+            return await _send(c, {**AFTER, "num_samples": 4, "seed": i})
+
+        answers = await asyncio.gather(*(one(i) for i in range(normal)))
+    for w in writers:
+        w.close()
+    ok = [lat for status, lat, _ in answers if status == "200"]
+    return {
+        "opened": len(writers),
+        "failed": len(answers) - len(ok),
+        "statuses": sorted({status for status, _, _ in answers}),
+        "p50_ms": _pct(ok, 0.5) if ok else None,
+        "max_ms": _pct(ok, 1.0) if ok else None,
+    }
+
+
+async def _idle_after(c: httpx.AsyncClient, since: float, limit_s: float) -> float | None:
+    """Seconds from `since` until moons-fm's replica holds no request (None: not within `limit_s`)."""
+    while time.perf_counter() - since < limit_s:
+        load = (await c.get("/v1/models/moons-fm")).json()["replica_load"]
+        if load["in_flight"] + load["queued"] == 0:
+            return round(time.perf_counter() - since, 2)
+        await asyncio.sleep(0.1)
+    return None
+
+
+async def hang_up(url: str, trials: int = 3, give_up_s: float = 0.5) -> dict[str, Any]:
+    """A LONG request run to its end, then `trials` whose client leaves after `give_up_s`: seconds until the
+    replica is idle, from the send."""
+    async with httpx.AsyncClient(base_url=url, timeout=120) as c:
+        t0 = time.perf_counter()
+        status, _, _ = await _send(c, LONG)
+        full_s = round(time.perf_counter() - t0, 2)
+        left = []
+        for i in range(trials):
+            t0 = time.perf_counter()
+            with contextlib.suppress(httpx.TimeoutException):
+                await c.post("/v1/samples", json={**LONG, "seed": i + 1}, timeout=give_up_s)
+            left.append(await _idle_after(c, t0, 3 * full_s + 5))
+    return {"run_to_end_s": full_s, "status": status, "idle_after_hang_up_s": left, "give_up_s": give_up_s}
+
+
+def deadline(url: str, out: Path, seconds: float) -> dict[str, Any]:
+    """`python -m loadtests deadline` at 1x and 2x: per load, attainment (service / client clock), chosen K."""
+    cmd = [sys.executable, "-m", "loadtests", "deadline", "--url", url, "--model", "moons-fm"]
+    cmd += ["--sampler", "fm-euler", "--num-samples", "64", "--deadline-ms", "250", "--load", "1,2"]
+    cmd += ["--duration", f"{seconds:g}", "--fixed-steps", "10", "--out", str(out), "--no-progress"]
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True)
+    res = json.loads((out / "results.json").read_text())
+    keep = ("arm", "load_multiple", "offered_rps", "requests", "ok", "attainment", "attainment_client")
+    cells = [{k: c[k] for k in keep} | {"most_chosen": _top(c["k_histogram"])} for c in res["cells"]]
+    return {"capacity_rps": round(res["capacity_rps"], 2), "cells": cells}
+
+
+def _top(hist: list[dict[str, Any]]) -> int | None:
+    return max(hist, key=lambda h: h["count"])["steps"] if hist else None
+
+
 def _serve(config: Path, ingress: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "serving.serve_cli", "--config", str(config), "--port", str(port)]
@@ -107,12 +230,20 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def run(out_dir: Path, quick: bool = False, rate: float = 150.0, seconds: float | None = None) -> dict[str, Any]:
+def run(
+    out_dir: Path,
+    quick: bool = False,
+    rate: float = 150.0,
+    seconds: float | None = None,
+    variants: list[str] | None = None,
+) -> dict[str, Any]:
     seconds = seconds if seconds is not None else (5.0 if quick else 10.0)
     shipped = yaml.safe_load((ROOT / "deploy" / "serve.yaml").read_text())
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, (door, ingress) in VARIANTS.items():
+            if variants and name not in variants:
+                continue
             config = Path(tmp) / f"serve-{door}.yaml"
             shipped["applications"][0]["args"]["shed_at_door"] = door
             config.write_text(yaml.safe_dump(shipped, sort_keys=False))
@@ -121,6 +252,13 @@ def run(out_dir: Path, quick: bool = False, rate: float = 150.0, seconds: float 
             try:
                 time.sleep(3.0)  # the replicas' first answers after start-up are slower
                 results[name] = asyncio.run(burst(url, rate, seconds))
+                if door:
+                    time.sleep(5.0)  # the burst's accepted requests drain
+                    results[name]["mixed"] = asyncio.run(mixed(url, seconds=seconds))
+                    results[name]["stalled"] = asyncio.run(stalled(url, normal=20 if quick else 40))
+                    results[name]["hang_up"] = asyncio.run(hang_up(url, trials=2 if quick else 3))
+                    scratch = Path(tmp) / name.replace(", ", "-").replace(" ", "_")
+                    results[name]["deadline"] = deadline(url, scratch, seconds)
             finally:
                 _stop(proc)
             print(f"  {json.dumps(results[name])}", flush=True)
@@ -134,9 +272,12 @@ def main() -> None:
     p.add_argument("--out", default="bench-results")
     p.add_argument("--rate", type=float, default=150.0, help="requests per second of the burst (default 150)")
     p.add_argument("--seconds", type=float, default=10.0, help="how long the burst lasts (default 10)")
+    p.add_argument(
+        "--variant", action="append", choices=list(VARIANTS), help="run only this variant (repeatable; default all)"
+    )
     a = p.parse_args()
     Path(a.out).mkdir(parents=True, exist_ok=True)
-    run(Path(a.out), rate=a.rate, seconds=a.seconds)
+    run(Path(a.out), rate=a.rate, seconds=a.seconds, variants=a.variant)
 
 
 if __name__ == "__main__":

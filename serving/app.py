@@ -56,6 +56,9 @@ class AppArgs(BaseModel):
     # Shed at the door (serving.api.door): the Ingress refuses what the model replicas' load snapshots say
     # their engines would refuse, without calling them. Off: every request reaches an engine to be refused.
     shed_at_door: bool = True
+    # Shed while busy (serving.api.door.LoopLag): an Ingress replica whose event loop has run this many ms
+    # late on each of its last probes refuses new sampling requests unread (503 + Retry-After); 0: never.
+    max_loop_lag_ms: float = Field(50.0, ge=0.0)
     # Deployment options by deployment name, for applications built in code (tests, benchmarks); in a
     # Serve config file use its `deployments` section instead, which takes precedence over these.
     deployment_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -122,7 +125,8 @@ def assemble(args: dict[str, Any], server: serve.Deployment = ModelServer) -> se
         "max_headers": a.max_headers,
         "max_header_bytes": a.max_header_bytes,
     }
-    return ingress.bind(handles, infos, a.max_body_bytes, a.body_timeout_s, security, local, a.shed_at_door)
+    edge = (a.max_body_bytes, a.body_timeout_s, security, local, a.shed_at_door, a.max_loop_lag_ms)
+    return ingress.bind(handles, infos, *edge)
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:

@@ -76,9 +76,17 @@ class DoorMetrics:
             "calling them, by model (their 503s are in stepserve_requests too).",
             tag_keys=("model",),
         )
+        self.busy = Counter(
+            "stepserve_busy_refusals",
+            description="Sampling requests refused unread because the Ingress replica's event loop was running "
+            "late (serving.api.door.LoopLag; their 503s are in stepserve_requests too, model unknown).",
+        )
 
     def refused(self, model: str) -> None:
         self.refusals.inc(tags={"model": model})
+
+    def refused_busy(self) -> None:
+        self.busy.inc()
 
 
 class ModelMetrics:

@@ -11,10 +11,16 @@ makes the door let requests through, and the engine, which decides for itself, s
 requests sent since a snapshot are counted only while one replica is known (with several, which one a
 request reaches is the router's choice). Requests with steps "auto" are not shed here: the replica picks K
 for the load, which is the point.
+
+In front of that, `LoopLag` measures how late the Ingress replica's own event loop runs what is ready; while
+it has been late on every recent probe, `middleware.ShedWhenBusy` refuses new sampling requests before their
+body is read or parsed: requests past what this replica's CPU can take in are answered at once instead of
+waiting in its event loop behind each other.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -86,3 +92,28 @@ class Door:
 def _state(rows: int, evaluations: int, due: float | None, snapshot: Snapshot) -> RequestState:
     """A request as the snapshot's engine would hold it (its deadline relative to when it was taken)."""
     return RequestState(rows, evaluations, None if due is None else due - snapshot.taken_at, seq=1 << 61)
+
+
+class LoopLag:
+    """How late the running event loop wakes a sleeper: a probe task sleeps `period_s` again and again and
+    keeps its last `window` overshoots. `busy(limit_s)` holds when every one of them is over `limit_s`, so a
+    single long callback (a GC pause, a large response being encoded) delays one probe only and sheds
+    nothing, while a loop with more ready work than time stays late on every probe. Starts on first use,
+    inside the loop it measures."""
+
+    def __init__(self, period_s: float = 0.01, window: int = 5) -> None:
+        self.period_s = period_s
+        self.lags: deque[float] = deque([0.0] * window, maxlen=window)
+        self._task: asyncio.Task | None = None
+
+    def busy(self, limit_s: float) -> bool:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._probe())
+        return min(self.lags) > limit_s
+
+    async def _probe(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t0 = loop.time()
+            await asyncio.sleep(self.period_s)
+            self.lags.append(loop.time() - t0 - self.period_s)

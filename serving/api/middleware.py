@@ -1,4 +1,5 @@
-"""ASGI middleware of the HTTP edge: a body-size bound and the request metrics.
+"""ASGI middleware of the HTTP edge: shedding while the event loop runs late, a body-size bound and the
+request metrics.
 
 Both read their settings from the FastAPI app's `state` (set by `ingress.build_http_app` from the Serve config).
 """
@@ -11,8 +12,9 @@ import time
 from typing import Any
 
 from sampling.samplers import SAMPLERS
+from serving.api.door import LoopLag
 from serving.api.schemas import ApiError
-from serving.metrics import IngressMetrics
+from serving.metrics import DoorMetrics, IngressMetrics
 
 SAMPLES_PATH = "/v1/samples"
 # The API's bodies are flat objects; a body nested deeper is refused before any parser sees it (a parser
@@ -27,6 +29,28 @@ async def send_error(send: Any, err: ApiError) -> None:
     headers += [(k.lower().encode(), v.encode()) for k, v in (err.headers() or {}).items()]
     await send({"type": "http.response.start", "status": err.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+class ShedWhenBusy:
+    """POST /v1/samples gets the API's 503 with Retry-After, its body unread, while this replica's event loop
+    has been late by more than `app.state.max_loop_lag_s` on every recent probe (`door.LoopLag`; 0: never).
+    Other paths (health, metadata, docs) always pass."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.lag = LoopLag()
+        self._metrics: DoorMetrics | None = None
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        limit = getattr(scope["app"].state, "max_loop_lag_s", 0.0) if scope["type"] == "http" else 0.0
+        if limit > 0 and scope.get("path") == SAMPLES_PATH and self.lag.busy(limit):
+            if self._metrics is None:
+                self._metrics = DoorMetrics()
+            self._metrics.refused_busy()
+            lag_ms = 1e3 * min(self.lag.lags)
+            msg = f"the service is at capacity (its HTTP edge runs {lag_ms:.0f} ms late); retry later"
+            return await send_error(send, ApiError("model", msg, 503, 1))
+        await self.app(scope, receive, send)
 
 
 class BodySizeLimit:

@@ -11,8 +11,9 @@ fixed-steps request every replica would refuse by its last load snapshot is refu
 A deadline enters once, as an absolute unix time: when the request arrived plus its `deadline_ms`, where a
 client's `X-Client-Sent-At` moves the arrival back to when it sent the request (`schemas.arrival`). The
 replica is given that time less this model's path estimate (the time a request spends outside the engine:
-hops, serialization, noise and data-space conversion, a moving average per model), so that the way back
-fits; `deadline_met` is judged against the time itself.
+hops, serialization, noise and data-space conversion, and under load the wait for a replica slot; a moving
+average per model of what answers measured, `PathEstimate`), so that the way back fits; `deadline_met` is
+judged against the time itself.
 """
 
 from __future__ import annotations
@@ -36,8 +37,28 @@ from serving.replica import SampleOutput
 
 PATH_EWMA = 0.2
 PATH_INITIAL_S = 0.01
+PATH_RELAX_S = 2.0  # without answers, the estimate's excess over PATH_INITIAL_S halves this often
 
 T = TypeVar("T")
+
+
+class PathEstimate:
+    """Time outside the engine, per model: a moving average (PATH_EWMA) of what answers measured, whose
+    excess over PATH_INITIAL_S halves every PATH_RELAX_S while no answer comes. Under a backlog the answers
+    measure seconds of waiting for a replica slot; once that clears, deadline requests refused on the old
+    estimate would bring no new answers to lower it, so it must also relax with time."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._s, self._at = PATH_INITIAL_S, clock()
+
+    def seconds(self) -> float:
+        age = self.clock() - self._at
+        return PATH_INITIAL_S + (self._s - PATH_INITIAL_S) * 0.5 ** (age / PATH_RELAX_S)
+
+    def observe(self, seconds: float) -> None:
+        now_s = self.seconds()
+        self._s, self._at = now_s + PATH_EWMA * (max(0.0, seconds) - now_s), self.clock()
 
 
 class SampleService:
@@ -54,7 +75,7 @@ class SampleService:
             for name, info in self.infos.items()
             if info.quality_profile is not None
         }
-        self.path_s = dict.fromkeys(self.infos, PATH_INITIAL_S)
+        self.path = {name: PathEstimate() for name in self.infos}
         self.door = Door() if shed_at_door else None
         self._door_metrics: DoorMetrics | None = None
 
@@ -72,7 +93,7 @@ class SampleService:
         deadline_s = req.check().deadline_s
         due = None if deadline_s is None else arrived + deadline_s
         handle = self.handles[req.model]
-        path_s = self.path_s[req.model]  # the path around the engine, kept out of the engine's time
+        path_s = self.path[req.model].seconds()  # the path around the engine, kept out of the engine's time
         if req.steps == "auto":
             assert due is not None and deadline_s is not None  # check() requires deadline_ms
             choices = candidates(req, info, self.objectives[req.model], self.profiles.get(req.model), seed)
@@ -151,7 +172,7 @@ class SampleService:
         outside_s: the time before the call and the predicted path around the engine (for predicted_ms)."""
         image = await asyncio.to_thread(render_base64, out.samples) if req.format == "png" else None
         total_s = time.perf_counter() - t0
-        self._observe_path(req.model, total_s - out.queue_s - out.compute_s)
+        self.path[req.model].observe(total_s - out.queue_s - out.compute_s)
         predicted_ms = None
         if out.predicted_s is not None and due is not None:
             predicted_ms = 1e3 * (outside_s + out.predicted_s)
@@ -175,10 +196,6 @@ class SampleService:
             "predicted_ms": predicted_ms,
             "predicted_quality": out.quality,
         }
-
-    def _observe_path(self, model: str, seconds: float) -> None:
-        """Moving average of the time a request spends outside the replica's engine."""
-        self.path_s[model] += PATH_EWMA * (max(0.0, seconds) - self.path_s[model])
 
     async def call(self, model: str, call: Callable[[], Awaitable[T]], quiet_s: float = 0.0) -> T:
         """`call()` awaited, once more if its replica died; refusals as ApiErrors (`errors.refusal`)."""
