@@ -6,9 +6,9 @@
 #
 # Environment (all optional): STEPSERVE_MODELS_DIR (default models), STEPSERVE_PORT (8000),
 # STEPSERVE_METRICS_PORT (8080), STEPSERVE_TRAIN_MAX_STEPS (cap training of missing models: quick runs),
-# STEPSERVE_INGRESS (serve, the default: Ray Serve's HTTP proxy; haproxy: HAProxy straight to the Ingress
-# replicas, one hop fewer; serving/serve_cli.py --help), STEPSERVE_CONFIG (the Ray Serve config, default
-# deploy/serve.yaml; deploy/serve-one-hop.yaml serves one model in one hop, the shortest path with haproxy).
+# STEPSERVE_INGRESS (haproxy, the default: HAProxy straight to the Ingress replicas; serve: Ray Serve's
+# Python HTTP proxy; serving/serve_cli.py --help), STEPSERVE_CONFIG (the Ray Serve config, default
+# deploy/serve.yaml; deploy/serve-one-hop.yaml serves one model in one hop, the shortest path).
 # serve_cli binds Ray to 127.0.0.1 and caps Ray's log files (RAY_ROTATION_MAX_BYTES, default 64 MiB here,
 # RAY_ROTATION_BACKUP_COUNT, default 3; set either to override); docs/security.md.
 set -euo pipefail
@@ -26,4 +26,4 @@ done
 
 exec "$PYTHON" -m serving.serve_cli --config "${STEPSERVE_CONFIG:-deploy/serve.yaml}" --models-dir "$MODELS_DIR" \
   --port "${STEPSERVE_PORT:-8000}" --metrics-port "${STEPSERVE_METRICS_PORT:-8080}" \
-  --ingress "${STEPSERVE_INGRESS:-serve}"
+  --ingress "${STEPSERVE_INGRESS:-haproxy}"

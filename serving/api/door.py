@@ -98,10 +98,10 @@ class LoopLag:
     """How late the running event loop wakes a sleeper: a probe task sleeps `period_s` again and again and
     keeps its last `window` overshoots. `busy(limit_s)` holds when every one of them is over `limit_s`, so a
     single long callback (a GC pause, a large response being encoded) delays one probe only and sheds
-    nothing, while a loop with more ready work than time stays late on every probe. Starts on first use,
-    inside the loop it measures."""
+    nothing, while a loop with more ready work than time stays late on every probe (shedding starts about
+    `window` lags into an overload). Starts on first use, inside the loop it measures."""
 
-    def __init__(self, period_s: float = 0.01, window: int = 5) -> None:
+    def __init__(self, period_s: float = 0.01, window: int = 3) -> None:
         self.period_s = period_s
         self.lags: deque[float] = deque([0.0] * window, maxlen=window)
         self._task: asyncio.Task | None = None

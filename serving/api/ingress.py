@@ -49,10 +49,10 @@ def build_http_app(
     serve_playground(app)  # the playground page at /
     app.include_router(routes(service))
     add_error_handlers(app)
+    app.add_middleware(ShedWhenBusy)  # inside BodySizeLimit: the body is read (the connection stays usable), unparsed
     app.add_middleware(BodySizeLimit)
     app.add_middleware(ApiKeyAuth)  # outside BodySizeLimit: a request without a valid key is refused unread
     app.add_middleware(HeaderLimits)  # outside ApiKeyAuth: an oversized Authorization header is refused first
-    app.add_middleware(ShedWhenBusy)  # outside all that reads a request: a busy edge refuses unread
     app.add_middleware(RequestMetrics)  # outermost: counts the body-size refusals too
     return app
 

@@ -91,7 +91,9 @@ def live_stepserve(tiny_checkpoints: dict[str, Path], tmp_path_factory: pytest.T
     config = tmp / "serve.yaml"
     config.write_text(yaml.safe_dump(serve_config(tiny_checkpoints["moons-fm"], port)))
     log = (tmp / "serve.log").open("w")
+    # Serve's Python proxy (not the default HAProxy): this is the one launch of serve_cli through that path.
     cmd = [sys.executable, "-m", "serving.serve_cli", "--config", str(config), "--metrics-port", str(metrics_port)]
+    cmd += ["--ingress", "serve"]
     proc = subprocess.Popen(
         [*cmd, "--num-cpus", "4"], cwd=ROOT, env={**os.environ, **LIVE_ENV}, stdout=log, stderr=subprocess.STDOUT
     )

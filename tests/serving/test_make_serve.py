@@ -1,7 +1,7 @@
 """`make serve`'s script from the outside: a missing model is trained, the service comes up, the curl
-example it prints works, every socket its process tree listens on is on loopback (except Serve's
-inter-deployment gRPC server of each replica, which Ray 2.60 binds to [::] with no setting;
-docs/security.md), and Ctrl-C stops it. Tiny checkpoints and free ports keep it quick."""
+example it prints works through the default ingress (HAProxy), every socket its process tree listens on is on
+loopback (HAProxy's stats and metrics included; except Serve's inter-deployment gRPC server of each replica,
+which Ray 2.60 binds to [::] with no setting; docs/security.md), and Ctrl-C stops it. Tiny checkpoints and free ports keep it quick."""
 
 from __future__ import annotations
 
@@ -34,6 +34,9 @@ def test_serve_script_trains_missing_models_serves_and_prints_a_working_curl(
         "STEPSERVE_PORT": str(port),
         "STEPSERVE_METRICS_PORT": str(metrics_port),
         "STEPSERVE_TRAIN_MAX_STEPS": "5",
+        # HAProxy's stats page and metrics on free ports (a HAProxy already running here keeps 8404 / 9101)
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
     }
     log = tmp_path / "serve.log"
     with log.open("w") as out:
@@ -53,6 +56,7 @@ def test_serve_script_trains_missing_models_serves_and_prints_a_working_curl(
             time.sleep(1.0)
         text = log.read_text()
         assert "training it now" in text and (models / "moons-fm" / "manifest.json").is_file()
+        assert "ingress: HAProxy" in text  # the shipped default
         curl = next(line.split("try:", 1)[1].strip() for line in text.splitlines() if "try:" in line)
         assert f"127.0.0.1:{port}" in curl
         answer = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=60, check=True)
