@@ -50,7 +50,8 @@ from bench.path import free_port
 BODY = {"model": "moons-fm", "sampler": "fm-euler", "steps": 50, "num_samples": 256}
 AFTER = {**BODY, "steps": 5, "num_samples": 64}
 HEAVY = {**BODY, "steps": 100}  # the mixed probe's load
-LONG = {**BODY, "sampler": "fm-rk4", "steps": 1000, "num_samples": 1024}  # seconds of CPU; 4 096 000 row evaluations, under max_work
+# seconds of one replica's CPU: 4 096 000 row evaluations, under moons-fm's max_work
+LONG = {**BODY, "sampler": "fm-rk4", "steps": 1000, "num_samples": 1024}
 VARIANTS = {  # name -> (shed_at_door, ingress)
     "door, Serve proxy": (True, "serve"),
     "no door, Serve proxy": (False, "serve"),

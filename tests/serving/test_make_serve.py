@@ -1,7 +1,8 @@
 """`make serve`'s script from the outside: a missing model is trained, the service comes up, the curl
 example it prints works through the default ingress (HAProxy), every socket its process tree listens on is on
 loopback (HAProxy's stats and metrics included; except Serve's inter-deployment gRPC server of each replica,
-which Ray 2.60 binds to [::] with no setting; docs/security.md), and Ctrl-C stops it. Tiny checkpoints and free ports keep it quick."""
+which Ray 2.60 binds to [::] with no setting; docs/security.md), and Ctrl-C stops it.
+Tiny checkpoints and free ports keep it quick."""
 
 from __future__ import annotations
 
