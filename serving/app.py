@@ -19,6 +19,7 @@ from sampling.request import Limits
 from serving.api.auth import AuthArgs
 from serving.api.headers import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS
 from serving.api.ingress import Ingress
+from serving.api.middleware import BUSY_MIN_ACTIVE
 from serving.api.schemas import model_info
 from serving.engine import EngineLimits
 from serving.replica import ModelServer
@@ -59,6 +60,9 @@ class AppArgs(BaseModel):
     # Shed while busy (serving.api.door.LoopLag): an Ingress replica whose event loop has run this many ms
     # late on each of its last probes refuses new sampling requests unread (503 + Retry-After); 0: never.
     max_loop_lag_ms: float = Field(50.0, ge=0.0)
+    # ... and only while it holds at least this many sampling requests in progress (modest load on shared
+    # cores makes a loop late too; serving.api.middleware.BUSY_MIN_ACTIVE).
+    busy_min_active: int = Field(BUSY_MIN_ACTIVE, ge=0)
     # Deployment options by deployment name, for applications built in code (tests, benchmarks); in a
     # Serve config file use its `deployments` section instead, which takes precedence over these.
     deployment_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -125,7 +129,7 @@ def assemble(args: dict[str, Any], server: serve.Deployment = ModelServer) -> se
         "max_headers": a.max_headers,
         "max_header_bytes": a.max_header_bytes,
     }
-    edge = (a.max_body_bytes, a.body_timeout_s, security, local, a.shed_at_door, a.max_loop_lag_ms)
+    edge = (a.max_body_bytes, a.body_timeout_s, security, local, a.shed_at_door, a.max_loop_lag_ms, a.busy_min_active)
     return ingress.bind(handles, infos, *edge)
 
 

@@ -18,7 +18,7 @@ from serving.api.auth import ApiKeyAuth, configure_security
 from serving.api.docs import serve_docs_locally
 from serving.api.errors import add_error_handlers
 from serving.api.headers import HeaderLimits
-from serving.api.middleware import BodySizeLimit, RequestMetrics, ShedWhenBusy
+from serving.api.middleware import BUSY_MIN_ACTIVE, BodySizeLimit, RequestMetrics, ShedWhenBusy
 from serving.api.playground import serve_playground
 from serving.api.routes import routes
 from serving.api.service import SampleService
@@ -31,10 +31,11 @@ def build_http_app(
     body_timeout_s: float = 10.0,
     security: dict[str, Any] | None = None,
     max_loop_lag_ms: float = 0.0,
+    busy_min_active: int = BUSY_MIN_ACTIVE,
 ) -> FastAPI:
     """The API's FastAPI app over `service`, with its edge settings (body bound and timeout, API keys and
     header caps: `serving.api.auth.configure_security`; shedding while its event loop runs over
-    `max_loop_lag_ms` late, 0: off)."""
+    `max_loop_lag_ms` late with at least `busy_min_active` requests in progress, 0: off)."""
     app = FastAPI(
         title="stepserve",
         version="0.1.0",
@@ -43,6 +44,7 @@ def build_http_app(
     app.state.max_body_bytes = max_body_bytes
     app.state.body_timeout_s = body_timeout_s
     app.state.max_loop_lag_s = max_loop_lag_ms / 1e3
+    app.state.busy_min_active = busy_min_active
     app.state.model_ids = frozenset(service.infos)
     configure_security(app.state, security or {})
     serve_docs_locally(app)  # /docs without a CDN
@@ -72,10 +74,11 @@ class Ingress:
         local: dict[str, dict[str, Any]] | None = None,
         shed_at_door: bool = True,
         max_loop_lag_ms: float = 0.0,
+        busy_min_active: int = BUSY_MIN_ACTIVE,
     ) -> None:
         # `local`: models whose replica runs in this process (single_hop, serving.local), called like handles.
         self.service = SampleService({**models, **local_models(local or {})}, infos, shed_at_door)
-        self.settings = (max_body_bytes, body_timeout_s, security, max_loop_lag_ms)
+        self.settings = (max_body_bytes, body_timeout_s, security, max_loop_lag_ms, busy_min_active)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_http_app(self.service, *self.settings)

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from serving.api.door import LoopLag
 from serving.api.ingress import build_http_app
-from serving.api.middleware import json_too_deep
+from serving.api.middleware import BUSY_MIN_ACTIVE, json_too_deep
 from serving.api.schemas import MAX_CLIENT_AGE_S, MAX_CLIENT_AHEAD_S, ApiError, arrival
 from serving.api.service import PATH_EWMA, PATH_INITIAL_S, PATH_RELAX_S, PathEstimate, SampleService
 
@@ -76,6 +76,7 @@ def test_loop_lag_is_busy_only_while_every_recent_probe_was_late() -> None:
 
 def test_a_busy_edge_refuses_sampling_requests_unread_and_still_answers_health() -> None:
     app = build_http_app(SampleService({}, {}), max_loop_lag_ms=100)
+    app.state.busy_min_active = 0  # these requests finish at once: none would be in progress beside them
     bad = {"content": b"not json", "headers": {"content-type": "application/json"}}
 
     async def main() -> tuple[httpx.Response, httpx.Response, httpx.Response, httpx.Response]:
@@ -113,3 +114,22 @@ def test_the_path_estimate_follows_answers_and_relaxes_without_them() -> None:
     assert path.seconds() == pytest.approx(PATH_INITIAL_S, abs=1e-6)
     path.observe(0.02)
     assert path.seconds() == pytest.approx(PATH_INITIAL_S + PATH_EWMA * (0.02 - PATH_INITIAL_S), abs=1e-6)
+
+
+def test_a_late_loop_with_few_requests_in_progress_sheds_nothing() -> None:
+    """Fewer than BUSY_MIN_ACTIVE requests in progress: a late loop alone (shared cores) refuses nothing."""
+    app = build_http_app(SampleService({}, {}), max_loop_lag_ms=100)
+    bad = {"content": b"not json", "headers": {"content-type": "application/json"}}
+
+    async def main() -> list[int]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://edge") as c:
+            await c.post("/v1/samples", **bad)
+            stop = asyncio.Event()
+            hogs = [asyncio.create_task(_hog(stop, 0.04)) for _ in range(4)]
+            await asyncio.sleep(2.0)
+            answers = await asyncio.gather(*(c.post("/v1/samples", **bad) for _ in range(BUSY_MIN_ACTIVE // 2)))
+            stop.set()
+            await asyncio.gather(*hogs)
+            return [r.status_code for r in answers]
+
+    assert set(asyncio.run(main())) == {400}
