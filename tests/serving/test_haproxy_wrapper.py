@@ -118,7 +118,7 @@ def haproxy(tmp_path: Path, backend_port: int, maxconn: int, queue_ms: int = 100
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"HAProxy did not start: {proc.stderr.read() if proc.stderr else ''}")
+                    raise RuntimeError(f"HAProxy did not start: {proc.stderr.read() if proc.stderr else ''}") from None
                 time.sleep(0.1)
         yield f"http://127.0.0.1:{port}", cfg
     finally:
