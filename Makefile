@@ -6,7 +6,7 @@ PYTHON  := $(BIN)/python
 STAMP   := $(VENV)/.installed
 MODELS  := moons-ddpm moons-fm digits-ddpm digits-fm
 # Variants the knobs report compares with the defaults (schedule, target, path, net).
-KNOB_MODELS := moons-ddpm-cosine moons-ddpm-v moons-ddpm-x0 moons-fm-vp digits-fm-mlp
+KNOB_MODELS := moons-ddpm-linear moons-ddpm-cosine moons-ddpm-v moons-ddpm-x0 moons-fm-vp digits-fm-mlp
 
 CHROMIUM := /usr/bin/chromium
 CHROMEDRIVER := /usr/bin/chromedriver

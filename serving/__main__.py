@@ -27,7 +27,10 @@ def _add_sample_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--class-label", type=int, help="class to sample; omitted: unconditional (null label)")
     p.add_argument("--seed", type=int, default=0, help="seed of the request's noise (default 0)")
     p.add_argument("--eta", type=float, help="DDIM eta in [0, 1] (ddim only; default 0, deterministic)")
-    p.add_argument("--spacing", help="DDPM/DDIM timestep spacing: trailing (default), leading, linspace")
+    p.add_argument(
+        "--spacing",
+        help="DDPM timestep spacing: trailing, leading, linspace (default: the checkpoint's, else trailing)",
+    )
     p.add_argument("--backend", default="torch", help="torch (default), onnxruntime, tensorrt")
     p.add_argument("--weights", default="ema", choices=["ema", "raw"], help="torch backend: which weights")
     p.add_argument("--out", required=True, help="output .npy file")

@@ -12,7 +12,14 @@ from training.trainer import train
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODELS = ("moons-ddpm", "moons-fm", "digits-ddpm", "digits-fm")
 # Variants for the knobs report (bench.knobs): schedule, target, path and net against the defaults.
-KNOB_MODELS = ("moons-ddpm-cosine", "moons-ddpm-v", "moons-ddpm-x0", "moons-fm-vp", "digits-fm-mlp")
+KNOB_MODELS = (
+    "moons-ddpm-linear",
+    "moons-ddpm-cosine",
+    "moons-ddpm-v",
+    "moons-ddpm-x0",
+    "moons-fm-vp",
+    "digits-fm-mlp",
+)
 
 
 @pytest.fixture(scope="session")

@@ -205,11 +205,13 @@ def save_checkpoint(
     data: dict[str, Any],
     training: dict[str, Any],
     train_state: dict[str, torch.Tensor] | None = None,
+    sampling: dict[str, Any] | None = None,
 ) -> Path:
     """Write weights, EMA weights (and optionally the resume state) and a manifest into `out`.
 
     `data` holds kind, shape, normalization (dict), num_classes; null_label = num_classes is added.
-    Files that export added earlier are dropped from the manifest: they belong to old weights.
+    Files that export added earlier are dropped from the manifest: they belong to old weights. `sampling`: the
+    defaults requests get when they leave them out (e.g. {"spacing": "leading"}); None or empty writes none.
     """
     d = Path(out)
     d.mkdir(parents=True, exist_ok=True)
@@ -228,6 +230,8 @@ def save_checkpoint(
         "training": training,
         "files": files,
     }
+    if sampling:
+        manifest["sampling"] = dict(sampling)
     if train_state is not None:
         save_file(train_state, str(d / RESUME_FILE))
         manifest["resume"] = {"file": RESUME_FILE, "sha256": sha256_file(d / RESUME_FILE)}

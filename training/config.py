@@ -29,6 +29,23 @@ class TrainConfig:
     checkpoint_every: int = 1000
 
 
+# DDPM timestep spacings a checkpoint may name as its default (sampling/samplers/spacing.py's SPACINGS; training
+# does not import sampling, and tests/training/test_config.py holds the two equal).
+SPACINGS = ("trailing", "leading", "linspace")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Defaults written to the manifest for requests that leave them out: `spacing`, the DDPM timestep spacing
+    (None: the samplers' own, trailing)."""
+
+    spacing: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.spacing is not None and self.spacing not in SPACINGS:
+            raise ValueError(f"config sampling.spacing must be one of {list(SPACINGS)}, got {self.spacing!r}")
+
+
 @dataclass(frozen=True)
 class Config:
     name: str
@@ -36,6 +53,7 @@ class Config:
     net: dict[str, Any] = field(default_factory=dict)  # {"kind": ..., hyperparameters...}
     objective: dict[str, Any] = field(default_factory=dict)  # {"kind": "ddpm"|"fm", ...}
     train: TrainConfig = field(default_factory=TrainConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
 
 def _strict(cls: type, section: str, d: Any) -> Any:
@@ -65,6 +83,7 @@ def config_from_dict(d: dict[str, Any]) -> Config:
         net=dict(d["net"]),
         objective=dict(d["objective"]),
         train=_strict(TrainConfig, "train", d.get("train", {})),
+        sampling=_strict(SamplingConfig, "sampling", d.get("sampling", {})),
     )
 
 

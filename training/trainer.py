@@ -104,6 +104,7 @@ def train(
                 "wall_time_s": round(elapsed, 2),
             },
             train_state=state,
+            sampling={k: v for k, v in asdict(cfg.sampling).items() if v is not None},
         )
 
     model.train()

@@ -127,7 +127,11 @@ class SampleRequest(BaseModel):
     max_nfe: StrictInt | None = Field(
         None, description="fm-dopri5 only: cap on net evaluations per sample (default 1 + 6 x steps)"
     )
-    spacing: str | None = Field(None, description=f"ddpm / ddim only: timestep spacing, one of {list(SPACINGS)}")
+    spacing: str | None = Field(
+        None,
+        description=f"DDPM samplers only: timestep spacing, one of {list(SPACINGS)}; default: the model's "
+        "`default_spacing` (GET /v1/models)",
+    )
     format: Literal["json", "png"] = Field(
         "json", description="json: samples as nested lists; png: a base64 image (image grid or scatter plot)"
     )
@@ -279,6 +283,8 @@ class ModelInfo:
     training_steps: int | None
     # The checkpoint's quality profile (sampling/quality_profile.py) as JSON, None when it has none.
     quality_profile: dict[str, Any] | None = None
+    # DDPM: the spacing a request that names none gets (the checkpoint's `sampling.spacing`, else trailing).
+    default_spacing: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelInfo:
@@ -317,6 +323,7 @@ def model_info(name: str, checkpoint_dir: str | Path, backend: str, limits: Limi
         limits=limits,
         training_steps=m.get("training", {}).get("steps"),
         quality_profile=profile.to_json() if profile else None,
+        default_spacing=m.get("sampling", {}).get("spacing", "trailing") if kind == "ddpm" else None,
     )
 
 

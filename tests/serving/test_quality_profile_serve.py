@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from sampling.quality_profile import load_quality_profile
-from tests.conftest import ROOT
+from tests.conftest import DEFAULT_MODELS, ROOT
 from tests.serving.conftest import ServeCluster, app_args
 from tests.serving.test_metrics import scrape
 
@@ -60,3 +60,14 @@ def test_model_info_lists_each_samplers_max_steps_and_the_profile() -> None:
     info = model_info("moons-ddpm", ROOT / "models" / "moons-ddpm", "torch", Limits()).to_json()
     assert info["sampler_max_steps"] == {"ddpm": 1000, "ddim": 1000, "dpm-solver++": 999, "unipc": 999, "heun": 1000}
     assert info["quality_profile"] == load_quality_profile(ROOT / "models" / "moons-ddpm").to_json()
+
+
+def test_model_info_names_each_models_default_spacing() -> None:
+    """moons-ddpm's config names leading (measured best at 10 NFE, docs/knobs.md); without one, trailing."""
+    from sampling.request import Limits
+    from serving.api.schemas import model_info
+
+    got = {
+        m: model_info(m, ROOT / "models" / m, "torch", Limits()).to_json()["default_spacing"] for m in DEFAULT_MODELS
+    }
+    assert got == {"moons-ddpm": "leading", "digits-ddpm": "trailing", "moons-fm": None, "digits-fm": None}

@@ -108,3 +108,26 @@ def test_unknown_config_keys_are_refused_with_their_name():
     cfg = config_from_dict({**base, "net": {"kind": "mlp", "width": 3}})
     with pytest.raises(ValueError, match="width"):
         train(cfg, "/tmp/never-written", max_steps=1, progress=False)
+
+
+def test_a_configs_default_spacing_reaches_the_manifest_and_requests_that_name_none(tmp_path):
+    from sampling.driver import sample
+    from sampling.request import SampleSpec
+    from sampling.samplers.spacing import SPACINGS
+    from training.config import SPACINGS as CONFIG_SPACINGS
+
+    assert CONFIG_SPACINGS == SPACINGS
+    base = {"name": "x", "net": {"kind": "mlp", "hidden": 16, "depth": 2}, "objective": {"kind": "ddpm"}}
+    with pytest.raises(ValueError, match="sampling.spacing.*'sideways'"):
+        config_from_dict({**base, "sampling": {"spacing": "sideways"}})
+    with pytest.raises(ValueError, match="eta"):
+        config_from_dict({**base, "sampling": {"eta": 1.0}})
+    plain = load_checkpoint(train(config_from_dict(base), tmp_path / "plain", max_steps=2, progress=False))
+    cfg = config_from_dict({**base, "sampling": {"spacing": "leading"}})
+    ckpt = load_checkpoint(train(cfg, tmp_path / "leading", max_steps=2, progress=False))
+    assert "sampling" not in plain.manifest and plain.default_spacing is None
+    assert ckpt.manifest["sampling"] == {"spacing": "leading"} and ckpt.default_spacing == "leading"
+    net = ckpt.net("ema")
+    with torch.inference_mode():
+        got = {sp: sample(ckpt, net, SampleSpec("unipc", 5, 16, seed=1, spacing=sp)) for sp in (None, *SPACINGS)}
+    assert torch.equal(got[None], got["leading"]) and not torch.equal(got[None], got["trailing"])
