@@ -79,6 +79,8 @@ def test_samples_alone_equal_samples_amid_twenty_others(stepserve_url: str, tiny
         ckpt = load_checkpoint(tiny_checkpoints[body["model"]])
         noise, gen = initial_noise(ckpt.data_shape, body["num_samples"], body["seed"])
         opts = {"eta": body["eta"]} if "eta" in body else {}
+        if ckpt.default_spacing is not None:  # the service samples on the checkpoint's default spacing
+            opts["spacing"] = body.get("spacing", ckpt.default_spacing)
         sampler = samplers.start(body["sampler"], ckpt.objective, noise, body["steps"], gen, **opts)
         y = guidance.labels(body["num_samples"], body.get("class_label"), ckpt.null_label)
         x = run_sampler(sampler, ckpt.net("ema"), y, body.get("guidance"), ckpt.null_label)
