@@ -7,6 +7,8 @@ STAMP   := $(VENV)/.installed
 MODELS  := moons-ddpm moons-fm digits-ddpm digits-fm
 # Variants the knobs report compares with the defaults (schedule, target, path, net).
 KNOB_MODELS := moons-ddpm-linear moons-ddpm-cosine moons-ddpm-v moons-ddpm-x0 moons-fm-vp digits-fm-mlp
+# Few-step students distilled from a default model (`python -m distill`, rectified-flow reflow).
+DISTILLED := moons-fm-reflow
 
 CHROMIUM := /usr/bin/chromium
 CHROMEDRIVER := /usr/bin/chromedriver
@@ -54,12 +56,13 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-train: install  ## train the default models and the knob variants into models/
+train: install  ## train the default models and the knob variants into models/, then distill the students
 	@for m in $(MODELS) $(KNOB_MODELS); do $(PYTHON) -m training --config configs/$$m.yaml --out models/$$m || exit 1; done
+	@for m in $(DISTILLED); do $(PYTHON) -m distill --config configs/$$m.yaml --out models/$$m || exit 1; done
 	@$(MAKE) --no-print-directory profile  # new weights make the old profiles stale
 
-profile: install  ## measure the default models' quality profiles (quality_profile.json in models/<name>)
-	@for m in $(MODELS); do $(PYTHON) -m serving profile --checkpoint models/$$m || exit 1; done
+profile: install  ## measure the default models' and the students' quality profiles (quality_profile.json in models/<name>)
+	@for m in $(MODELS) $(DISTILLED); do $(PYTHON) -m serving profile --checkpoint models/$$m || exit 1; done
 
 bench: install  ## benchmarks; JSON into bench-results/
 	$(PYTHON) -m bench --out bench-results

@@ -7,12 +7,22 @@ from __future__ import annotations
 import base64
 import io
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # Figure + Agg canvas directly, not pyplot: no global figure state, so requests can render in threads.
+# matplotlib is imported on the first render, not with this module: a replica that never renders a PNG starts
+# without it.
+
+
+def _figure(**kwargs) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
 
 
 MAX_IMAGES = 64  # a grid of more is unreadable and costs seconds of the ingress's CPU per request
@@ -20,7 +30,7 @@ MAX_IMAGES = 64  # a grid of more is unreadable and costs seconds of the ingress
 
 def scatter_png(points: np.ndarray, title: str = "") -> bytes:
     """points (N, 2) -> PNG bytes of a square scatter plot."""
-    fig = Figure(figsize=(4, 4), dpi=100)
+    fig = _figure(figsize=(4, 4), dpi=100)
     ax = fig.subplots()
     ax.scatter(points[:, 0], points[:, 1], s=6, alpha=0.7)
     ax.set_aspect("equal", adjustable="datalim")
@@ -37,7 +47,7 @@ def grid_png(images: np.ndarray, title: str = "") -> bytes:
     n = min(images.shape[0], MAX_IMAGES)
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    fig = Figure(figsize=(cols * 0.8, rows * 0.8), dpi=100)
+    fig = _figure(figsize=(cols * 0.8, rows * 0.8), dpi=100)
     axes = fig.subplots(rows, cols, squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
@@ -53,6 +63,8 @@ def grid_png(images: np.ndarray, title: str = "") -> bytes:
 
 def _to_png(fig: Figure) -> bytes:
     buf = io.BytesIO()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(fig).print_png(buf)
     return buf.getvalue()
 

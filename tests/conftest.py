@@ -20,6 +20,8 @@ KNOB_MODELS = (
     "moons-fm-vp",
     "digits-fm-mlp",
 )
+# Few-step students distilled from a default model (python -m distill; config section `reflow`).
+DISTILLED_MODELS = ("moons-fm-reflow",)
 
 
 @pytest.fixture(scope="session")

@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from tests.conftest import DEFAULT_MODELS, KNOB_MODELS, ROOT
+from tests.conftest import DEFAULT_MODELS, DISTILLED_MODELS, KNOB_MODELS, ROOT
 from training.checkpoint import load_checkpoint
 from training.config import load_config
 from training.paths import objective_from_dict
 
 
-@pytest.mark.parametrize("name", DEFAULT_MODELS + KNOB_MODELS)
+@pytest.mark.parametrize("name", DEFAULT_MODELS + KNOB_MODELS + DISTILLED_MODELS)
 def test_committed_checkpoint_loads_and_runs(name):
     d = ROOT / "models" / name
     assert (d / "manifest.json").is_file(), f"{d} is missing: run `make train` and commit models/"
@@ -30,3 +30,17 @@ def test_knob_variant_manifest_records_its_config(name):
     assert ckpt.objective == objective_from_dict(cfg.objective)
     assert ckpt.manifest["objective"] == objective_from_dict(cfg.objective).to_dict()
     assert ckpt.manifest["net"]["kind"] == cfg.net["kind"]
+
+
+@pytest.mark.parametrize("name", DISTILLED_MODELS)
+def test_distilled_student_was_drawn_from_the_committed_teacher(name):
+    """A student records the teacher whose couplings it learned; retraining the teacher makes it stale, and this
+    says so (`make train` distills again after training)."""
+    cfg = load_config(ROOT / "configs" / f"{name}.yaml")
+    rf = load_checkpoint(ROOT / "models" / name).manifest["training"]["reflow"]
+    teacher = load_checkpoint(ROOT / cfg.reflow.teacher)
+    assert rf["teacher"] == teacher.name
+    assert rf["teacher_weights_sha256"] == teacher.manifest["files"]["ema.safetensors"]["sha256"], (
+        f"{name} was distilled from other weights of {teacher.name}: run `make train`"
+    )
+    assert (rf["pairs"], rf["sampler"], rf["steps"]) == (cfg.reflow.pairs, cfg.reflow.sampler, cfg.reflow.steps)

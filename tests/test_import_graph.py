@@ -10,16 +10,17 @@ import pytest
 
 from tests.conftest import ROOT
 
-PACKAGES = ("training", "sampling", "export", "serving", "loadtests", "bench", "stepserve_client")
+PACKAGES = ("training", "sampling", "distill", "export", "serving", "loadtests", "bench", "stepserve_client")
 # package -> the project packages it may import (besides itself)
 ALLOWED = {
     "training": set(),
     "sampling": {"training"},
+    "distill": {"sampling", "training"},  # a teacher's samples are a student's training data
     "export": {"sampling", "training"},
     "serving": {"sampling", "training"},
     # it speaks HTTP through stepserve_client; training only for reference data and metrics
     "loadtests": {"training", "stepserve_client"},
-    "bench": {"training", "sampling", "export", "serving", "loadtests", "stepserve_client"},
+    "bench": {"training", "sampling", "distill", "export", "serving", "loadtests", "stepserve_client"},
     "stepserve_client": set(),  # installable and usable alone: it imports nothing of the project
 }
 

@@ -47,6 +47,33 @@ class SamplingConfig:
 
 
 @dataclass(frozen=True)
+class ReflowConfig:
+    """A rectified-flow reflow student (Liu et al. 2022, "Flow Straight and Fast"): `pairs` couplings
+    (noise z, teacher's ODE solution from z with `sampler` at K = `steps`) drawn from the FM checkpoint `teacher`
+    (a path, relative to the working directory), a fraction `null_fraction` of them with the null label (the
+    unconditional flow, so the student keeps classifier-free guidance), and the student trained on the straight
+    line between each pair, from the teacher's weights (`init_from_teacher`). `python -m distill` trains it."""
+
+    teacher: str
+    pairs: int = 20000
+    sampler: str = "fm-rk4"
+    steps: int = 32
+    null_fraction: float = 0.1
+    seed: int = 0
+    init_from_teacher: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.teacher, str) or not self.teacher:
+            raise ValueError("config reflow.teacher must name the teacher's checkpoint directory")
+        if not isinstance(self.pairs, int) or self.pairs < 1:
+            raise ValueError(f"config reflow.pairs must be a whole number >= 1, got {self.pairs!r}")
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"config reflow.steps must be a whole number >= 1, got {self.steps!r}")
+        if not isinstance(self.null_fraction, (int, float)) or not 0.0 <= self.null_fraction < 1.0:
+            raise ValueError(f"config reflow.null_fraction must be in [0, 1), got {self.null_fraction!r}")
+
+
+@dataclass(frozen=True)
 class Config:
     name: str
     data: DataConfig = field(default_factory=DataConfig)
@@ -54,6 +81,7 @@ class Config:
     objective: dict[str, Any] = field(default_factory=dict)  # {"kind": "ddpm"|"fm", ...}
     train: TrainConfig = field(default_factory=TrainConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    reflow: ReflowConfig | None = None  # a reflow student (python -m distill), else None
 
 
 def _strict(cls: type, section: str, d: Any) -> Any:
@@ -84,7 +112,14 @@ def config_from_dict(d: dict[str, Any]) -> Config:
         objective=dict(d["objective"]),
         train=_strict(TrainConfig, "train", d.get("train", {})),
         sampling=_strict(SamplingConfig, "sampling", d.get("sampling", {})),
+        reflow=_reflow(d["reflow"]) if d.get("reflow") is not None else None,
     )
+
+
+def _reflow(d: Any) -> ReflowConfig:
+    if isinstance(d, dict) and "teacher" not in d:
+        raise ValueError("config section 'reflow' needs a 'teacher' (the FM checkpoint directory)")
+    return _strict(ReflowConfig, "reflow", d)
 
 
 def load_config(path: str | Path) -> Config:

@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits, make_moons
 from torch import Tensor
 
 DATA_KINDS = ("moons", "digits")
@@ -46,7 +45,9 @@ class Normalization:
 
 @dataclass(frozen=True)
 class Dataset:
-    """x: (N, *shape) normalized float32; y: (N,) long class labels."""
+    """x: (N, *shape) normalized float32; y: (N,) long class labels. `noise`: (N, *shape) when each row's noise is
+    fixed (a reflow coupling: x is the teacher's ODE solution from it; null labels already among y), else None
+    (training draws fresh noise and drops labels itself)."""
 
     kind: str
     x: Tensor
@@ -54,16 +55,21 @@ class Dataset:
     shape: tuple[int, ...]
     num_classes: int
     normalization: Normalization
+    noise: Tensor | None = None
 
 
 def moons_raw(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """n points of two moons in data space, (n, 2) float32, labels (n,)."""
+    from sklearn.datasets import make_moons  # here, not at the top: serving imports this module, never this
+
     x, y = make_moons(n_samples=n, noise=MOONS_NOISE, random_state=seed)
     return x.astype(np.float32), y.astype(np.int64)
 
 
 def digits_raw() -> tuple[np.ndarray, np.ndarray]:
     """All 1797 digits in data space, (N, 1, 8, 8) float32 in [0, 1], labels (N,)."""
+    from sklearn.datasets import load_digits  # (scikit-learn costs a replica ~1 s to import: only on use)
+
     d = load_digits()
     return (d.images / 16.0).astype(np.float32)[:, None], d.target.astype(np.int64)
 

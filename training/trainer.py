@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from training.checkpoint import load_checkpoint, load_train_state, save_checkpoint
 from training.config import Config
-from training.data import load_dataset
+from training.data import Dataset, load_dataset
 from training.ema import EMA
 from training.nets import build_net
 from training.paths import objective_from_dict
@@ -43,20 +43,34 @@ def train(
     seed: int | None = None,
     resume: bool = False,
     progress: bool = True,
+    dataset: Dataset | None = None,
+    init: nn.Module | None = None,
+    provenance: dict | None = None,
 ) -> Path:
     """Train `cfg` and write the checkpoint into `out`. Returns the checkpoint directory.
 
     `max_steps` caps the run (for quick runs); `seed` overrides the config's seed. With `resume`, the
-    checkpoint in `out` (model, EMA, optimizer and RNG state) continues to `cfg.train.steps`.
+    checkpoint in `out` (model, EMA, optimizer and RNG state) continues to `cfg.train.steps`. `dataset` replaces
+    the config's data (a reflow's couplings, `distill`), `init` is a net whose weights the model starts from, and
+    `provenance` goes into the manifest's `training` section.
     """
+    if cfg.reflow is not None and dataset is None:
+        raise ValueError(
+            f"config {cfg.name!r} is a reflow student (section 'reflow'): train it with "
+            f"python -m distill --config <its yaml>"
+        )
     tc = cfg.train if seed is None else replace(cfg.train, seed=seed)
     total = tc.steps if max_steps is None else min(tc.steps, max_steps)
     objective = objective_from_dict(cfg.objective)
-    data = load_dataset(cfg.data.kind, n=cfg.data.n, seed=tc.seed)
+    data = load_dataset(cfg.data.kind, n=cfg.data.n, seed=tc.seed) if dataset is None else dataset
+    if data.noise is not None and objective.kind != "fm":
+        raise ValueError(f"config {cfg.name!r}: coupled noise (reflow) needs an objective of kind 'fm'")
     hparams = {k: v for k, v in cfg.net.items() if k != "kind"}
 
     torch.manual_seed(tc.seed)  # weight init
     model = build_net(cfg.net["kind"], hparams, data.shape, data.num_classes, objective.t_scale)
+    if init is not None:
+        model.load_state_dict(init.state_dict(), strict=True)
     ema = EMA(model, tc.ema_decay)
     params = list(model.parameters())
     opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
@@ -102,6 +116,7 @@ def train(
                 "steps": step,
                 "planned_steps": tc.steps,
                 "wall_time_s": round(elapsed, 2),
+                **(provenance or {}),
             },
             train_state=state,
             sampling={k: v for k, v in asdict(cfg.sampling).items() if v is not None},
@@ -115,11 +130,14 @@ def train(
     for step in bar:
         idx = torch.randint(0, n, (tc.batch_size,), generator=gen)
         x1, y = data.x[idx], data.y[idx].clone()
-        drop = torch.rand(tc.batch_size, generator=gen) < tc.label_dropout
-        y[drop] = null  # label dropout: the net also learns the unconditional model, for CFG
+        if data.noise is None:
+            drop = torch.rand(tc.batch_size, generator=gen) < tc.label_dropout
+            y[drop] = null  # label dropout: the net also learns the unconditional model, for CFG
+            loss = objective.loss(model, x1, y, generator=gen)
+        else:  # coupled pairs: each x1 belongs to its noise and its label (null rows are the teacher's own)
+            loss = objective.loss(model, x1, y, generator=gen, x0=data.noise[idx])
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        loss = objective.loss(model, x1, y, generator=gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if tc.grad_clip > 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -32,7 +33,7 @@ def _quality(steps: int) -> float:
 
 
 @pytest.fixture(scope="module")
-def deadline_url(serve_cluster: ServeCluster, tiny_checkpoints: dict[str, Path], tmp_path_factory) -> str:
+def deadline_url(serve_cluster: ServeCluster, tiny_checkpoints: dict[str, Path], tmp_path_factory) -> Iterator[str]:
     ckpt = tmp_path_factory.mktemp("deadline") / MODEL
     shutil.copytree(tiny_checkpoints[MODEL], ckpt)
     points = [
@@ -47,7 +48,8 @@ def deadline_url(serve_cluster: ServeCluster, tiny_checkpoints: dict[str, Path],
     # test_engine.py) a 64-row probe may tick beside 256-row requests or among them, depending on whether the
     # replica's fitted model puts their ticks under the inline limit, so the load it sees would hang on that.
     args = app_args({MODEL: ckpt}, engine={"express_lane": False}, limits={"max_num_samples": 256, "max_steps": 1000})
-    return serve_cluster.deploy("deadline", "/deadline", args)
+    yield serve_cluster.deploy("deadline", "/deadline", args)
+    serve_cluster.delete("deadline")  # its replicas would idle-poll through every later module
 
 
 def _post(base: str, **body) -> httpx.Response:

@@ -10,6 +10,7 @@ onnx`; its guided fm-euler samples equal the torch net driven by the project's s
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -58,8 +59,9 @@ def test_imported_onnx_equals_the_unet_on_random_inputs(imported: dict[str, Path
 
 
 @pytest.fixture(scope="module")
-def url(serve_cluster, imported: dict[str, Path]) -> str:
-    return serve_cluster.deploy("imported", "/imported", app_args(imported, backend="onnxruntime"))
+def url(serve_cluster, imported: dict[str, Path]) -> Iterator[str]:
+    yield serve_cluster.deploy("imported", "/imported", app_args(imported, backend="onnxruntime"))
+    serve_cluster.delete("imported")  # its replicas would idle-poll through every later module
 
 
 def test_models_lists_the_imported_models(url: str) -> None:

@@ -2,7 +2,8 @@
 example it prints works through the default ingress (HAProxy), every socket its process tree listens on is on
 loopback (HAProxy's stats and metrics included; except Serve's inter-deployment gRPC server of each replica,
 which Ray 2.60 binds to [::] with no setting; docs/security.md), and Ctrl-C stops it.
-Tiny checkpoints and free ports keep it quick."""
+It also keeps the HTTP contract behind HAProxy that tests/serving/test_serve_hardening.py checks on the one-hop
+config. Tiny checkpoints and free ports keep it quick."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import httpx
 import pytest
 
 from tests.serving.conftest import free_port, interrupt
-from tests.serving.test_serve_hardening import is_loopback, listening_sockets, process_tree
+from tests.serving.test_serve_hardening import check_haproxy_contract, is_loopback, listening_sockets, process_tree
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +29,7 @@ def test_serve_script_trains_missing_models_serves_and_prints_a_working_curl(
     models = tmp_path / "models"
     for name in ("moons-ddpm", "digits-ddpm", "digits-fm"):  # moons-fm is missing: the script trains it
         shutil.copytree(tiny_checkpoints[name], models / name)
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port, haproxy_stats, haproxy_metrics = free_port(), free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "STEPSERVE_MODELS_DIR": str(models),
@@ -36,8 +37,8 @@ def test_serve_script_trains_missing_models_serves_and_prints_a_working_curl(
         "STEPSERVE_METRICS_PORT": str(metrics_port),
         "STEPSERVE_TRAIN_MAX_STEPS": "5",
         # HAProxy's stats page and metrics on free ports (a HAProxy already running here keeps 8404 / 9101)
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(haproxy_stats),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(haproxy_metrics),
     }
     log = tmp_path / "serve.log"
     with log.open("w") as out:
@@ -72,6 +73,8 @@ def test_serve_script_trains_missing_models_serves_and_prints_a_working_curl(
         open_ = [(a, p, c) for a, p, c in sockets if not is_loopback(a)]
         # What remains on every interface: one gRPC server per Serve replica (hard-coded "[::]:0" in Ray 2.60).
         assert open_ and all(c.startswith("ray::ServeReplica") for _, _, c in open_), open_
+        # The shipped path (two hops behind HAProxy) keeps the whole HTTP contract test_serve_hardening.py states.
+        check_haproxy_contract(proc, port, haproxy_stats, haproxy_metrics, log, one_hop=False)
     finally:
         interrupt(proc)
     assert proc.returncode == 0

@@ -60,7 +60,7 @@ async def _open(url: str, rate: float, seconds: float) -> list[tuple[str, float,
 
 
 @pytest.fixture(scope="module")
-def shed_url(serve_cluster: ServeCluster, tiny_checkpoints: dict[str, Path]) -> str:
+def shed_url(serve_cluster: ServeCluster, tiny_checkpoints: dict[str, Path]) -> Iterator[str]:
     args = app_args(
         tiny_checkpoints,
         models=("moons-fm", "digits-fm"),
@@ -72,7 +72,8 @@ def shed_url(serve_cluster: ServeCluster, tiny_checkpoints: dict[str, Path]) -> 
             "Ingress": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.25}},
         },
     )
-    return serve_cluster.deploy("shed", "/shed", args)
+    yield serve_cluster.deploy("shed", "/shed", args)
+    serve_cluster.delete("shed")  # its replicas would idle-poll through every later module
 
 
 def test_overload_at_three_times_capacity_sheds_fast_and_serves_the_rest(

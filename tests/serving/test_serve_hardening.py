@@ -17,7 +17,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import yaml
 
 from serving.serve_cli import INGRESS_MAXCONN, INGRESS_QUEUE_MS
 from tests.serving.conftest import free_port, interrupt
@@ -84,41 +83,19 @@ def is_loopback(address: str) -> bool:
     return (mapped or ip).is_loopback
 
 
-SERVE_CONFIG_DEPLOYMENTS = [
-    {"name": "Ingress", "ray_actor_options": {"num_cpus": 0.25}},
-    {"name": "moons-fm", "ray_actor_options": {"num_cpus": 0.5}},
-]
-
-
 @contextlib.contextmanager
 def running_serve_cli(
     tiny_checkpoints: dict[str, Path],
     tmp_path: Path,
+    config: Path,
     *extra: str,
     env: dict[str, str] | None = None,
-    config: Path | None = None,
 ) -> Iterator[tuple[subprocess.Popen, int, int, Path]]:
-    """`python -m serving.serve_cli` (its own RAY_ defaults, plus `env`) serving tiny moons-fm (two hops; or the
-    Serve config file `config`, with the tiny models as its models_dir), until it prints that it is ready:
-    (process, HTTP port, metrics port, log file); Ctrl-C on leaving."""
-    app_config = {
-        "proxy_location": "HeadOnly",
-        "http_options": {"host": "127.0.0.1", "port": 8000},
-        "applications": [
-            {
-                "name": "stepserve",
-                "route_prefix": "/",
-                "import_path": "serving.app:build_app",
-                "args": {"models": {"moons-fm": {"path": str(tiny_checkpoints["moons-fm"])}}},
-                "deployments": SERVE_CONFIG_DEPLOYMENTS,
-            }
-        ],
-    }
-    path = tmp_path / "serve.yaml"
-    path.write_text(yaml.safe_dump(app_config))
-    if config is not None:
-        path = config
-        extra = ("--models-dir", str(tiny_checkpoints["moons-fm"].parent), *extra)
+    """`python -m serving.serve_cli` (its own RAY_ defaults, plus `env`) serving the Serve config file `config`
+    with the tiny models as its models_dir, until it prints that it is ready: (process, HTTP port, metrics port,
+    log file); Ctrl-C on leaving."""
+    path = config
+    extra = ("--models-dir", str(tiny_checkpoints["moons-fm"].parent), *extra)
     port, metrics_port = free_port(), free_port()
     log = tmp_path / "serve.log"
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, **(env or {})}
@@ -137,65 +114,69 @@ def running_serve_cli(
         interrupt(proc)
 
 
-@pytest.mark.parametrize("config", [None, ROOT / "deploy" / "serve-one-hop.yaml"], ids=["two-hops", "serve-one-hop"])
-def test_serve_cli_with_the_haproxy_ingress_keeps_the_http_contract(
-    tiny_checkpoints: dict[str, Path], tmp_path: Path, config: Path | None
-) -> None:
-    """`--ingress haproxy`: HAProxy, not Serve's Python proxy, holds the HTTP port, and the Ingress replica serves
-    HTTP itself on a port in 30000-31000 (on the node's address: loopback here; docs/security.md). The
-    API answers through it as through the proxy: a 200 whose samples a second request with the same seed repeats,
-    a 422 naming the bad field, a 413 for an oversized body, and a streamed request's events ending with the
-    unstreamed body. What a client that hangs up does behind HAProxy is not checked here (docs/architecture.md).
-    With the two-hop application of the other tests
-    and with deploy/serve-one-hop.yaml (the model's engine inside the Ingress replica: no model deployment)."""
+def check_haproxy_contract(proc: subprocess.Popen, port: int, stats: int, metrics: int, log: Path, one_hop: bool):
+    """What `--ingress haproxy` promises, checked on a running service whose HAProxy stats page and metrics are on
+    `stats` / `metrics`: HAProxy, not Serve's Python proxy, holds the HTTP port, and the Ingress replica serves
+    HTTP itself on a port in 30000-31000 (on the node's address: loopback here; docs/security.md). The API answers
+    through it as through the proxy: a 200 whose samples a second request with the same seed repeats, a 422 naming
+    the bad field, a 413 for an oversized body, and a streamed request's events ending with the unstreamed body.
+    What a client that hangs up does behind HAProxy is not checked here (docs/architecture.md). `one_hop`: the
+    model's engine runs inside the Ingress replica (no model deployment). Needs moons-fm served."""
+    assert "ingress: HAProxy" in log.read_text()
+    # HAProxy reloads (a new process takes over the listening socket) as Serve's endpoints settle, also after
+    # the service first answers: read the process tree again until a HAProxy process holds the port.
+    deadline = time.monotonic() + 60
+    while True:
+        tree = process_tree(proc.pid)
+        sockets = listening_sockets(tree)
+        by_port = {p: (a, c) for a, p, c in sockets}
+        if "haproxy" in by_port.get(port, ("", ""))[1] or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    model_replicas = [c for c in tree.values() if c.startswith("ray::ServeReplica") and ":moons-fm" in c]
+    ingress_replicas = [c for c in tree.values() if c.startswith("ray::ServeReplica") and ":Ingress" in c]
+    assert ingress_replicas and (not model_replicas if one_hop else model_replicas), tree
+    assert port in by_port and "haproxy" in by_port[port][1] and by_port[port][0] == "127.0.0.1", sockets
+    assert not any(c.startswith("ray::ProxyActor") for _, p, c in sockets if p == port), sockets
+    replica_http = [(a, p) for a, p, c in sockets if 30000 <= p < 31000 and c.startswith("ray::ServeReplica")]
+    assert replica_http and all(is_loopback(a) for a, _ in replica_http), sockets  # the node's address
+    # Nothing on every interface besides the replicas' gRPC servers: HAProxy's stats page and metrics, which
+    # Ray's template binds to `*`, are on loopback (scripts/haproxy.sh; docs/security.md), and answer.
+    open_ = [(a, p, c) for a, p, c in sockets if not is_loopback(a) and "ServeReplica" not in c]
+    assert not open_, sockets
+    haproxy = {(p, a) for a, p, c in sockets if "haproxy" in c}
+    assert {(stats, "127.0.0.1"), (metrics, "127.0.0.1")} <= haproxy, sockets
+    assert httpx.get(f"http://127.0.0.1:{stats}/stats", timeout=10).status_code == 200
+    assert "haproxy_process" in httpx.get(f"http://127.0.0.1:{metrics}/metrics", timeout=10).text
+    # ... and the config Ray wrote bounds each Ingress replica's slots, with HAProxy's JSON errors.
+    cfg = next(c.split(" -f ", 1)[1].split()[0] for c in tree.values() if "haproxy" in c and " -f " in c)
+    text = Path(cfg).read_text()
+    servers = [line for line in text.splitlines() if line.strip().startswith("server SERVE_REPLICA_")]
+    assert servers and all(line.endswith(f" maxconn {INGRESS_MAXCONN}") for line in servers), text
+    assert f"timeout queue {INGRESS_QUEUE_MS}ms" in text and "stepserve-503.http" in text, text
+    base = f"http://127.0.0.1:{port}"
+    body = {"model": "moons-fm", "sampler": "fm-euler", "steps": 4, "num_samples": 8, "seed": 3}
+    first, again = (httpx.post(f"{base}/v1/samples", json=body, timeout=60) for _ in range(2))
+    assert first.status_code == 200, first.text
+    assert first.json()["nfe"] == 4 and np.asarray(first.json()["samples"]).shape == (8, 2)
+    assert again.json()["samples"] == first.json()["samples"]
+    bad = httpx.post(f"{base}/v1/samples", json={**body, "steps": 0}, timeout=60)
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "steps", bad.text
+    big = httpx.post(f"{base}/v1/samples", content=b"x" * (65 * 1024), timeout=60)
+    assert big.status_code == 413 and big.json()["error"]["field"] == "body", big.text
+    got = events(base, {**body, "stream": True})
+    assert [e for e, _ in got] == ["progress"] * 4 + ["result"]
+    assert got[-1][1]["samples"] == first.json()["samples"]
+
+
+def test_serve_cli_one_hop_behind_haproxy_keeps_the_http_contract(tiny_checkpoints: dict[str, Path], tmp_path: Path):
+    """`check_haproxy_contract` on deploy/serve-one-hop.yaml. The two-hop application behind HAProxy is the
+    shipped `make serve`, checked the same way by tests/serving/test_make_serve.py."""
     # HAProxy's stats and metrics ports (Ray's defaults 8404 and 9101) on free ports, so that a HAProxy already
     # running on this machine does not keep this one from starting
     stats, metrics = free_port(), free_port()
     env = {"RAY_SERVE_HAPROXY_STATS_PORT": str(stats), "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics)}
-    cli = running_serve_cli(tiny_checkpoints, tmp_path, "--ingress", "haproxy", env=env, config=config)
+    config = ROOT / "deploy" / "serve-one-hop.yaml"
+    cli = running_serve_cli(tiny_checkpoints, tmp_path, config, "--ingress", "haproxy", env=env)
     with cli as (proc, port, _, log):
-        assert "ingress: HAProxy" in log.read_text()
-        # HAProxy reloads (a new process takes over the listening socket) as Serve's endpoints settle, also after
-        # the service first answers: read the process tree again until a HAProxy process holds the port.
-        deadline = time.monotonic() + 60
-        while True:
-            tree = process_tree(proc.pid)
-            sockets = listening_sockets(tree)
-            by_port = {p: (a, c) for a, p, c in sockets}
-            if "haproxy" in by_port.get(port, ("", ""))[1] or time.monotonic() > deadline:
-                break
-            time.sleep(1.0)
-        model_replicas = [c for c in tree.values() if c.startswith("ray::ServeReplica") and ":moons-fm" in c]
-        ingress_replicas = [c for c in tree.values() if c.startswith("ray::ServeReplica") and ":Ingress" in c]
-        assert ingress_replicas and len(model_replicas) == (0 if config else 1), tree
-        assert port in by_port and "haproxy" in by_port[port][1] and by_port[port][0] == "127.0.0.1", sockets
-        assert not any(c.startswith("ray::ProxyActor") for _, p, c in sockets if p == port), sockets
-        replica_http = [(a, p) for a, p, c in sockets if 30000 <= p < 31000 and c.startswith("ray::ServeReplica")]
-        assert replica_http and all(is_loopback(a) for a, _ in replica_http), sockets  # the node's address
-        # Nothing on every interface besides the replicas' gRPC servers: HAProxy's stats page and metrics, which
-        # Ray's template binds to `*`, are on loopback (scripts/haproxy.sh; docs/security.md), and answer.
-        open_ = [(a, p, c) for a, p, c in sockets if not is_loopback(a) and "ServeReplica" not in c]
-        assert not open_, sockets
-        haproxy = {(p, a) for a, p, c in sockets if "haproxy" in c}
-        assert {(stats, "127.0.0.1"), (metrics, "127.0.0.1")} <= haproxy, sockets
-        assert httpx.get(f"http://127.0.0.1:{stats}/stats", timeout=10).status_code == 200
-        assert "haproxy_process" in httpx.get(f"http://127.0.0.1:{metrics}/metrics", timeout=10).text
-        # ... and the config Ray wrote bounds each Ingress replica's slots, with HAProxy's JSON errors.
-        cfg = next(c.split(" -f ", 1)[1].split()[0] for c in tree.values() if "haproxy" in c and " -f " in c)
-        text = Path(cfg).read_text()
-        servers = [line for line in text.splitlines() if line.strip().startswith("server SERVE_REPLICA_")]
-        assert servers and all(line.endswith(f" maxconn {INGRESS_MAXCONN}") for line in servers), text
-        assert f"timeout queue {INGRESS_QUEUE_MS}ms" in text and "stepserve-503.http" in text, text
-        base = f"http://127.0.0.1:{port}"
-        body = {"model": "moons-fm", "sampler": "fm-euler", "steps": 4, "num_samples": 8, "seed": 3}
-        first, again = (httpx.post(f"{base}/v1/samples", json=body, timeout=60) for _ in range(2))
-        assert first.status_code == 200, first.text
-        assert first.json()["nfe"] == 4 and np.asarray(first.json()["samples"]).shape == (8, 2)
-        assert again.json()["samples"] == first.json()["samples"]
-        bad = httpx.post(f"{base}/v1/samples", json={**body, "steps": 0}, timeout=60)
-        assert bad.status_code == 422 and bad.json()["error"]["field"] == "steps", bad.text
-        big = httpx.post(f"{base}/v1/samples", content=b"x" * (65 * 1024), timeout=60)
-        assert big.status_code == 413 and big.json()["error"]["field"] == "body", big.text
-        got = events(base, {**body, "stream": True})
-        assert [e for e, _ in got] == ["progress"] * 4 + ["result"]
-        assert got[-1][1]["samples"] == first.json()["samples"]
+        check_haproxy_contract(proc, port, stats, metrics, log, one_hop=True)

@@ -84,11 +84,15 @@ class FMObjective:
     def to_dict(self) -> dict:
         return {"kind": "fm", "path": self.path}
 
-    def loss(self, net, x1: Tensor, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Conditional FM loss ||net(x_t, t, y) - (alpha'_t x1 + sigma'_t x0)||^2, t ~ U[0, t_end]. x1: (B, ...)."""
+    def loss(
+        self, net, x1: Tensor, y: Tensor, generator: torch.Generator | None = None, x0: Tensor | None = None
+    ) -> Tensor:
+        """Conditional FM loss ||net(x_t, t, y) - (alpha'_t x1 + sigma'_t x0)||^2, t ~ U[0, t_end]. x1: (B, ...).
+        `x0`: each row's noise, coupled to its x1 (reflow); None draws it independently."""
         b = x1.shape[0]
         t = torch.rand((b,), generator=generator) * self.t_end
-        x0 = torch.randn(x1.shape, generator=generator)
+        if x0 is None:
+            x0 = torch.randn(x1.shape, generator=generator)
         c = path_coefficients(self.path, t)
         x_t = _bcast(c.alpha, x1) * x1 + _bcast(c.sigma, x1) * x0
         target = _bcast(c.d_alpha, x1) * x1 + _bcast(c.d_sigma, x1) * x0

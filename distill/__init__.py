@@ -1,0 +1,1 @@
+"""Few-step students distilled from trained flow-matching teachers (rectified-flow reflow)."""
