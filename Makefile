@@ -8,7 +8,7 @@ MODELS  := moons-ddpm moons-fm digits-ddpm digits-fm
 # Variants the knobs report compares with the defaults (schedule, target, path, net).
 KNOB_MODELS := moons-ddpm-linear moons-ddpm-cosine moons-ddpm-v moons-ddpm-x0 moons-fm-vp digits-fm-mlp
 # Few-step students distilled from a default model (`python -m distill`, rectified-flow reflow).
-DISTILLED := moons-fm-reflow
+DISTILLED := moons-fm-reflow digits-fm-reflow
 
 CHROMIUM := /usr/bin/chromium
 CHROMEDRIVER := /usr/bin/chromedriver

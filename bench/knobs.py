@@ -243,6 +243,83 @@ def class_scores(ckpt: Checkpoint, net: CountingNet, name: str, k: int, w: float
     }
 
 
+# Distilled students (python -m distill) and their teachers: (student, teacher, metric).
+DISTILLED = (("moons-fm-reflow", "moons-fm"), ("digits-fm-reflow", "digits-fm"))
+FEW_K = (1, 2, 4)
+TEACHER_REF = ("fm-rk4", 20)  # the teacher's reference point: 80 NFE, where its quality has levelled off
+
+
+def distilled_rows(models: Path, quick: bool, n: int) -> list[dict]:
+    """Each committed student and its teacher at K = 1, 2, 4 with fm-euler, beside the teacher's fm-rk4 K = 20:
+    moons by SW ratio (mean +- sd over seeds, unconditional), digits by class accuracy and Frechet distance
+    (class-conditional, w = 1, 100 a class)."""
+    out = []
+    cells = [(TEACHER_REF, "teacher")] + [(("fm-euler", k), role) for k in FEW_K for role in ("teacher", "student")]
+    for student, teacher in DISTILLED:
+        if not (models / student / "manifest.json").is_file():
+            continue
+        ckpts = {"student": load_checkpoint(models / student), "teacher": load_checkpoint(models / teacher)}
+        nets = {role: CountingNet(c.net("ema")) for role, c in ckpts.items()}
+        for (name, k), role in cells:
+            ckpt, net = ckpts[role], nets[role]
+            row = {"student": student, "model": ckpt.name, "role": role, "sampler": name, "steps": k}
+            if ckpt.data_kind == "moons":
+                vals = []
+                for seed in range(2 if quick else CHOICE_SEEDS):
+                    x, nfe = draw(ckpt, net, SampleSpec(name, k, n, seed=100 + seed))
+                    vals.append(sw_ratio(x, seed=seed))
+                row |= {"nfe": nfe, "mean": round(float(np.mean(vals)), 3), "sd": round(float(np.std(vals)), 3)}
+            else:
+                row |= {"nfe": k * samplers.SAMPLERS[name].evals_per_step}
+                row |= class_scores(ckpt, net, name, k, None, 20 if quick else 100)
+            out.append(row)
+            print(f"distilled {row}", flush=True)
+    return out
+
+
+def distilled_lines(rows: list[dict]) -> list[str]:
+    if not rows:
+        return ["No distilled student in the models directory (`python -m distill`, `make train`)."]
+    lines = []
+    for student in dict.fromkeys(r["student"] for r in rows):
+        mine = [r for r in rows if r["student"] == student]
+        ref = next(r for r in mine if r["role"] == "teacher" and (r["sampler"], r["steps"]) == TEACHER_REF)
+        if "mean" in ref:
+            lines += [
+                f"**{student}** (from {ref['model']}; SW ratio, mean +- sd over the seeds, unconditional):",
+                "",
+                "| net | sampler | K | NFE | SW ratio | over the teacher's fm-rk4 K = 20 |",
+                "|---|---|---|---|---|---|",
+                *[
+                    f"| {r['role']} ({r['model']}) | {r['sampler']} | {r['steps']} | {r['nfe']:g} | "
+                    f"{r['mean']} +- {r['sd']} | {r['mean'] / ref['mean']:.2f}x |"
+                    for r in mine
+                ],
+                "",
+            ]
+            one = next(r for r in mine if r["role"] == "student" and r["steps"] == 1)
+            lines += [
+                f"{student} at K = 1 (1 NFE): **{one['mean'] / ref['mean']:.2f}x** its teacher at 80 NFE "
+                "(goal <= 1.20x).",
+                "",
+            ]
+        else:
+            lines += [
+                f"**{student}** (from {ref['model']}; class-conditional, w = 1; Frechet of data vs data "
+                f"{ref['floor']}):",
+                "",
+                "| net | sampler | K | NFE | accuracy | Frechet |",
+                "|---|---|---|---|---|---|",
+                *[
+                    f"| {r['role']} ({r['model']}) | {r['sampler']} | {r['steps']} | {r['nfe']:g} | {r['accuracy']} | "
+                    f"{r['frechet']} |"
+                    for r in mine
+                ],
+                "",
+            ]
+    return lines
+
+
 def plot_frontiers(rows: list[dict], img: Path) -> list[str]:
     names = []
     for kind, models in (("ddpm", [m for m in MOONS if "ddpm" in m]), ("fm", [m for m in MOONS if "fm" in m])):
@@ -294,15 +371,17 @@ def report(
     nets: list[dict],
     guidance: list[dict],
     images: list[str],
-    command: str,
+    commands: list[str],
     n: int,
     choice: list[dict],
     models: Path,
+    distilled: list[dict],
 ) -> str:
     lines = [
         "# Knobs: measured",
         "",
-        f"Made by `{command}` (`make knobs`); numbers in `docs/knobs.json`. Moons: {n} samples a point, seed 1,",
+        f"Made by {', '.join(f'`{c}`' for c in commands)} (`make knobs` runs them all); numbers in "
+        f"`docs/knobs.json`. Moons: {n} samples a point, seed 1,",
         "SW ratio of `training.metrics` (1.0 = another draw of the data); NFE counted at the net per sample. Each",
         "frontier point is one run on one seed, and one seed's SW ratio moves by ~25 % (sd over seeds, in the",
         "default-configuration table below): read the curves' shapes, not differences between single points.",
@@ -356,6 +435,13 @@ def report(
             for r in nets
         ],
         "",
+        "## Distilled few-step students (rectified-flow reflow)",
+        "",
+        "`python -m distill` trains a student on (noise, teacher sample) couplings drawn with the teacher's ODE "
+        "(configs/*-reflow.yaml; docs/samplers.md). Its paths are straighter, so fm-euler at K = 1-4 lands near "
+        "where the teacher needs many more steps.",
+        "",
+        *distilled_lines(distilled),
         "## Classifier-free guidance w (fm-rk4, K = 10; a guided evaluation runs 2 rows)",
         "",
         "| net | w | accuracy | Frechet |",
@@ -414,6 +500,9 @@ def observations(rows: list[dict]) -> list[str]:
     return out
 
 
+SECTIONS = ("moons", "choice", "digits", "distilled")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.knobs", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="models", help="directory of the committed checkpoints")
@@ -421,34 +510,55 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="a coarse grid (smoke run)")
     p.add_argument("--samples", type=int, default=2000, help="moons samples per point")
     p.add_argument(
+        "--only",
+        action="append",
+        choices=SECTIONS,
+        help="measure only this section (repeatable) and take the others from OUT/knobs.json: moons (quality "
+        "against NFE), choice (the default DDPM configuration), digits (MLP vs DiT, CFG w), distilled (reflow "
+        "students)",
+    )
+    p.add_argument(
         "--from-json",
         action="store_true",
         help="measure nothing: redraw the plots and rewrite knobs.md from OUT/knobs.json (after a change to the "
-        "report's text; the command line it names stays that of the run that measured)",
+        "report's text)",
     )
     args = p.parse_args(argv)
     torch.manual_seed(0)
     models, out = Path(args.models), Path(args.out)
     (out / "img").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    if args.from_json:
+    measure = set() if args.from_json else set(args.only or SECTIONS)
+    data: dict = {}
+    if measure != set(SECTIONS):
         try:
             data = json.loads((out / "knobs.json").read_text())
-            rows, choice, nets, guidance = data["moons"], data["default_choice"], data["digits_nets"], data["cfg"]
-        except (OSError, ValueError, KeyError) as e:
-            p.error(f"--from-json: cannot read a knobs report from {out / 'knobs.json'}: {e}")
-        command = data.get("command", "python -m bench.knobs")
+        except (OSError, ValueError) as e:
+            p.error(f"--only / --from-json take the other sections from {out / 'knobs.json'}: {e}")
+        missing = [k for k in ("moons", "default_choice", "digits_nets", "cfg") if k not in data]
+        if missing:
+            p.error(f"{out / 'knobs.json'} lacks {missing}: run the full report once (python -m bench.knobs)")
         args.samples = data.get("samples", args.samples)
-    else:
-        rows = moons_frontier(models, args.quick, args.samples)
-        choice = default_choice(models, args.quick, args.samples)
-        nets, guidance = digits_rows(models, args.quick, per_class=20 if args.quick else 100)
-        command = "python -m bench.knobs" + (" --quick" if args.quick else "")
-        data = {"command": command, "samples": args.samples}
-        data |= {"moons": rows, "default_choice": choice, "digits_nets": nets, "cfg": guidance}
+    command = "python -m bench.knobs" + (" --quick" if args.quick else "")
+    if "moons" in measure:
+        data["moons"] = moons_frontier(models, args.quick, args.samples)
+    if "choice" in measure:
+        data["default_choice"] = default_choice(models, args.quick, args.samples)
+    if "digits" in measure:
+        data["digits_nets"], data["cfg"] = digits_rows(models, args.quick, per_class=20 if args.quick else 100)
+    if "distilled" in measure:
+        data["distilled"] = distilled_rows(models, args.quick, args.samples)
+    data["samples"] = args.samples
+    data.setdefault("commands", {})
+    for section in measure:
+        data["commands"][section] = command + ("" if measure == set(SECTIONS) else f" --only {section}")
+    rows, choice, nets, guidance = data["moons"], data["default_choice"], data["digits_nets"], data["cfg"]
+    if measure:
         (out / "knobs.json").write_text(json.dumps(data, indent=1))
     images = plot_frontiers(rows, out / "img") + plot_digits(nets, guidance, out / "img")
-    (out / "knobs.md").write_text(report(rows, nets, guidance, images, command, args.samples, choice, models))
+    made = sorted(set(data["commands"].values())) or [command]
+    text = report(rows, nets, guidance, images, made, args.samples, choice, models, data.get("distilled", []))
+    (out / "knobs.md").write_text(text)
     print(f"wrote {out / 'knobs.md'} in {time.perf_counter() - t0:.0f} s")
     return 0 if all(math.isfinite(r["sw_ratio"]) for r in rows) else 1
 

@@ -42,6 +42,9 @@ class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
     models_dir: str = "models"  # relative paths resolve against the project root
     models: dict[str, ModelArgs]
+    # Model families: a name -> served models of the same data (a teacher and its distilled students). A
+    # steps-"auto" request to the name runs on the member whose quality profile and load promise the most.
+    families: dict[str, list[str]] = Field(default_factory=dict)
     limits: dict[str, Any] = Field(default_factory=dict)
     engine: dict[str, Any] = Field(default_factory=dict)
     max_body_bytes: int = 64 * 1024
@@ -101,6 +104,29 @@ def model_replicas(a: AppArgs) -> tuple[dict[str, dict[str, Any]], dict[str, dic
     return replicas, infos
 
 
+def check_families(families: dict[str, list[str]], infos: dict[str, dict[str, Any]]) -> None:
+    """A family's name is not a model's, it has two or more served members, all of the same data (kind, shape,
+    classes), and those with quality profiles are profiled by the same metric; ValueError naming what is not.
+    A member without a profile is served but never chosen (steps "auto" chooses by the profiles)."""
+    for name, members in families.items():
+        where = f"families.{name}"
+        if name in infos:
+            raise ValueError(f"{where}: {name!r} is already a model id; a family needs a name of its own")
+        if len(members) < 2 or len(set(members)) != len(members):
+            raise ValueError(f"{where}: needs two or more distinct members, got {members}")
+        unknown = [m for m in members if m not in infos]
+        if unknown:
+            raise ValueError(f"{where}: {unknown} not among the served models {sorted(infos)}")
+        first = infos[members[0]]
+        for m in members[1:]:
+            for key in ("data_kind", "data_shape", "num_classes"):
+                if infos[m][key] != first[key]:
+                    raise ValueError(f"{where}: {m} has {key} {infos[m][key]}, {members[0]} {first[key]}")
+        metrics = {infos[m]["quality_profile"]["metric"] for m in members if infos[m]["quality_profile"] is not None}
+        if len(metrics) > 1:
+            raise ValueError(f"{where}: its members are profiled by different metrics {sorted(metrics)}")
+
+
 def model_deployments(
     a: AppArgs, server: serve.Deployment = ModelServer
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
@@ -122,6 +148,7 @@ def assemble(args: dict[str, Any], server: serve.Deployment = ModelServer) -> se
     else:
         local = None
         handles, infos = model_deployments(a, server)
+    check_families(a.families, infos)
     ingress = Ingress.options(name="Ingress", **a.deployment_options.get("Ingress", {}))
     auth = a.auth.model_copy(update={"keys_file": resolve(a.auth.keys_file)}) if a.auth and a.auth.keys_file else a.auth
     security = {
@@ -130,6 +157,7 @@ def assemble(args: dict[str, Any], server: serve.Deployment = ModelServer) -> se
         "max_header_bytes": a.max_header_bytes,
     }
     edge = (a.max_body_bytes, a.body_timeout_s, security, local, a.shed_at_door, a.max_loop_lag_ms, a.busy_min_active)
+    edge += (a.families,)
     return ingress.bind(handles, infos, *edge)
 
 

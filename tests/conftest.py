@@ -21,7 +21,7 @@ KNOB_MODELS = (
     "digits-fm-mlp",
 )
 # Few-step students distilled from a default model (python -m distill; config section `reflow`).
-DISTILLED_MODELS = ("moons-fm-reflow",)
+DISTILLED_MODELS = ("moons-fm-reflow", "digits-fm-reflow")
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from serving.policy.admission import Snapshot
 from serving.policy.state import RequestState
+from serving.policy.step_budget import Candidate
 from serving.refusals import Overloaded
 
 FRESH_S = 0.5  # a snapshot older than this is not acted on
@@ -83,6 +84,25 @@ class Door:
                 return None
             refusals.append(refused)
         return min(refusals, key=lambda r: r.retry_after)
+
+    def outlook(self, model: str, candidates: list[Candidate], due: float) -> tuple[float, float] | None:
+        """What `model`'s replicas would choose for a steps-"auto" request due at unix time `due`, by their latest
+        snapshots (fresh or not: this ranks the members of a family, it refuses nothing): (quality, predicted
+        seconds) of the best candidate predicted to finish in time on the best replica, (-1.0, inf) when none
+        would, None when no replica has been heard from within SEEN_S (an idle or new deployment)."""
+        m = self._models.get(model)
+        now = self.clock()
+        recent = [] if m is None else [s for s in m.snapshots.values() if now - s.taken_at <= SEEN_S]
+        if not recent:
+            return None
+        best = (-1.0, float("inf"))
+        for s in recent:
+            sent = [] if len(recent) > 1 else [_state(r, e, d, s) for t, r, e, d in m.sent if t > s.taken_at]
+            for c in candidates:
+                seconds = s.latency_s(_state(c.spec.rows, c.spec.evaluations, due, s), now, sent)
+                if now + seconds <= due and (c.quality, -seconds) > (best[0], -best[1]):
+                    best = (c.quality, seconds)
+        return best
 
     def sent(self, model: str, rows: int, evaluations: int, due: float | None) -> None:
         """A request was sent to `model`'s replicas now."""

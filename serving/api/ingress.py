@@ -45,7 +45,7 @@ def build_http_app(
     app.state.body_timeout_s = body_timeout_s
     app.state.max_loop_lag_s = max_loop_lag_ms / 1e3
     app.state.busy_min_active = busy_min_active
-    app.state.model_ids = frozenset(service.infos)
+    app.state.model_ids = frozenset(service.infos) | frozenset(service.families)
     configure_security(app.state, security or {})
     serve_docs_locally(app)  # /docs without a CDN
     serve_playground(app)  # the playground page at /
@@ -75,9 +75,10 @@ class Ingress:
         shed_at_door: bool = True,
         max_loop_lag_ms: float = 0.0,
         busy_min_active: int = BUSY_MIN_ACTIVE,
+        families: dict[str, list[str]] | None = None,
     ) -> None:
         # `local`: models whose replica runs in this process (single_hop, serving.local), called like handles.
-        self.service = SampleService({**models, **local_models(local or {})}, infos, shed_at_door)
+        self.service = SampleService({**models, **local_models(local or {})}, infos, shed_at_door, families)
         self.settings = (max_body_bytes, body_timeout_s, security, max_loop_lag_ms, busy_min_active)
 
     def __serve_build_asgi_app__(self) -> FastAPI:

@@ -262,6 +262,9 @@ class SampleResponse(BaseModel):
     predicted_quality: float | None = Field(
         None, description='steps "auto": the quality profile\'s value at the chosen sampler and K, in [0, 1]'
     )
+    family: str | None = Field(
+        None, description="a request to a family (GET /v1/models: families): its name; `model` is the member that ran"
+    )
 
 
 @dataclass(frozen=True)

@@ -66,8 +66,17 @@ class SampleService:
     metadata, each one's quality profile and path estimate, and the door (`door.Door`; None with
     shed_at_door off) that refuses what their replicas' load snapshots say they would refuse."""
 
-    def __init__(self, handles: dict[str, Any], infos: dict[str, dict[str, Any]], shed_at_door: bool = True) -> None:
+    def __init__(
+        self,
+        handles: dict[str, Any],
+        infos: dict[str, dict[str, Any]],
+        shed_at_door: bool = True,
+        families: dict[str, list[str]] | None = None,
+    ) -> None:
         self.handles = handles
+        # A family: one name for several served models of the same data (a teacher and its distilled student);
+        # a steps-"auto" request to it runs on the member whose profile and load promise the best quality.
+        self.families = {name: list(members) for name, members in (families or {}).items()}
         self.infos = {name: ModelInfo.from_dict(info) for name, info in infos.items()}
         self.objectives = {name: info.objective_obj() for name, info in self.infos.items()}
         self.profiles = {
@@ -77,17 +86,27 @@ class SampleService:
         }
         self.path = {name: PathEstimate() for name in self.infos}
         self.door = Door() if shed_at_door else None
+        self._outlook = Door()  # the replicas' latest snapshots, for ranking a family's members (sheds nothing)
         self._door_metrics: DoorMetrics | None = None
 
     def info(self, model: str, field: str = "model") -> ModelInfo:
         info = self.infos.get(model)
         if info is None:
-            raise ApiError(field, f"unknown model {model[:64]!r}; served: {sorted(self.infos)}", 404)
+            if model in self.families:
+                raise ApiError(
+                    "steps",
+                    f'{model!r} is a family of {self.families[model]}: it takes steps "auto" and deadline_ms (the '
+                    "member is chosen for them); name a member for fixed steps or streaming",
+                )
+            served = sorted(self.infos) + sorted(self.families)
+            raise ApiError(field, f"unknown model {model[:64]!r}; served: {served}", 404)
         return info
 
     async def sample(self, req: SampleRequest, t0: float, arrived: float) -> dict[str, Any]:
         """The response body of an unstreamed request that counts as arrived at `arrived` (unix time: when
         the client sent it, `schemas.arrival`); `t0`: when the route got it, on perf_counter (total_ms)."""
+        if req.model in self.families and req.steps == "auto":
+            return await self.sample_family(req, t0, arrived)
         info = self.info(req.model)
         seed = req.seed if req.seed is not None else secrets.randbits(63)
         deadline_s = req.check().deadline_s
@@ -111,8 +130,54 @@ class SampleService:
         self.observe(req.model, out)
         return await self.respond(req, seed, out, t0, due, before_s + path_s)
 
+    async def sample_family(self, req: SampleRequest, t0: float, arrived: float) -> dict[str, Any]:
+        """A steps-"auto" request to a family: each member's candidates (its quality profile, its limits), the
+        members ranked by what their replicas' latest snapshots predict they would choose in time (quality, then
+        speed; a member not heard from lately ranks by its profile's best, as an idle replica would choose),
+        and the request sent to the first; a member that refuses for the deadline (422 / 503) passes it on to
+        the next. The response names the member that ran in `model` and the family in `family`."""
+        deadline_s = req.check().deadline_s
+        assert deadline_s is not None  # check() requires deadline_ms with steps "auto"
+        due = arrived + deadline_s
+        seed = req.seed if req.seed is not None else secrets.randbits(63)
+        options, refused = [], None
+        for member in self.families[req.model]:
+            mine = req.model_copy(update={"model": member})
+            try:
+                choices = candidates(mine, self.infos[member], self.objectives[member], self.profiles.get(member), seed)
+            except ApiError as e:  # e.g. the member lacks the requested sampler, or min_quality is beyond it
+                refused = refused or e
+                continue
+            seen = self._outlook.outlook(member, choices, due - self.path[member].seconds())
+            rank = seen if seen is not None else (max(c.quality for c in choices), 0.0)
+            options.append(((rank[0], -rank[1]), member, mine, choices))
+        if not options:
+            assert refused is not None
+            raise refused
+        options.sort(key=lambda o: o[0], reverse=True)
+        for _, member, mine, choices in options:
+            handle, path_s = self.handles[member], self.path[member].seconds()
+            before_s = time.time() - arrived
+            try:
+                out = await self.call(
+                    member,
+                    lambda h=handle, c=choices, p=path_s: h.sample_auto.remote(c, due - p),
+                    deadline_s - PATH_INITIAL_S,
+                )
+            except ApiError as e:
+                if e.status not in (422, 503):
+                    raise
+                refused = e  # this member cannot make the deadline: the next may
+                continue
+            self.observe(member, out)
+            body = await self.respond(mine, seed, out, t0, due, before_s + path_s)
+            return {**body, "family": req.model}
+        assert refused is not None
+        raise refused
+
     def observe(self, model: str, out: SampleOutput) -> None:
-        """The load snapshot an answer carries, for the door."""
+        """The load snapshot an answer carries, for the door (and the family ranking)."""
+        self._outlook.observe(model, out.snapshot)
         if self.door is not None:
             self.door.observe(model, out.snapshot)
 
@@ -195,6 +260,7 @@ class SampleService:
             "deadline_met": None if due is None else time.time() <= due,
             "predicted_ms": predicted_ms,
             "predicted_quality": out.quality,
+            "family": None,
         }
 
     async def call(self, model: str, call: Callable[[], Awaitable[T]], quiet_s: float = 0.0) -> T:
@@ -210,9 +276,14 @@ class SampleService:
             raise refusal(model, e, quiet_s) from None
 
     def models(self) -> dict[str, Any]:
-        return {"models": [info.to_json() for info in self.infos.values()]}
+        return {
+            "models": [info.to_json() for info in self.infos.values()],
+            "families": [{"id": name, "members": members} for name, members in self.families.items()],
+        }
 
     async def model(self, model_id: str) -> dict[str, Any]:
+        if model_id in self.families:
+            return {"id": model_id, "members": self.families[model_id]}
         info = self.info(model_id, "model_id")
         return {**info.to_json(), "replica_load": await self.handles[model_id].load.remote()}
 

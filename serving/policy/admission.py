@@ -106,11 +106,17 @@ class Snapshot:
     def refusal(self, request: RequestState, now: float, sent: Sequence[RequestState] = ()) -> Overloaded | None:
         """`refusal` for a new `request` (its deadline relative to taken_at, or None) at unix time `now`, with
         `sent`, requests sent to the engine since the snapshot was taken, queued behind the rest."""
-        load = self.load
-        if sent:
-            load = Load(load.in_flight, (*load.queued, *sent), *_rest(load))
+        load = self._load(sent)
         prediction = predict(request, load, now - self.taken_at, self.model, self.limits)
         return refusal(prediction, load, self.limits)
+
+    def latency_s(self, request: RequestState, now: float, sent: Sequence[RequestState] = ()) -> float:
+        """Seconds from unix time `now` until a new `request` would finish on this load (with `sent` queued)."""
+        return predict(request, self._load(sent), now - self.taken_at, self.model, self.limits).latency_s
+
+    def _load(self, sent: Sequence[RequestState]) -> Load:
+        load = self.load
+        return Load(load.in_flight, (*load.queued, *sent), *_rest(load)) if sent else load
 
 
 def _rest(load: Load) -> tuple[int, float, float, bool]:

@@ -112,13 +112,15 @@ def tiny_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_cli_distills_a_student_that_records_its_teacher(tmp_path: Path, tiny_teacher: Path, capsys) -> None:
-    config = str(_write(tmp_path, teacher=str(tiny_teacher)))
-    code, err = _cli(capsys, "--config", config, "--out", str(tmp_path / "s"))
+    config = str(_write(tmp_path, teacher="elsewhere/tiny-fm"))  # --teacher and --pairs override the config
+    code, err = _cli(
+        capsys, "--config", config, "--teacher", str(tiny_teacher), "--pairs", "200", "--out", str(tmp_path / "s")
+    )
     assert code == 0, err
     ckpt = load_checkpoint(tmp_path / "s")
     teacher = load_checkpoint(tiny_teacher)
     rf = ckpt.manifest["training"]["reflow"]
-    assert rf["teacher"] == "tiny-fm" and rf["pairs"] == 256 and rf["steps"] == 4
+    assert rf["teacher"] == "tiny-fm" and rf["pairs"] == 200 and rf["steps"] == 4
     assert rf["teacher_weights_sha256"] == teacher.manifest["files"]["ema.safetensors"]["sha256"]
     assert ckpt.objective == FMObjective() and ckpt.num_classes == teacher.num_classes
     assert ckpt.normalization == teacher.normalization

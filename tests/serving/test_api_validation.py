@@ -146,7 +146,12 @@ def test_deploy_configs_are_valid_serve_configs(name: str) -> None:
     ServeDeploySchema.model_validate(config)
     (app,) = config["applications"]
     args = AppArgs.model_validate(app["args"])
-    assert set(args.models) == {"moons-ddpm", "moons-fm", "digits-ddpm", "digits-fm"}
+    defaults = {"moons-ddpm", "moons-fm", "digits-ddpm", "digits-fm"}
+    if name == "serve.yaml":  # make serve: the defaults and the distilled student, in a family with its teacher
+        assert set(args.models) == defaults | {"moons-fm-reflow"}
+        assert args.families == {"moons-fm-family": ["moons-fm", "moons-fm-reflow"]}
+    else:
+        assert set(args.models) == defaults
     engine, limits = EngineLimits.from_options(**args.engine), Limits(**args.limits)
     assert 2 * limits.max_num_samples <= engine.max_rows_per_tick
     for dep in app["deployments"]:

@@ -36,6 +36,7 @@ def test_serve_script_trains_missing_models_serves_and_prints_a_working_curl(
         "STEPSERVE_PORT": str(port),
         "STEPSERVE_METRICS_PORT": str(metrics_port),
         "STEPSERVE_TRAIN_MAX_STEPS": "5",
+        "STEPSERVE_DISTILL_PAIRS": "256",
         # HAProxy's stats page and metrics on free ports (a HAProxy already running here keeps 8404 / 9101)
         "RAY_SERVE_HAPROXY_STATS_PORT": str(haproxy_stats),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(haproxy_metrics),
@@ -58,6 +59,7 @@ def test_serve_script_trains_missing_models_serves_and_prints_a_working_curl(
             time.sleep(1.0)
         text = log.read_text()
         assert "training it now" in text and (models / "moons-fm" / "manifest.json").is_file()
+        assert "distilling it now" in text and (models / "moons-fm-reflow" / "manifest.json").is_file()
         assert "ingress: HAProxy" in text  # the shipped default
         curl = next(line.split("try:", 1)[1].strip() for line in text.splitlines() if "try:" in line)
         assert f"127.0.0.1:{port}" in curl
