@@ -44,6 +44,7 @@ class Record:
     detail: str | None = None  # the error body (truncated) of a non-200 answer, or the transport error
     served_sampler: str | None = None
     served_steps: int | None = None
+    served_model: str | None = None  # the model that ran (a family's member for a request to a family)
     deadline_ms: float | None = None
     deadline_met: bool | None = None
     predicted_ms: float | None = None
@@ -147,6 +148,7 @@ async def send(
         rec.server_total_s = _ms(result.timing, "total_ms")
         rec.served_sampler, rec.served_steps = result.sampler, result.steps
         body = result.body
+        rec.served_model = body.get("model") if isinstance(body.get("model"), str) else None
         rec.deadline_ms = _number(body.get("deadline_ms"))
         rec.deadline_met = body["deadline_met"] if isinstance(body.get("deadline_met"), bool) else None
         rec.predicted_ms = _number(body.get("predicted_ms"))
@@ -156,10 +158,11 @@ async def send(
 
 
 def list_models(url: str, timeout: float = 10.0) -> list[str]:
-    """Model ids from GET /v1/models; LoadTestError when the service cannot be reached or answers badly."""
+    """Model and family ids from GET /v1/models; LoadTestError when the service cannot be reached or answers
+    badly."""
     try:
         with Client(url, timeout=timeout) as c:
-            return [str(entry["id"]) for entry in c.models()]
+            return [str(entry["id"]) for entry in (*c.models(), *c.families())]
     except TransportFailure as e:
         raise LoadTestError(f"cannot reach {url}/v1/models: {e.message}") from None
     except StepserveError as e:
@@ -175,7 +178,12 @@ def model_info(url: str, model: str, timeout: float = 10.0) -> dict[str, Any]:
         raise LoadTestError(f"unknown model {model!r} at {url}; the service has: {', '.join(known) or 'none'}")
     try:
         with Client(url, timeout=timeout) as c:
-            return c.model(model)
+            info = c.model(model)
+            if "members" in info:  # a family: its first member's metadata, the samplers every member takes
+                members = [c.model(m) for m in info["members"]]
+                samplers = [s for s in members[0]["samplers"] if all(s in m["samplers"] for m in members)]
+                return {**members[0], "id": model, "members": info["members"], "samplers": samplers}
+            return info
     except TransportFailure as e:
         raise LoadTestError(f"cannot reach {url}/v1/models/{model}: {e.message}") from None
     except StepserveError as e:

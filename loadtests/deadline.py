@@ -83,9 +83,15 @@ def _check(args: argparse.Namespace) -> tuple[dict[str, Any], tuple[int, ...] | 
     # 'auto' is no sampler of the model: check the named ones only
     args.sampler = [s for s in [*requested, args.fixed_sampler] if s and s != "auto"]
     try:
-        return preflight(args)
+        info, labels = preflight(args)
     finally:
         args.sampler = requested
+    if "members" in info and args.fixed_steps > 0:
+        raise LoadTestError(
+            f"{args.model} is a family ({', '.join(info['members'])}): it takes only steps 'auto'; pass "
+            "--fixed-steps 0 (and --capacity, to compare at the rate of a member's run)"
+        )
+    return info, labels
 
 
 async def run_deadline(

@@ -99,6 +99,7 @@ def summarize_deadline(records: list[Record], deadline_ms: float, profile: dict[
     ran = Counter((r.served_sampler or r.sampler, r.served_steps) for r in ok)
     order = sorted(ran.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0))
     out["k_histogram"] = [{"sampler": s, "steps": k, "count": n} for (s, k), n in order]
+    out["models"] = dict(Counter(r.served_model for r in ok if r.served_model))  # a family: which members ran
     qs = [q for r in ok if (q := quality_of(r, profile)) is not None]
     out["quality"] = (
         {"mean": float(np.mean(qs)), "p10": float(np.percentile(qs, 10)), "min": float(min(qs)), "n": len(qs)}
@@ -130,6 +131,13 @@ def top_k(cell: dict[str, Any]) -> str:
     return f"{best['sampler']} K={best['steps']} ({best['count'] / sum(h['count'] for h in hist):.0%})"
 
 
+def ran_on(cell: dict[str, Any]) -> str:
+    """The models that answered, with their shares (a family's members; one model otherwise)."""
+    models = cell.get("models") or {}
+    total = sum(models.values())
+    return " ".join(f"{m} {n / total:.0%}" for m, n in sorted(models.items())) if total else "-"
+
+
 def deadline_text(cells: list[dict[str, Any]]) -> str:
     """One row per cell: arm, deadline, load, offered and answered rates, goodput, attainment, quality, K."""
     rows = [
@@ -146,11 +154,12 @@ def deadline_text(cells: list[dict[str, Any]]) -> str:
             _pct(c["attainment_client"]),
             _num((c["quality"] or {}).get("mean"), ".3f"),
             top_k(c),
+            ran_on(c),
         ]
         for c in cells
     ]
     headers = ["arm", "deadline ms", "load", "offered/s", "sent", "ok", "errors", "goodput/s", "met", "met (client)"]
-    return table([*headers, "quality", "most chosen"], rows)
+    return table([*headers, "quality", "most chosen", "ran on"], rows)
 
 
 def capacity_from(cell: dict[str, Any]) -> float:

@@ -145,6 +145,7 @@ class ModelReplica:
             )
         except (DeadlineImpossible, DeadlineOverloaded) as e:
             self.metrics.rejected("deadline_impossible" if isinstance(e, DeadlineImpossible) else "deadline_load")
+            e.snapshot = self.snapshot()  # the edge ranks a family's members from it (serving.api.door.outlook)
             raise
         spec = choice.candidate.spec
         self.metrics.chose(spec.sampler, spec.steps)
@@ -207,7 +208,10 @@ class ModelReplica:
         now = time.time()
         if self._snapshot is None or now - self._snapshot.taken_at >= SNAPSHOT_EVERY_S:
             e = self.engine
-            self._snapshot = admission.snapshot(e.load(), e.clock(), e.tick_model, e.limits, self.replica_id, now)
+            factor = self.calibration.factor()
+            self._snapshot = admission.snapshot(
+                e.load(), e.clock(), e.tick_model, e.limits, self.replica_id, now, factor
+            )
         return self._snapshot
 
     async def sample_stream(

@@ -251,6 +251,10 @@ class Client:
         """One model's metadata and its replica's load (GET /v1/models/{id}); NotFound if not served."""
         return self.get(f"/v1/models/{model_id}")
 
+    def families(self) -> list[dict[str, Any]]:
+        """Served model families, [{"id": ..., "members": [...]}] (GET /v1/models: families; [] if none)."""
+        return list(self.get("/v1/models").get("families", []))
+
     def health(self) -> dict[str, Any]:
         """GET /healthz; Unavailable (503) names the model deployments that did not answer."""
         return self.get("/healthz")

@@ -96,12 +96,34 @@ class Door:
         if not recent:
             return None
         best = (-1.0, float("inf"))
+        # A request's predicted finish grows with its evaluations (more ticks on the same load), so per snapshot
+        # the most evaluations that fit are found by bisection over the candidates' distinct counts: a handful
+        # of predictions (each a simulation of the load's ticks) instead of one per candidate.
+        rows = candidates[0].spec.rows if candidates else 0
+        counts = sorted({c.spec.evaluations for c in candidates})
         for s in recent:
             sent = [] if len(recent) > 1 else [_state(r, e, d, s) for t, r, e, d in m.sent if t > s.taken_at]
-            for c in candidates:
-                seconds = s.latency_s(_state(c.spec.rows, c.spec.evaluations, due, s), now, sent)
-                if now + seconds <= due and (c.quality, -seconds) > (best[0], -best[1]):
-                    best = (c.quality, seconds)
+            cache: dict[int, float] = {}
+
+            def seconds(evaluations: int, s: Snapshot = s, sent: list = sent, cache: dict = cache) -> float:
+                if evaluations not in cache:
+                    cache[evaluations] = s.latency_s(_state(rows, evaluations, due, s), now, sent)
+                return cache[evaluations]
+
+            lo, hi = 0, len(counts)  # counts[:lo] fit; counts[hi:] do not
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if now + seconds(counts[mid]) <= due:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            if lo == 0:
+                continue
+            fits = [c for c in candidates if c.spec.evaluations <= counts[lo - 1]]
+            top = max(fits, key=lambda c: (c.quality, -c.spec.evaluations))
+            pick = (top.quality, seconds(top.spec.evaluations))
+            if (pick[0], -pick[1]) > (best[0], -best[1]):
+                best = pick
         return best
 
     def sent(self, model: str, rows: int, evaluations: int, due: float | None) -> None:

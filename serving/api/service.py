@@ -131,11 +131,14 @@ class SampleService:
         return await self.respond(req, seed, out, t0, due, before_s + path_s)
 
     async def sample_family(self, req: SampleRequest, t0: float, arrived: float) -> dict[str, Any]:
-        """A steps-"auto" request to a family: each member's candidates (its quality profile, its limits), the
-        members ranked by what their replicas' latest snapshots predict they would choose in time (quality, then
-        speed; a member not heard from lately ranks by its profile's best, as an idle replica would choose),
-        and the request sent to the first; a member that refuses for the deadline (422 / 503) passes it on to
-        the next. The response names the member that ran in `model` and the family in `family`."""
+        """A steps-"auto" request to a family. Each member's candidates (its quality profile, its limits) and its
+        promise: the quality its replicas' latest snapshots predict it would choose in time (`Door.outlook`), or,
+        for a member not heard from lately, its profile's best (as an idle replica would choose). Members are
+        asked in the order of their promises, each with a floor: only its candidates at or above the best
+        promise of the member after it, so that a member whose replica can no longer do that in time (the
+        outlook does not see the hop to it) refuses at once (422 / 503) and the next one runs the request: at most
+        two calls, the first-ranked member at the runner-up's promise, then the runner-up as is. The response
+        names the member that ran in `model` and the family in `family`."""
         deadline_s = req.check().deadline_s
         assert deadline_s is not None  # check() requires deadline_ms with steps "auto"
         due = arrived + deadline_s
@@ -148,16 +151,25 @@ class SampleService:
             except ApiError as e:  # e.g. the member lacks the requested sampler, or min_quality is beyond it
                 refused = refused or e
                 continue
-            seen = self._outlook.outlook(member, choices, due - self.path[member].seconds())
-            rank = seen if seen is not None else (max(c.quality for c in choices), 0.0)
-            options.append(((rank[0], -rank[1]), member, mine, choices))
+            # The replica gets `due - path` and starts its clock after the hop to it, about half the path.
+            seen = self._outlook.outlook(member, choices, due - 1.5 * self.path[member].seconds())
+            promise = seen if seen is not None else (max(c.quality for c in choices), 0.0)
+            options.append(((promise[0], -promise[1]), member, mine, choices))
         if not options:
             assert refused is not None
             raise refused
         options.sort(key=lambda o: o[0], reverse=True)
-        for _, member, mine, choices in options:
+        # At most two calls: the first-ranked member held to the runner-up's promise, then the runner-up as is.
+        (_, first, first_req, first_choices), rest = options[0], options[1:]
+        tries = [(first, first_req, first_choices)]
+        if rest:
+            floor = rest[0][0][0]
+            tries = [(first, first_req, [c for c in first_choices if c.quality >= floor]), rest[0][1:]]
+            tries = [t for t in tries if t[2]]
+        wasted_s = 0.0  # spent on members that refused: not part of the path around the engine that answers
+        for member, mine, choices in tries:
             handle, path_s = self.handles[member], self.path[member].seconds()
-            before_s = time.time() - arrived
+            before_s, started = time.time() - arrived, time.perf_counter()
             try:
                 out = await self.call(
                     member,
@@ -167,10 +179,11 @@ class SampleService:
             except ApiError as e:
                 if e.status not in (422, 503):
                     raise
-                refused = e  # this member cannot make the deadline: the next may
+                refused = e  # this member cannot make the deadline at its floor: the next may
+                wasted_s += time.perf_counter() - started
                 continue
             self.observe(member, out)
-            body = await self.respond(mine, seed, out, t0, due, before_s + path_s)
+            body = await self.respond(mine, seed, out, t0, due, before_s + path_s, wasted_s)
             return {**body, "family": req.model}
         assert refused is not None
         raise refused
@@ -232,12 +245,14 @@ class SampleService:
         t0: float,
         due: float | None = None,
         outside_s: float = 0.0,
+        not_path_s: float = 0.0,
     ) -> dict[str, Any]:
         """The response body of a finished request, streamed or not. due: its deadline (unix time);
-        outside_s: the time before the call and the predicted path around the engine (for predicted_ms)."""
+        outside_s: the time before the call and the predicted path around the engine (for predicted_ms);
+        not_path_s: time since t0 that was not this answer's path (a family's refused members)."""
         image = await asyncio.to_thread(render_base64, out.samples) if req.format == "png" else None
         total_s = time.perf_counter() - t0
-        self.path[req.model].observe(total_s - out.queue_s - out.compute_s)
+        self.path[req.model].observe(total_s - not_path_s - out.queue_s - out.compute_s)
         predicted_ms = None
         if out.predicted_s is not None and due is not None:
             predicted_ms = 1e3 * (outside_s + out.predicted_s)
@@ -271,6 +286,7 @@ class SampleService:
             except REPLICA_LOST:
                 return await call()
         except REFUSALS as e:
+            self._outlook.observe(model, getattr(e, "snapshot", None))
             if self.door is not None:
                 self.door.observe(model, getattr(e, "snapshot", None))
             raise refusal(model, e, quiet_s) from None

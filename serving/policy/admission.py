@@ -102,6 +102,7 @@ class Snapshot:
     load: Load
     model: TickModel
     limits: EngineLimits
+    factor: float = 1.0  # the replica's steps-"auto" calibration (step_budget.Calibration): its predictions' scale
 
     def refusal(self, request: RequestState, now: float, sent: Sequence[RequestState] = ()) -> Overloaded | None:
         """`refusal` for a new `request` (its deadline relative to taken_at, or None) at unix time `now`, with
@@ -111,8 +112,9 @@ class Snapshot:
         return refusal(prediction, load, self.limits)
 
     def latency_s(self, request: RequestState, now: float, sent: Sequence[RequestState] = ()) -> float:
-        """Seconds from unix time `now` until a new `request` would finish on this load (with `sent` queued)."""
-        return predict(request, self._load(sent), now - self.taken_at, self.model, self.limits).latency_s
+        """Seconds from unix time `now` until a new `request` would finish on this load (with `sent` queued), as
+        the replica's steps-"auto" choice predicts it (times its calibration `factor`)."""
+        return self.factor * predict(request, self._load(sent), now - self.taken_at, self.model, self.limits).latency_s
 
     def _load(self, sent: Sequence[RequestState]) -> Load:
         load = self.load
@@ -123,7 +125,15 @@ def _rest(load: Load) -> tuple[int, float, float, bool]:
     return load.running_rows, load.running_since, load.recent_efficiency, load.express_lane
 
 
-def snapshot(load: Load, now: float, model: TickModel, limits: EngineLimits, replica: str, taken_at: float) -> Snapshot:
+def snapshot(
+    load: Load,
+    now: float,
+    model: TickModel,
+    limits: EngineLimits,
+    replica: str,
+    taken_at: float,
+    factor: float = 1.0,
+) -> Snapshot:
     """`load` at `now` on the engine's clock as a `Snapshot` taken at unix time `taken_at`."""
 
     def scheduling(r: RequestState) -> RequestState:
@@ -138,4 +148,4 @@ def snapshot(load: Load, now: float, model: TickModel, limits: EngineLimits, rep
         load.recent_efficiency,
         load.express_lane,
     )
-    return Snapshot(replica, taken_at, portable, copy.deepcopy(model), limits)
+    return Snapshot(replica, taken_at, portable, copy.deepcopy(model), limits, factor)

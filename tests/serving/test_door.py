@@ -106,3 +106,48 @@ def test_a_replica_gone_quiet_is_forgotten_and_holds_nothing_back() -> None:
     door.observe("m", _snapshot(_load(1000), "live", TAKEN + 10.0))
     assert door.refusal("m", 256, 50, None) is not None  # only the live replica counts now
     assert not door._models["m"].sent  # the request sent before the live snapshot is not counted twice
+
+
+def _candidates(rows: int) -> list:
+    """A quality profile's worth of choices: quality rising with evaluations but not monotonically across
+    samplers (a 12-evaluation choice beats a 15-evaluation one), as in the committed profiles."""
+    from sampling.request import SampleSpec
+    from serving.policy.step_budget import Candidate
+
+    points = [(1, 0.04), (2, 0.09), (4, 0.26), (5, 0.63), (8, 0.83), (10, 0.91), (12, 0.85), (15, 0.93), (40, 0.9)]
+    out = []
+    for evals, quality in points:
+        spec = SampleSpec("fm-euler", evals, rows // 2 if rows > 1 else 1)
+        assert spec.evaluations == evals
+        out.append(Candidate(spec, quality))
+    return out
+
+
+def test_outlook_picks_what_a_prediction_of_every_candidate_would() -> None:
+    """Door.outlook bisects over evaluation counts; the answer equals predicting every candidate on the same
+    snapshot (with the replica's calibration factor), for loads from idle to past every deadline; unknown models
+    and replicas gone quiet give None."""
+    door = Door(Clock(TAKEN + 0.05))
+    assert door.outlook("m", _candidates(64), TAKEN + 1.0) is None
+    seen = set()
+    for evals, factor in ((1, 1.0), (50, 1.0), (200, 2.5), (1000, 1.0)):
+        snap = admission.snapshot(_load(evals), ENGINE_NOW, MODEL, LIMITS, "r1", TAKEN, factor)
+        door = Door(Clock(TAKEN + 0.05))
+        door.observe("m", snap)
+        for due_in in (0.005, 0.02, 0.1, 0.5, 5.0):
+            cands = _candidates(64)
+            now, due = TAKEN + 0.05, TAKEN + 0.05 + due_in
+            fit = []
+            for c in cands:
+                probe = RequestState(c.spec.rows, c.spec.evaluations, ENGINE_NOW + 0.05 + due_in)
+                s = factor * admission.predict(probe, _load(evals), ENGINE_NOW + 0.05, MODEL, LIMITS).latency_s
+                if now + s <= due:
+                    fit.append((c.quality, -s))
+            want = max(fit) if fit else (-1.0, float("-inf"))
+            got = door.outlook("m", cands, due)
+            assert got[0] == want[0] and abs(-got[1] - want[1]) < 1e-9 if fit else got == (-1.0, float("inf"))
+            seen.add(got[0])
+    assert len(seen) >= 3  # idle and loaded snapshots gave different answers: the comparison is not vacuous
+    quiet = Door(Clock(TAKEN + 10.0))
+    quiet.observe("m", _snapshot(_load(10)))
+    assert quiet.outlook("m", _candidates(64), TAKEN + 11.0) is None
