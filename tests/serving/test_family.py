@@ -163,7 +163,7 @@ def test_a_family_over_http(family_url: str) -> None:
         assert fixed.status_code == 422 and fixed.json()["error"]["field"] == "steps", fixed.text
 
 
-def test_committed_family_members_share_data(tmp_path: Path) -> None:
+def test_committed_family_members_share_data() -> None:
     """The shipped family (deploy/serve.yaml) passes the build's checks with the committed checkpoints."""
     import yaml
 
