@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from pathlib import Path
 
 import httpx
 import pytest
