@@ -156,8 +156,8 @@ def assemble(args: dict[str, Any], server: serve.Deployment = ModelServer) -> se
         "max_headers": a.max_headers,
         "max_header_bytes": a.max_header_bytes,
     }
-    edge = (a.max_body_bytes, a.body_timeout_s, security, local, a.shed_at_door, a.max_loop_lag_ms, a.busy_min_active)
-    edge += (a.families,)
+    edge = (a.max_body_bytes, a.body_timeout_s, security, local, a.shed_at_door, a.max_loop_lag_ms)
+    edge += (a.busy_min_active, a.families)
     return ingress.bind(handles, infos, *edge)
 
 

@@ -86,7 +86,9 @@ class SampleService:
         }
         self.path = {name: PathEstimate() for name in self.infos}
         self.door = Door() if shed_at_door else None
-        self._outlook = Door()  # the replicas' latest snapshots, for ranking a family's members (sheds nothing)
+        # The replicas' latest snapshots, for ranking a family's members: the door's own, or (shedding off) a
+        # Door that only ranks and never refuses.
+        self._outlook = self.door if self.door is not None else Door()
         self._door_metrics: DoorMetrics | None = None
 
     def info(self, model: str, field: str = "model") -> ModelInfo:
@@ -191,8 +193,6 @@ class SampleService:
     def observe(self, model: str, out: SampleOutput) -> None:
         """The load snapshot an answer carries, for the door (and the family ranking)."""
         self._outlook.observe(model, out.snapshot)
-        if self.door is not None:
-            self.door.observe(model, out.snapshot)
 
     def enter(self, model: str, spec: SampleSpec, due: float | None) -> None:
         """Through the door (`door.Door`): the engine's own 503 when every replica of the model would refuse
@@ -287,8 +287,6 @@ class SampleService:
                 return await call()
         except REFUSALS as e:
             self._outlook.observe(model, getattr(e, "snapshot", None))
-            if self.door is not None:
-                self.door.observe(model, getattr(e, "snapshot", None))
             raise refusal(model, e, quiet_s) from None
 
     def models(self) -> dict[str, Any]:
