@@ -12,7 +12,8 @@ batching at 1x, 2x and 4x capacity), streaming (bench.streaming: a streamed K = 
 same unstreamed, and the playground's click-to-drawn-samples time in headless Chromium), path (bench.path:
 the request path's fixed cost against no-op Serve applications, behind Serve's proxy and behind
 HAProxy), door (bench.door: a 15x burst on the shipped application, shedding at the door on and off,
-behind Serve's proxy and HAProxy). Each writes its own JSON file; `summary.json` lists what ran and how
+behind Serve's proxy and HAProxy), routing (bench.routing: Serve's default router against the work-aware one
+on two replicas, a mixed workload). Each writes its own JSON file; `summary.json` lists what ran and how
 long it took. On a GPU machine, `python -m bench.gpu` (run by scripts/gpu_check.sh).
 """
 
@@ -36,6 +37,7 @@ SECTIONS = {
     "streaming": "bench.streaming",
     "path": "bench.path",
     "door": "bench.door",
+    "routing": "bench.routing",
 }
 
 

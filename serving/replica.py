@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import pickle
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from ray import serve
 
 from sampling.progress import Progress, with_progress
 from sampling.request import Prepared, SampleSpec, prepare, to_data_space
+from serving.autoscale import BACKLOG, MISS_RATE, DeadlineOutcomes
 from serving.backends import load_backend
 from serving.engine import Engine, EngineLimits, Prediction
 from serving.metrics import ModelMetrics
@@ -108,6 +110,7 @@ class ModelReplica:
         self.metrics.set_tick_model(self.engine.tick_model)
         self.replica_id = replica_id()
         self._snapshot: Snapshot | None = None
+        self.deadlines = DeadlineOutcomes()  # what the autoscaling policy reads (serving.autoscale)
 
     def _on_tick(self, rows: int, requests: int) -> None:
         self.metrics.on_tick(rows)
@@ -145,6 +148,8 @@ class ModelReplica:
             )
         except (DeadlineImpossible, DeadlineOverloaded) as e:
             self.metrics.rejected("deadline_impossible" if isinstance(e, DeadlineImpossible) else "deadline_load")
+            if isinstance(e, DeadlineOverloaded):  # a miss more replicas would have prevented
+                self.deadlines.record(missed=True)
             e.snapshot = self.snapshot()  # the edge ranks a family's members from it (serving.api.door.outlook)
             raise
         spec = choice.candidate.spec
@@ -175,16 +180,22 @@ class ModelReplica:
             )
         except Overloaded as e:
             self.metrics.rejected("overloaded")
+            if deadline is not None:
+                self.deadlines.record(missed=True)
             e.snapshot = self.snapshot()  # the edge sheds from it (serving.api.door)
             raise
         except RequestTimeout:
             self.metrics.rejected("timeout")
+            if deadline is not None:
+                self.deadlines.record(missed=True)
             raise
         finally:
             self.metrics.set_in_flight(self._load())
         predicted_s = None
         if deadline is not None:
-            self.metrics.deadline(met=self.engine.clock() <= deadline)
+            met = self.engine.clock() <= deadline
+            self.metrics.deadline(met=met)
+            self.deadlines.record(missed=not met)
             self.calibration.record(res.predicted_s, res.queue_s + res.compute_s)
             self.metrics.set_calibration(self.calibration.factor())
             predicted_s = factor * res.predicted_s
@@ -213,6 +224,21 @@ class ModelReplica:
                 e.load(), e.clock(), e.tick_model, e.limits, self.replica_id, now, factor
             )
         return self._snapshot
+
+    def record_routing_stats(self) -> dict[str, Any]:
+        """Serve's controller polls this every request_routing_stats_period_s and hands it to the routers
+        (serving.router): this replica's load snapshot, pickled (the controller need not import it)."""
+        s = self.snapshot()
+        return {"replica": s.replica, "taken_at": s.taken_at, "snapshot": pickle.dumps(s)}
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's custom autoscaling metrics, read by `serving.autoscale.WorkPolicy`: seconds of work in flight
+        and queued, and the share of recent deadline requests missed."""
+        e = self.engine
+        return {
+            BACKLOG: admission.drain_s(e.load(), e.tick_model, e.limits),
+            MISS_RATE: self.deadlines.miss_rate(),
+        }
 
     async def sample_stream(
         self, spec: SampleSpec, preview_every: int

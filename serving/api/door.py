@@ -25,8 +25,9 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from serving.policy import routing
 from serving.policy.admission import Snapshot
-from serving.policy.state import RequestState
+from serving.policy.routing import best_fit, state
 from serving.policy.step_budget import Candidate
 from serving.refusals import Overloaded
 
@@ -52,6 +53,7 @@ class Door:
         """A replica's answer came back with `snapshot` (None: it carried none)."""
         if snapshot is None:
             return
+        routing.BOARD.observe(snapshot)  # what this process's routers rank replicas by (serving.router)
         m = self._models.setdefault(model, _Model())
         known = m.snapshots.get(snapshot.replica)
         if known is None or snapshot.taken_at >= known.taken_at:
@@ -78,8 +80,8 @@ class Door:
             return None
         refusals = []
         for s in recent:
-            sent = [] if len(recent) > 1 else [_state(r, e, d, s) for t, r, e, d in m.sent if t > s.taken_at]
-            refused = s.refusal(_state(rows, evaluations, due, s), now, sent)
+            sent = [] if len(recent) > 1 else [state(r, e, d, s) for t, r, e, d in m.sent if t > s.taken_at]
+            refused = s.refusal(state(rows, evaluations, due, s), now, sent)
             if refused is None:
                 return None
             refusals.append(refused)
@@ -96,44 +98,16 @@ class Door:
         if not recent:
             return None
         best = (-1.0, float("inf"))
-        # A request's predicted finish grows with its evaluations (more ticks on the same load), so per snapshot
-        # the most evaluations that fit are found by bisection over the candidates' distinct counts: a handful
-        # of predictions (each a simulation of the load's ticks) instead of one per candidate.
-        rows = candidates[0].spec.rows if candidates else 0
-        counts = sorted({c.spec.evaluations for c in candidates})
         for s in recent:
-            sent = [] if len(recent) > 1 else [_state(r, e, d, s) for t, r, e, d in m.sent if t > s.taken_at]
-            cache: dict[int, float] = {}
-
-            def seconds(evaluations: int, s: Snapshot = s, sent: list = sent, cache: dict = cache) -> float:
-                if evaluations not in cache:
-                    cache[evaluations] = s.latency_s(_state(rows, evaluations, due, s), now, sent)
-                return cache[evaluations]
-
-            lo, hi = 0, len(counts)  # counts[:lo] fit; counts[hi:] do not
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if now + seconds(counts[mid]) <= due:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            if lo == 0:
-                continue
-            fits = [c for c in candidates if c.spec.evaluations <= counts[lo - 1]]
-            top = max(fits, key=lambda c: (c.quality, -c.spec.evaluations))
-            pick = (top.quality, seconds(top.spec.evaluations))
-            if (pick[0], -pick[1]) > (best[0], -best[1]):
-                best = pick
+            sent = [] if len(recent) > 1 else [state(r, e, d, s) for t, r, e, d in m.sent if t > s.taken_at]
+            fit = best_fit(s, candidates, due, now, sent)
+            if fit is not None and (fit[0], -fit[1]) > (best[0], -best[1]):
+                best = fit[:2]
         return best
 
     def sent(self, model: str, rows: int, evaluations: int, due: float | None) -> None:
         """A request was sent to `model`'s replicas now."""
         self._models.setdefault(model, _Model()).sent.append((self.clock(), rows, evaluations, due))
-
-
-def _state(rows: int, evaluations: int, due: float | None, snapshot: Snapshot) -> RequestState:
-    """A request as the snapshot's engine would hold it (its deadline relative to when it was taken)."""
-    return RequestState(rows, evaluations, None if due is None else due - snapshot.taken_at, seq=1 << 61)
 
 
 class LoopLag:

@@ -61,6 +61,23 @@ def predict(request: RequestState, load: Load, now: float, model: TickModel, lim
     return Prediction(latency, max(0.0, latency - own_s))
 
 
+def drain_s(load: Load, model: TickModel, limits: EngineLimits) -> float:
+    """Seconds of work in `load` (requests in flight and queued) at the most the engine batches: every request
+    runs its evaluations left in ticks beside all the others still running, ticks of more rows than the cap
+    split into full ones. What the autoscaling policy reads as a replica's backlog (`serving.autoscale`)."""
+    cap = limits.max_rows_per_tick
+    left = sorted(((r.evals_left, r.rows) for r in load.requests), reverse=True)
+    total, rows = 0.0, 0
+    # Ticks from the last request's end backwards: while k requests remain, the rows are theirs.
+    for i, (evals, r) in enumerate(left):
+        rows += r
+        fewer = left[i + 1][0] if i + 1 < len(left) else 0
+        ticks = evals - fewer
+        if ticks > 0:
+            total += ticks * math.ceil(rows / cap) * model.tick_s(min(rows, cap))
+    return total
+
+
 def _fifo_wait(request: RequestState, load: Load, model: TickModel, limits: EngineLimits) -> float:
     rows, evaluations = request.rows, request.planned
     alone = model.tick_s(rows)

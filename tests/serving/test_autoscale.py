@@ -1,5 +1,6 @@
-"""Autoscaling on the local Ray: load takes a model deployment from 1 to 2 replicas, and it returns to
-1 after the load stops. Short autoscaling delays in this test's config only."""
+"""Autoscaling on the local Ray with the project's policy (serving.autoscale.WorkPolicy, on the replicas'
+predicted backlog): load takes a model deployment from 1 to 2 replicas, and it returns to 1 after the load
+stops. Short autoscaling delays and a small backlog target (the test's nets are tiny) in this config only."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.slow
 AUTOSCALING = {
     "min_replicas": 1,
     "max_replicas": 2,
-    "target_ongoing_requests": 2,
+    "policy": {"policy_function": "serving.autoscale:WorkPolicy", "policy_kwargs": {"target_backlog_s": 0.02}},
     "upscale_delay_s": 1.0,
     "downscale_delay_s": 3.0,
     "look_back_period_s": 2.0,
@@ -44,7 +45,7 @@ def test_load_scales_a_model_deployment_up_and_back_down(
     serve_cluster: ServeCluster, tiny_checkpoints: dict[str, Path]
 ) -> None:
     options = {"moons-fm": {**SMALL_REPLICA, "autoscaling_config": AUTOSCALING}, "Ingress": SMALL_REPLICA}
-    # Autoscaling is on ongoing requests: a generous wait bound keeps admission from shedding that load.
+    # A generous wait bound keeps admission from shedding that load.
     args = app_args(tiny_checkpoints, models=("moons-fm",), engine={"max_wait_s": 60.0}, deployment_options=options)
     base = serve_cluster.deploy("auto", "/auto", args)
     stop = threading.Event()

@@ -180,7 +180,12 @@ def faults_url(serve_cluster: ServeCluster, tiny_checkpoints: dict[str, Path]) -
         models=("moons-fm",),
         engine={"max_wait_s": 60.0},
         deployment_options={
-            "moons-fm": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.5}},
+            # routed by work, as shipped: a killed replica's last stats must not stall routing
+            "moons-fm": {
+                "num_replicas": 2,
+                "ray_actor_options": {"num_cpus": 0.5},
+                "request_router_config": {"request_router_class": "serving.router:WorkAwareRouter"},
+            },
             "Ingress": {"num_replicas": 2, "max_ongoing_requests": 1024, "ray_actor_options": {"num_cpus": 0.25}},
         },
     )
