@@ -43,8 +43,8 @@ def test_medium_requests_avoid_the_replica_with_a_huge_one(
         assert len({w.snapshot.replica for w in warm}) >= 1
         time.sleep(0.6)
 
-        # one huge request: 2 048 rows (1 024 samples, guided) x 1 000 evaluations, seconds of ticks
-        huge = handle.sample.remote(SampleSpec("fm-euler", 1000, 1024, guidance=2.0, class_label=0, seed=1))
+        # one huge request: 2 048 rows (1 024 samples, guided) x 300 evaluations, seconds of ticks
+        huge = handle.sample.remote(SampleSpec("fm-euler", 300, 1024, guidance=2.0, class_label=0, seed=1))
         time.sleep(0.5)  # it is running; the stats polled since show it
 
         async def medium() -> list:
