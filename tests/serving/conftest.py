@@ -34,7 +34,9 @@ TEST_ENV = {
     # the way to hand keys_env a key without runtime_env, which Ray writes to runtime_env_agent.log.
     "STEPSERVE_TEST_API_KEYS": f"kenv-{secrets.token_urlsafe(24)}",
 }
-SMALL_REPLICA = {"ray_actor_options": {"num_cpus": 0.5}}
+# A replica told to stop (an application deleted, a scale-down) checks for requests in flight every
+# graceful_shutdown_wait_loop_s (Serve's default 2 s, which every delete would wait at least once).
+SMALL_REPLICA = {"ray_actor_options": {"num_cpus": 0.5}, "graceful_shutdown_wait_loop_s": 0.2}
 
 
 def free_port() -> int:

@@ -67,9 +67,9 @@ def shed_url(serve_cluster: ServeCluster, tiny_checkpoints: dict[str, Path]) -> 
         engine={"max_wait_s": MAX_WAIT_S, "request_timeout_s": 3.0},
         limits={"max_num_samples": 1024, "max_work": 300_000},
         deployment_options={
-            "moons-fm": {"ray_actor_options": {"num_cpus": 1}, "max_ongoing_requests": 1024},
+            "moons-fm": {**SMALL_REPLICA, "ray_actor_options": {"num_cpus": 1}, "max_ongoing_requests": 1024},
             "digits-fm": SMALL_REPLICA,
-            "Ingress": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.25}},
+            "Ingress": {**SMALL_REPLICA, "num_replicas": 2, "ray_actor_options": {"num_cpus": 0.25}},
         },
     )
     yield serve_cluster.deploy("shed", "/shed", args)
@@ -180,13 +180,18 @@ def faults_url(serve_cluster: ServeCluster, tiny_checkpoints: dict[str, Path]) -
         models=("moons-fm",),
         engine={"max_wait_s": 60.0},
         deployment_options={
-            # routed by work, as shipped: a killed replica's last stats must not stall routing
+            # routed by work (serving.router, opt-in): a killed replica's last stats must not stall routing
             "moons-fm": {
+                **SMALL_REPLICA,
                 "num_replicas": 2,
-                "ray_actor_options": {"num_cpus": 0.5},
                 "request_router_config": {"request_router_class": "serving.router:WorkAwareRouter"},
             },
-            "Ingress": {"num_replicas": 2, "max_ongoing_requests": 1024, "ray_actor_options": {"num_cpus": 0.25}},
+            "Ingress": {
+                **SMALL_REPLICA,
+                "num_replicas": 2,
+                "max_ongoing_requests": 1024,
+                "ray_actor_options": {"num_cpus": 0.25},
+            },
         },
     )
     args["body_timeout_s"] = 5.0
