@@ -27,7 +27,7 @@ from ray import serve
 
 from sampling.progress import Progress, with_progress
 from sampling.request import Prepared, SampleSpec, prepare, to_data_space
-from serving.autoscale import BACKLOG, MISS_RATE, DeadlineOutcomes
+from serving.autoscale import BACKLOG, MISS_RATE, REFUSAL_RATE, Outcomes
 from serving.backends import load_backend
 from serving.engine import Engine, EngineLimits, Prediction
 from serving.metrics import ModelMetrics
@@ -110,7 +110,9 @@ class ModelReplica:
         self.metrics.set_tick_model(self.engine.tick_model)
         self.replica_id = replica_id()
         self._snapshot: Snapshot | None = None
-        self.deadlines = DeadlineOutcomes()  # what the autoscaling policy reads (serving.autoscale)
+        # what the autoscaling policy reads (serving.autoscale): deadlines missed, requests refused for load
+        self.deadlines = Outcomes()
+        self.refusals = Outcomes()
 
     def _on_tick(self, rows: int, requests: int) -> None:
         self.metrics.on_tick(rows)
@@ -149,7 +151,8 @@ class ModelReplica:
         except (DeadlineImpossible, DeadlineOverloaded) as e:
             self.metrics.rejected("deadline_impossible" if isinstance(e, DeadlineImpossible) else "deadline_load")
             if isinstance(e, DeadlineOverloaded):  # a miss more replicas would have prevented
-                self.deadlines.record(missed=True)
+                self.deadlines.record(bad=True)
+                self.refusals.record(bad=True)
             e.snapshot = self.snapshot()  # the edge ranks a family's members from it (serving.api.door.outlook)
             raise
         spec = choice.candidate.spec
@@ -180,22 +183,25 @@ class ModelReplica:
             )
         except Overloaded as e:
             self.metrics.rejected("overloaded")
+            self.refusals.record(bad=True)
             if deadline is not None:
-                self.deadlines.record(missed=True)
+                self.deadlines.record(bad=True)
             e.snapshot = self.snapshot()  # the edge sheds from it (serving.api.door)
             raise
         except RequestTimeout:
             self.metrics.rejected("timeout")
+            self.refusals.record(bad=False)  # admitted: it ran too long, which more replicas need not cure
             if deadline is not None:
-                self.deadlines.record(missed=True)
+                self.deadlines.record(bad=True)
             raise
         finally:
             self.metrics.set_in_flight(self._load())
+        self.refusals.record(bad=False)
         predicted_s = None
         if deadline is not None:
             met = self.engine.clock() <= deadline
             self.metrics.deadline(met=met)
-            self.deadlines.record(missed=not met)
+            self.deadlines.record(bad=not met)
             self.calibration.record(res.predicted_s, res.queue_s + res.compute_s)
             self.metrics.set_calibration(self.calibration.factor())
             predicted_s = factor * res.predicted_s
@@ -233,11 +239,12 @@ class ModelReplica:
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Serve's custom autoscaling metrics, read by `serving.autoscale.WorkPolicy`: seconds of work in flight
-        and queued, and the share of recent deadline requests missed."""
+        and queued, the share of recent deadline requests missed and of recent requests refused for load."""
         e = self.engine
         return {
             BACKLOG: admission.drain_s(e.load(), e.tick_model, e.limits),
-            MISS_RATE: self.deadlines.miss_rate(),
+            MISS_RATE: self.deadlines.rate(),
+            REFUSAL_RATE: self.refusals.rate(),
         }
 
     async def sample_stream(

@@ -12,7 +12,7 @@ import pytest
 from ray.serve.config import AutoscalingConfig, AutoscalingContext
 
 from sampling.request import SampleSpec
-from serving.autoscale import BACKLOG, MISS_RATE, DeadlineOutcomes, WorkPolicy
+from serving.autoscale import BACKLOG, MISS_RATE, REFUSAL_RATE, Outcomes, WorkPolicy
 from serving.policy import admission, routing
 from serving.policy.limits import EngineLimits
 from serving.policy.routing import Board, Work, rank, work_of
@@ -139,6 +139,10 @@ def test_the_policy_follows_backlog_with_hysteresis_and_scales_up_on_misses() ->
     assert p.decide(3, [0.4, 0.4, 0.4], [0.0] * 3) == 2  # 1.2 s: 2 left carry 0.6 each (<= 1), 1 would not
     assert p.decide(3, [0.1, 0.1, 0.1], [0.0] * 3) == 1  # 0.3 s: one replica carries it below half the target
     assert p.decide(2, [0.1, 0.1], [0.2, 0.0]) == 3  # deadlines missed: one more, whatever the backlog
+    # A saturated replica sheds: its backlog stays near what max_wait_s admits, so refusals say it needs help
+    assert p.decide(1, [1.9], [0.0], [0.3]) == 2
+    assert p.decide(2, [0.1, 0.1], [0.0, 0.0], [0.04, 0.0]) == 1  # refusals under the bound: backlog decides
+    assert p.decide(2, [0.1, 0.1], [0.0, 0.0], [0.0, 0.5]) == 3  # never down while refusing
     assert p.decide(2, [], []) == 2  # no reports yet: hold
     assert p.decide(2, [3.0], []) == 3  # one of two reporting: the other carries the average
     with pytest.raises(ValueError, match="target_backlog_s"):
@@ -156,7 +160,11 @@ def test_the_policy_reads_serves_autoscaling_context() -> None:
         running_replicas=["r1", "r2"],
         total_num_requests=3,
         total_queued_requests=0,
-        aggregated_metrics={BACKLOG: {"r1": 4.0, "r2": 3.0}, MISS_RATE: {"r1": 0.0, "r2": 0.0}},
+        aggregated_metrics={
+            BACKLOG: {"r1": 4.0, "r2": 3.0},
+            MISS_RATE: {"r1": 0.0, "r2": 0.0},
+            REFUSAL_RATE: {"r1": 0.5, "r2": 0.0},
+        },
         raw_metrics={},
         capacity_adjusted_min_replicas=1,
         capacity_adjusted_max_replicas=4,
@@ -167,19 +175,21 @@ def test_the_policy_reads_serves_autoscaling_context() -> None:
         config=config,
     )
     want, state = WorkPolicy(target_backlog_s=2.0)(ctx)
-    assert want == 4 and state["backlog_s"] == 7.0
+    assert want == 4 and state["backlog_s"] == 7.0 and state["max_refusal_rate"] == 0.5
+    ctx.aggregated_metrics[BACKLOG] = {"r1": 0.5, "r2": 0.5}
+    assert WorkPolicy(target_backlog_s=2.0)(ctx)[0] == 3  # 1 s of backlog, but r1 refuses half: one more
 
 
-def test_deadline_outcomes_forget_past_their_window() -> None:
+def test_outcomes_forget_past_their_window() -> None:
     t = [0.0]
-    d = DeadlineOutcomes(window_s=10.0, clock=lambda: t[0])
-    assert d.miss_rate() == 0.0
-    d.record(missed=True)
-    d.record(missed=False)
-    assert d.miss_rate() == 0.5
+    d = Outcomes(window_s=10.0, clock=lambda: t[0])
+    assert d.rate() == 0.0
+    d.record(bad=True)
+    d.record(bad=False)
+    assert d.rate() == 0.5
     t[0] = 11.0
-    d.record(missed=False)
-    assert d.miss_rate() == 0.0
+    d.record(bad=False)
+    assert d.rate() == 0.0
 
 
 def test_the_policy_module_imports_only_the_standard_library() -> None:
