@@ -3,18 +3,20 @@
     python -m bench [--out DIR] [--quick] [--only quality,export,serving,backends]
 
 Sections: quality (bench.foundation: quality against K, sampler overhead, training speed), export
-(bench.export: onnxruntime against torch per evaluation), serving (bench.serving: served throughput,
-step-level against request-level batching, lone-request overhead), backends (bench.backends: served
-throughput with onnxruntime against torch), reliability (bench.reliability: goodput and latency at 1x, 2x
-and 3x capacity), scheduling (bench.scheduling: short requests amid long ones, the deadline scheduler
-against FIFO), deadline (bench.deadline: goodput of steps "auto" against fixed K and request-level
-batching at 1x, 2x and 4x capacity), streaming (bench.streaming: a streamed K = 50 request against the
-same unstreamed, and the playground's click-to-drawn-samples time in headless Chromium), path (bench.path:
-the request path's fixed cost against no-op Serve applications, behind Serve's proxy and behind
-HAProxy), door (bench.door: a 15x burst on the shipped application, shedding at the door on and off,
-behind Serve's proxy and HAProxy), routing (bench.routing: Serve's default router against the work-aware one
-on two replicas, a mixed workload). Each writes its own JSON file; `summary.json` lists what ran and how
-long it took. On a GPU machine, `python -m bench.gpu` (run by scripts/gpu_check.sh).
+(bench.export: onnxruntime against torch per evaluation), serving (bench.serving: served throughput, step-
+level against request-level batching, lone-request overhead), backends (bench.backends: served throughput with
+onnxruntime against torch), reliability (bench.reliability: goodput and latency at 1x, 2x and 3x capacity),
+scheduling (bench.scheduling: short requests amid long ones, the deadline scheduler against FIFO), deadline
+(bench.deadline: goodput of steps "auto" against fixed K and request-level batching at 1x, 2x and 4x
+capacity), streaming (bench.streaming: a streamed K = 50 request against the same unstreamed, and the
+playground's click-to-drawn-samples time in headless Chromium), path (bench.path: the request path's fixed
+cost against no-op Serve applications, behind Serve's proxy and behind HAProxy), door (bench.door: a 15x burst
+on the shipped application, shedding at the door on and off, behind Serve's proxy and HAProxy), routing
+(bench.routing: Serve's default router against the work-aware one on two replicas, a mixed workload),
+routing_sim (bench.routing_sim: the same routers by simulation, a core per replica, 2 to 8 replicas),
+autoscale (bench.autoscale: a step from idle to 3x one replica's capacity, Serve's default autoscaling policy
+against the project's). Each writes its own JSON file; `summary.json` lists what ran and how long it took. On
+a GPU machine, `python -m bench.gpu` (run by scripts/gpu_check.sh).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ SECTIONS = {
     "path": "bench.path",
     "door": "bench.door",
     "routing": "bench.routing",
+    "routing_sim": "bench.routing_sim",
+    "autoscale": "bench.autoscale",
 }
 
 

@@ -149,7 +149,9 @@ def simulate(router: str, replicas: int, arrivals: list, model: TickModel, limit
         board.observe(snapshot(r.load(), now, model, limits, r.name, now))
 
     def start_tick(r: Replica, now: float) -> None:
-        r.queue = order(r.queue, policy) if len(r.queue) > 1 else r.queue
+        if len(r.queue) > 1:  # the engine admits most urgent first (tick_plan.order)
+            by_state = {id(j.state): j for j in r.queue}
+            r.queue = [by_state[id(s)] for s in order([j.state for j in r.queue], policy)]
         while r.queue and len(r.active) < limits.max_in_flight:
             r.active.append(r.queue.pop(0))
         if not r.active:
