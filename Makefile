@@ -9,6 +9,8 @@ MODELS  := moons-ddpm moons-fm digits-ddpm digits-fm
 KNOB_MODELS := moons-ddpm-linear moons-ddpm-cosine moons-ddpm-v moons-ddpm-x0 moons-fm-vp digits-fm-mlp
 # Few-step students distilled from a default model (`python -m distill`, rectified-flow reflow).
 DISTILLED := moons-fm-reflow digits-fm-reflow
+# The latent stage's autoencoders (`python -m training.autoencoder`): the VAE of the shapes images.
+AUTOENCODERS := shapes-vae
 
 CHROMIUM := /usr/bin/chromium
 CHROMEDRIVER := /usr/bin/chromedriver
@@ -58,9 +60,10 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-train: install  ## train the default models and the knob variants into models/, then distill the students
+train: install  ## train the default models and the knob variants into models/, distill the students, train the VAE
 	@for m in $(MODELS) $(KNOB_MODELS); do $(PYTHON) -m training --config configs/$$m.yaml --out models/$$m || exit 1; done
 	@for m in $(DISTILLED); do $(PYTHON) -m distill --config configs/$$m.yaml --out models/$$m || exit 1; done
+	@for m in $(AUTOENCODERS); do $(PYTHON) -m training.autoencoder --config configs/$$m.yaml --out models/$$m || exit 1; done
 	@$(MAKE) --no-print-directory profile  # new weights make the old profiles stale
 
 profile: install  ## measure the default models' and the students' quality profiles (quality_profile.json in models/<name>)

@@ -54,8 +54,14 @@ def test_closed_loop_is_paced_by_answers(slow: StubService) -> None:
         async with make_client(slow.url, timeout=30) as client:
             return await closed_loop(client, SPEC, concurrency=2, duration=1.5, warmup=0.0)
 
-    records = asyncio.run(go())
-    # Two workers, 1 s per answer, a 1.5 s window: each worker starts at 0 s and at ~1 s, then stops.
-    assert len(records) == 4 and all(r.ok for r in records)
-    for r in sorted(records, key=lambda r: r.start)[2:]:
-        assert r.start >= 1.0
+    records = sorted(asyncio.run(go()), key=lambda r: r.start)
+    # Two workers, 1 s per answer, a 1.5 s window: each starts at 0 s, and again when its answer came inside
+    # the window (at ~1 s on an idle machine: 4 requests), never before an answer. Counted against the answer
+    # times this run measured, not the clock's ideal (a slow minute pushes answers past the window).
+    assert all(r.ok for r in records) and records[1].start < 0.5
+    first = records[:2]
+    inside = [r for r in first if r.end < 1.5 - 0.05]
+    edge = [r for r in first if abs(r.end - 1.5) <= 0.05]
+    assert 2 + len(inside) <= len(records) <= 2 + len(inside) + len(edge)
+    for r in records[2:]:
+        assert r.start >= min(f.end for f in first) - 0.01  # sent only once an answer had come back

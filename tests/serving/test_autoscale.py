@@ -78,27 +78,39 @@ def test_load_scales_a_model_deployment_up_and_back_down(
         serve_cluster.delete("auto")
 
 
-DRAIN_DELAY_S = 8.0  # the policy wants one replica from its first report; Serve scales down this much later
+class FlagPolicy:
+    """An autoscaling policy for the drain test: two replicas until the file `flag` exists, then one, so the test
+    decides when Serve scales down (WorkPolicy's own decisions are tested in tests/serving/test_routing.py).
+    Serve's controller runs it: standard library only."""
+
+    def __init__(self, flag: str) -> None:
+        self.flag = flag
+
+    def __call__(self, ctx) -> tuple[int, dict]:
+        import os
+
+        return (1 if os.path.exists(self.flag) else 2), {}
 
 
-def test_scale_down_drains_the_replica_it_stops(serve_cluster: ServeCluster, tiny_checkpoints: dict[str, Path]) -> None:
-    """Two replicas to start with (initial_replicas 2) and a policy that wants one for any backlog below 50 s:
-    Serve scales down DRAIN_DELAY_S after the first reports, while four long requests spread over both run.
+def test_scale_down_drains_the_replica_it_stops(
+    serve_cluster: ServeCluster, tiny_checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    """Two replicas take four long requests; then the policy asks for one, and Serve scales down while they run.
     The replica Serve stops stays STOPPING (draining) until its requests are done, far longer than a replica
     with nothing in flight takes (one 0.2 s wait loop here), and every request is answered 200 with the samples
     its seed gives."""
+    flag = tmp_path / "one-replica"
     autoscaling = {
         **AUTOSCALING,
         "initial_replicas": 2,
-        # seconds of backlog against a target of 100 s: one replica is enough
-        "policy": {"policy_function": "serving.autoscale:WorkPolicy", "policy_kwargs": {"target_backlog_s": 100.0}},
-        "downscale_delay_s": DRAIN_DELAY_S,
+        "policy": {"policy_function": "tests.serving.test_autoscale:FlagPolicy", "policy_kwargs": {"flag": str(flag)}},
+        "downscale_delay_s": 1.0,
     }
     drain = {**SMALL_REPLICA, "autoscaling_config": autoscaling, "graceful_shutdown_timeout_s": 130}
     options = {"moons-fm": drain, "Ingress": SMALL_REPLICA}
     args = app_args(tiny_checkpoints, models=("moons-fm",), engine={"max_wait_s": 60.0}, deployment_options=options)
     base = serve_cluster.deploy("drain", "/drain", args)
-    bodies = [{"model": "moons-fm", "sampler": "fm-rk4", "steps": 750, "num_samples": 256, "seed": s} for s in range(4)]
+    bodies = [{"model": "moons-fm", "sampler": "fm-rk4", "steps": 500, "num_samples": 256, "seed": s} for s in range(4)]
     answers: dict[int, httpx.Response] = {}
     states: list[tuple[float, dict[str, int]]] = []
 
@@ -108,11 +120,13 @@ def test_scale_down_drains_the_replica_it_stops(serve_cluster: ServeCluster, tin
     try:
         from ray import serve
 
-        assert running_replicas("drain", "moons-fm") == 2, "scaled down before the requests were sent"
+        wait_for(lambda: running_replicas("drain", "moons-fm") == 2, 60, "2 replicas to start with")
         t0 = time.monotonic()
         threads = [threading.Thread(target=post, args=(i,)) for i in range(len(bodies))]
         for t in threads:
             t.start()
+        time.sleep(1.0)  # the four requests spread over both replicas
+        flag.touch()
         while any(t.is_alive() for t in threads):
             deployment = serve.status().applications["drain"].deployments["moons-fm"]
             states.append((time.monotonic() - t0, dict(deployment.replica_states)))

@@ -150,8 +150,15 @@ def check_haproxy_contract(proc: subprocess.Popen, port: int, stats: int, metric
     assert "haproxy_process" in httpx.get(f"http://127.0.0.1:{metrics}/metrics", timeout=10).text
     # ... and the config Ray wrote bounds each Ingress replica's slots, with HAProxy's JSON errors.
     cfg = next(c.split(" -f ", 1)[1].split()[0] for c in tree.values() if "haproxy" in c and " -f " in c)
-    text = Path(cfg).read_text()
-    servers = [line for line in text.splitlines() if line.strip().startswith("server SERVE_REPLICA_")]
+    # Ray's HAProxy manager rewrites the file whenever the replicas change (a reload in between lists the
+    # backend without servers for a moment): read it until the Ingress replicas are in it.
+    until = time.monotonic() + 30
+    while True:
+        text = Path(cfg).read_text()
+        servers = [line for line in text.splitlines() if line.strip().startswith("server SERVE_REPLICA_")]
+        if servers or time.monotonic() > until:
+            break
+        time.sleep(0.5)
     assert servers and all(line.endswith(f" maxconn {INGRESS_MAXCONN}") for line in servers), text
     assert f"timeout queue {INGRESS_QUEUE_MS}ms" in text and "stepserve-503.http" in text, text
     base = f"http://127.0.0.1:{port}"
