@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
@@ -42,6 +41,7 @@ from training.checkpoint import (
     sha256_file,
     verify_file,
 )
+from training.config import _strict, read_yaml
 from training.ema import EMA
 from training.nets.vae import VAE, kl_to_standard_normal
 from training.shapes import shapes_raw
@@ -111,15 +111,6 @@ def _whole(value: Any, name: str, least: int) -> None:
         raise ValueError(f"config {name} must be a whole number >= {least}, got {value!r}")
 
 
-def _section(cls: type, name: str, d: Any) -> Any:
-    if not isinstance(d, dict):
-        raise ValueError(f"config section {name!r} must be a mapping, got {type(d).__name__}")
-    unknown = sorted(set(d) - {f.name for f in fields(cls)})
-    if unknown:
-        raise ValueError(f"unknown config key(s) in {name!r}: {', '.join(unknown)}")
-    return cls(**d)
-
-
 def vae_config_from_dict(d: Any) -> VaeConfig:
     if not isinstance(d, dict):
         raise ValueError("config must be a mapping")
@@ -130,21 +121,14 @@ def vae_config_from_dict(d: Any) -> VaeConfig:
         raise ValueError("config needs a 'name'")
     return VaeConfig(
         name=d["name"],
-        data=_section(VaeData, "data", d.get("data", {})),
-        vae=_section(VaeNet, "vae", d.get("vae", {})),
-        train=_section(VaeTrain, "train", d.get("train", {})),
+        data=_strict(VaeData, "data", d.get("data", {})),
+        vae=_strict(VaeNet, "vae", d.get("vae", {})),
+        train=_strict(VaeTrain, "train", d.get("train", {})),
     )
 
 
 def load_vae_config(path: str | Path) -> VaeConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
-    return vae_config_from_dict(data)
+    return vae_config_from_dict(read_yaml(path))
 
 
 def images(cfg: VaeData, n: int | None = None, seed: int | None = None) -> torch.Tensor:

@@ -122,13 +122,17 @@ def _reflow(d: Any) -> ReflowConfig:
     return _strict(ReflowConfig, "reflow", d)
 
 
-def load_config(path: str | Path) -> Config:
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's contents ({} when empty); FileNotFoundError / ValueError in one line naming the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     try:
         with path.open() as f:
-            data = yaml.safe_load(f) or {}
+            return yaml.safe_load(f) or {}
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
-    return config_from_dict(data)
+
+
+def load_config(path: str | Path) -> Config:
+    return config_from_dict(read_yaml(path))
