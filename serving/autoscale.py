@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 BACKLOG = "backlog_s"
@@ -82,7 +83,7 @@ class WorkPolicy:
         self.max_refusal_rate = max_refusal_rate
 
     def decide(
-        self, replicas: int, backlogs: list[float], miss_rates: list[float], refusal_rates: list[float] = ()
+        self, replicas: int, backlogs: list[float], miss_rates: list[float], refusal_rates: Sequence[float] = ()
     ) -> int:
         """The replicas wanted, from `replicas` running and each one's reported backlog, miss rate and refusal
         rate (before Serve's bounds and delays)."""
