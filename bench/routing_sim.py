@@ -80,10 +80,8 @@ def measured_model(threads: int = 1) -> TickModel:
 
 @dataclass
 class Job:
-    state: RequestState
+    state: RequestState  # its deadline is the due time on the simulation's clock; its size rows x evaluations
     arrival: float
-    due: float | None
-    work: int
 
 
 @dataclass
@@ -94,7 +92,7 @@ class Replica:
     plan: list[tuple[Job, int]] = field(default_factory=list)
     tick_started: float = 0.0
     tick_rows: int = 0
-    efficiency: Efficiency = field(default_factory=lambda: Efficiency(1.0))
+    efficiency: Efficiency = field(default_factory=lambda: Efficiency(1.0))  # simulate() passes the policy's window
 
     def load(self) -> Load:
         return Load(
@@ -133,7 +131,7 @@ def offered_rate(utilization: float, replicas: int, model: TickModel, limits: En
 
 def simulate(router: str, replicas: int, arrivals: list, model: TickModel, limits: EngineLimits, seed: int) -> dict:
     rng = random.Random(seed)
-    pool = [Replica(f"r{i}") for i in range(replicas)]
+    pool = [Replica(f"r{i}", efficiency=Efficiency(limits.policy.efficiency_window_s)) for i in range(replicas)]
     board = routing.Board()
     seq = itertools.count()
     events: list[tuple[float, int, str, Any]] = []  # (time, tiebreak, kind, payload)
@@ -207,7 +205,7 @@ def simulate(router: str, replicas: int, arrivals: list, model: TickModel, limit
         else:
             at, rows, evaluations, due = payload
             r = choose(rows, evaluations, due, now)
-            job = Job(RequestState(rows, evaluations, due, next(seq)), at, due, rows * evaluations)
+            job = Job(RequestState(rows, evaluations, due, next(seq)), at)
             load = r.load()
             if refusal(predict(job.state, load, now, model, limits), load, limits) is not None:
                 refused.append(job)
@@ -216,9 +214,9 @@ def simulate(router: str, replicas: int, arrivals: list, model: TickModel, limit
             board.sent(r.name, rows, evaluations, due, now)
             if not r.plan:
                 start_tick(r, now)
-    short = sorted(t - j.arrival for j, t in done if j.work <= SHORT_WORK)
+    short = sorted(t - j.arrival for j, t in done if j.state.size <= SHORT_WORK)
     due_all = [a for a in arrivals if a[3] is not None]
-    met = [j for j, t in done if j.due is not None and t <= j.due]
+    met = [j for j, t in done if j.state.deadline is not None and t <= j.state.deadline]
     return {
         "short_p50_ms": 1e3 * short[len(short) // 2] if short else None,
         "short_p99_ms": 1e3 * short[min(len(short) - 1, int(0.99 * len(short)))] if short else None,
