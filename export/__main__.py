@@ -18,9 +18,10 @@ from export.onnx_export import (
     MAX_OPSET,
     MIN_OPSET,
     ExportError,
+    export_decoder_onnx,
     export_onnx,
 )
-from export.parity import EVAL_TOLERANCE, eval_parity, ort_forward
+from export.parity import EVAL_TOLERANCE, decoder_parity, eval_parity, ort_decoder, ort_forward
 from export.tensorrt_build import (
     DEFAULT_WORKSPACE_MB,
     BatchProfile,
@@ -45,7 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "and unguided rows, attention fused into ONNX Attention nodes at opset >= "
             f"{ATTENTION_MIN_OPSET} (older opsets fall back to MatMul-Softmax-MatMul), checked against the "
             "torch net with onnxruntime. tensorrt: an engine built from that ONNX file (exported first if "
-            "missing); needs an NVIDIA GPU and the `tensorrt` package."
+            "missing); needs an NVIDIA GPU and the `tensorrt` package. A latent model's decoder is exported to "
+            "ONNX beside its net (decoder.onnx, dynamic batch) and checked the same way; it has no TensorRT "
+            "engine of its own (serving runs it with onnxruntime or torch)."
         ),
     )
     p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint directory (with manifest.json)")
@@ -92,6 +95,16 @@ def _onnx(args: argparse.Namespace) -> str:
         print(f"parity onnxruntime vs torch, max |diff| (tolerance {EVAL_TOLERANCE:g}): {diffs} -> {verdict}")
         if verdict != "ok":
             raise ExportError(f"onnxruntime output differs from torch beyond {EVAL_TOLERANCE:g}")
+    if ckpt.latent:
+        path = export_decoder_onnx(ckpt, opset=args.opset)
+        print(f"wrote {path} (the decoder, {path.stat().st_size / 1024:.0f} KiB)")
+        if not args.no_parity:
+            ckpt = load_checkpoint(args.checkpoint)
+            diff = decoder_parity(ckpt, ort_decoder(ckpt.file(path.name)))
+            verdict = "ok" if diff <= EVAL_TOLERANCE else "FAILED"
+            print(f"decoder parity onnxruntime vs torch, max |diff| {diff:.1e} -> {verdict}")
+            if verdict != "ok":
+                raise ExportError(f"the onnxruntime decoder differs from torch beyond {EVAL_TOLERANCE:g}")
     return result.path.name
 
 

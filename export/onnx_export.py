@@ -11,6 +11,10 @@ null label is just another value of `y`):
 decomposes it into MatMul -> Softmax -> MatMul; that fallback is allowed (some runtimes and TensorRT
 parsers before 10.14 lack `Attention`) but is reported as unfused. The file is written into the
 checkpoint directory as `net-<weights>.onnx` and recorded in the manifest (role "onnx") with its sha256.
+
+A latent model's decoder is exported beside it (`export_decoder_onnx`): `decoder.onnx` (role "decoder-onnx"),
+z: (batch, *data_shape) raw latents (the model's samples denormalized) -> image: (batch, *output_shape) in the
+autoencoder's [-1, 1], with a dynamic batch axis.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ MIN_OPSET = 17
 MAX_OPSET = 25
 INPUT_NAMES = ("x", "t", "y")
 OUTPUT_NAME = "pred"
+DECODER_ONNX = "decoder.onnx"
+DECODER_INPUT, DECODER_OUTPUT = "z", "image"
 EXAMPLE_BATCH = 3  # any size > 1: torch.export specialises a dimension traced at size 1
 
 
@@ -196,3 +202,46 @@ def export_onnx(
     }
     add_file(ckpt.path, name, "onnx", **info)
     return OnnxExport(path, report.opset, weights, report, op_counts(model))
+
+
+def export_decoder_onnx(ckpt: Checkpoint, opset: int = DEFAULT_OPSET) -> Path:
+    """Export a latent model's decoder into `ckpt.path / decoder.onnx` (dynamic batch), recorded in the manifest
+    (role "decoder-onnx") with its sha256; ExportError for a model without a decoder."""
+    if not ckpt.latent:
+        raise ExportError(f"{ckpt.name}: not a latent model, it has no decoder to export")
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ValueError(f"--opset {opset} is outside {MIN_OPSET}..{MAX_OPSET}, what this exporter writes")
+    decoder = ckpt.decoder()
+    z = torch.zeros((EXAMPLE_BATCH, *ckpt.data_shape), dtype=torch.float32)
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    with _quiet_exporter():
+        program = torch.onnx.export(
+            decoder,
+            (z,),
+            dynamo=True,
+            opset_version=opset,
+            input_names=[DECODER_INPUT],
+            output_names=[DECODER_OUTPUT],
+            dynamic_shapes=({0: batch},),
+            verbose=False,
+        )
+    if program is None:
+        raise ExportError("torch.onnx.export returned no program")
+    model = program.model_proto
+    onnx.checker.check_model(model, full_check=True)
+    path = ckpt.path / DECODER_ONNX
+    tmp = path.with_suffix(".onnx.tmp")
+    onnx.save_model(model, tmp, save_as_external_data=False)
+    tmp.replace(path)
+    add_file(
+        ckpt.path,
+        DECODER_ONNX,
+        "decoder-onnx",
+        opset=opset,
+        inputs=[DECODER_INPUT],
+        output=DECODER_OUTPUT,
+        dynamic_axes={"batch": 0},
+        torch=torch.__version__,
+        onnx=onnx.__version__,
+    )
+    return path

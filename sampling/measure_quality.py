@@ -7,6 +7,7 @@ the data, so their ideal is 1.0 (and finite samples scatter around it); quality 
     moons   value = sw_ratio: SW(samples, data) / SW(data, data'), unconditional samples (null label)
     digits  value = frechet_ratio: FD(samples, real) / FD(real', real) in the digits classifier's feature
             space, class-conditional samples (equal counts per class, unguided)
+    shapes  the same with the shapes classifier (training/shapes.py); a latent model's samples decoded
 
 The noise of a profile is measured, not assumed: one point is redrawn with other seeds and the standard
 deviation of its quality is written into the definition.
@@ -30,13 +31,15 @@ from training.checkpoint import Checkpoint
 DEFAULT_STEPS = (1, 2, 3, 5, 8, 10, 15, 20, 30, 50, 100)
 # Samples per point: enough that the measured noise (sd of quality over seeds) is about 0.1 on moons and 0.03
 # on digits at a mid-range point; the SW ratio needs many points because its denominator is itself a noise floor.
-DEFAULT_SAMPLES = {"moons": 3000, "digits": 500}
+DEFAULT_SAMPLES = {"moons": 3000, "digits": 500, "shapes": 500}
 # Points past this many net evaluations per sample are skipped by default: by then every sampler of the default
 # models has levelled off (docs/knobs.md), and the profile's cost grows with NFE x samples.
 DEFAULT_MAX_NFE = 100
 NOISE_NFE = 20  # the noise is measured at the first sampler's point nearest this NFE
 NOISE_REPEATS = 4  # draws (the profile's own seed and 3 more) of the point whose noise is measured
-METRICS = {"moons": "sw_ratio", "digits": "frechet_ratio"}
+METRICS = {"moons": "sw_ratio", "digits": "frechet_ratio", "shapes": "frechet_ratio"}
+CLASS_QUALITY = {"digits": metrics.digits_quality, "shapes": metrics.shapes_quality}
+CLASSIFIERS = {"digits": "training.metrics' digits classifier", "shapes": "training.shapes' ShapesClassifier"}
 
 
 def profile_grid(
@@ -67,18 +70,18 @@ def metric_name(ckpt: Checkpoint) -> str:
 
 
 def measure(ckpt: Checkpoint, forward: Forward, sampler: str, steps: int, n: int, seed: int) -> QualityPoint:
-    """One point: n samples of `sampler` at K = `steps` from `seed`, scored (moons: one request; digits:
+    """One point: n samples of `sampler` at K = `steps` from `seed`, scored (moons: one request; digits, shapes:
     n // num_classes samples of each class, conditional, unguided, in one batch whose noise comes from `seed`)."""
     nfe = SAMPLERS[sampler].nfe(steps)
     if nfe is None:
         raise ValueError(f"{sampler} is adaptive: it has no fixed K to profile")
     with torch.inference_mode():
-        if ckpt.data_kind == "digits":
+        if ckpt.data_kind in CLASS_QUALITY:
             # One batch for all classes (as the engine would batch per-class requests): rows [c] * per_class.
             labels = np.repeat(np.arange(ckpt.num_classes), max(2, n // ckpt.num_classes))
             noise, gen = initial_noise(ckpt.data_shape, len(labels), seed)
             x = run_sampler(start(sampler, ckpt.objective, noise, steps, gen), forward, torch.from_numpy(labels))
-            q = metrics.digits_quality(to_data_space(ckpt, x), labels, seed=seed)
+            q = CLASS_QUALITY[ckpt.data_kind](to_data_space(ckpt, x), labels, seed=seed)
             value = q["frechet"] / q["frechet_data"]
         else:
             metric_name(ckpt)  # moons; any other data kind is refused here
@@ -89,11 +92,13 @@ def measure(ckpt: Checkpoint, forward: Forward, sampler: str, steps: int, n: int
 
 def definition(ckpt: Checkpoint, n: int, seed: int, noise: dict[str, Any]) -> str:
     """The written definition stored with the profile: metric, samples, seeds and the measured noise."""
-    if ckpt.data_kind == "digits":
+    if ckpt.data_kind in CLASS_QUALITY:
+        kind = ckpt.data_kind
         what = (
-            "value = frechet_ratio = FD(samples, real digits) / FD(real digits, real digits'), Frechet distances "
-            "in the feature space of training.metrics' digits classifier, class-matched real draws; "
-            f"{max(2, n // ckpt.num_classes)} class-conditional samples per class (unguided, one batch, seed {seed})"
+            f"value = frechet_ratio = FD(samples, real {kind}) / FD(real {kind}, real {kind}'), Frechet distances "
+            f"in the feature space of {CLASSIFIERS[kind]}, class-matched real draws; "
+            + ("samples decoded by the model's decoder; " if ckpt.latent else "")
+            + f"{max(2, n // ckpt.num_classes)} class-conditional samples per class (unguided, one batch, seed {seed})"
         )
     else:
         what = (

@@ -43,7 +43,8 @@ def scatter_png(points: np.ndarray, title: str = "") -> bytes:
 
 
 def grid_png(images: np.ndarray, title: str = "") -> bytes:
-    """images (N, C, H, W) in [0, 1] -> PNG bytes of a near-square grid of the first 64 (first channel)."""
+    """images (N, C, H, W) in [0, 1] -> PNG bytes of a near-square grid of the first 64: RGB when C = 3, else
+    the first channel in grey."""
     n = min(images.shape[0], MAX_IMAGES)
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
@@ -52,7 +53,10 @@ def grid_png(images: np.ndarray, title: str = "") -> bytes:
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < n:
-            ax.imshow(images[i, 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+            if images.shape[1] == 3:
+                ax.imshow(np.clip(images[i].transpose(1, 2, 0), 0.0, 1.0), interpolation="nearest")
+            else:
+                ax.imshow(images[i, 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     top = 1.0
     if title:
         fig.suptitle(title, fontsize=8)

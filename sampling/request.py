@@ -10,6 +10,7 @@ spec. `prepare` turns a spec into the sampler generator and labels the engine or
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,7 @@ from sampling.guidance import labels
 from sampling.refusal import Refusal
 from sampling.samplers import SAMPLERS, SPACINGS, SamplerGen, samplers_for, start
 from training.checkpoint import Checkpoint
+from training.data import Normalization
 from training.paths import Objective
 
 MAX_SEED = 2**63 - 1
@@ -201,8 +203,48 @@ def prepare(ckpt: Checkpoint, spec: SampleSpec) -> Prepared:
 
 def to_data_space(ckpt: Checkpoint, x: Tensor) -> np.ndarray:
     """Samples (N, *shape) from the net's normalized space to data space (float32), clipped to the checkpoint's
-    data range if it has one (digits and imported image models: [0, 1])."""
-    out = ckpt.normalization.denormalize(x.float())
+    data range if it has one (digits, shapes and imported image models: [0, 1]). A latent model's samples are
+    decoded to images (N, *output_shape) first, all in one call of the decoder."""
+    decode = decoder_of(ckpt)
+    out = ckpt.normalization.denormalize(x.float()) if decode is None else decode(x)
+    return clip_to_data(ckpt, out)
+
+
+DECODER_ONNX = "decoder.onnx"  # export.onnx_export.DECODER_ONNX (sampling does not import export)
+
+
+def decoder_of(
+    ckpt: Checkpoint, runtime: str = "torch", num_threads: int | None = None
+) -> Callable[[Tensor], Tensor] | None:
+    """A latent model's decode: its samples (N, *data_shape), as the net makes them, to images in data space
+    (N, *output_shape), not yet clipped; None for a model of data space. runtime "onnxruntime" runs the
+    exported decoder (decoder.onnx, `python -m export onnx`) when the checkpoint has one, else the torch one."""
+    if not ckpt.latent:
+        return None
+    image = Normalization(**ckpt.latent["image_normalization"])
+    if runtime == "onnxruntime" and DECODER_ONNX in ckpt.manifest["files"]:
+        from sampling.ort_session import cpu_session
+
+        session = cpu_session(ckpt.file(DECODER_ONNX), num_threads)
+
+        def run(z: Tensor) -> Tensor:
+            return torch.from_numpy(session.run(None, {"z": z.numpy().astype(np.float32)})[0])
+    else:
+        decoder = ckpt.decoder()
+
+        def run(z: Tensor) -> Tensor:
+            with torch.inference_mode():
+                return decoder(z)
+
+    def decode(x: Tensor) -> Tensor:
+        return image.denormalize(run(ckpt.normalization.denormalize(x.float())))
+
+    return decode
+
+
+def clip_to_data(ckpt: Checkpoint, x: Tensor) -> np.ndarray:
+    """Data-space samples clipped to the checkpoint's data range (if it has one), as float32 numpy."""
+    out = x.float()
     if ckpt.data_clip is not None:
         out = out.clamp(*ckpt.data_clip)
     return out.numpy()

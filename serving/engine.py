@@ -17,6 +17,12 @@ Express lane (`EngineLimits.express_lane`, for backends with `concurrent_calls`)
 the event loop runs in the engine's thread, the short or deadline requests left out of it tick on the event
 loop beside it (`serving.policy.tick_plan`), so a short request does not wait for a long tick.
 
+Decode stage (a latent model's, `decode` given): a request whose sampler finishes waits for the next decode
+call instead of answering at once; after each tick every request finished since the last is decoded together,
+in one call of the decoder (chunked at DECODE_CHUNK rows) in the engine's thread, and answers with its images.
+Its time is predicted from `decode_model` (fitted to a profile and to every call, like the tick model) and
+counted in each request's predicted latency and in its compute time.
+
 A request's noise comes from its own torch.Generator, so its samples do not depend on its batch
 neighbours (up to float summation order inside the net's matmuls).
 """
@@ -45,12 +51,15 @@ from serving.refusals import RequestTimeout
 
 __all__ = ["Engine", "EngineLimits", "EngineResult", "EngineStats", "Prediction"]
 
+DECODE_CHUNK = 512  # rows per decoder call: the decode of a burst of finished requests runs in pieces
+
 
 @dataclass(frozen=True)
 class EngineResult:
-    """samples (N, *shape) in the sampler's space; evaluations: net evaluations the sampler asked for;
-    nfe: evaluations times 2 when guided (rows the net ran per sample); times in seconds; predicted_s: the
-    latency predicted at admission (`admission.Prediction.latency_s`), against queue_s + compute_s."""
+    """samples (N, *shape) in the sampler's space (for a decode stage, decoded); evaluations: net evaluations
+    the sampler asked for; nfe: evaluations times 2 when guided (rows the net ran per sample); times in
+    seconds; predicted_s: the latency predicted at admission (`admission.Prediction.latency_s`),
+    against queue_s + compute_s."""
 
     samples: Tensor
     evaluations: int
@@ -85,9 +94,13 @@ class Engine:
         on_tick: Callable[[int, int], None] | None = None,
         tick_model: TickModel | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        decode: Callable[[Tensor], Tensor] | None = None,
+        decode_model: TickModel | None = None,
     ) -> None:
         """tick_model: the replica's latency model, seeded from a profile of `backend` (`profile_tick_times`);
-        None starts one with no profile. clock: the time deadlines are given in."""
+        None starts one with no profile. clock: the time deadlines are given in. decode: a latent model's
+        decoder (samples (N, *shape) -> images), run as a batched stage after the ticks; decode_model: its
+        time per call (a TickModel over decoded rows)."""
         self.backend = backend
         self.null_label = null_label
         self.limits = limits or EngineLimits()
@@ -110,6 +123,10 @@ class Engine:
         # the express lane needs a backend whose forward may run in two threads at once
         self._lane = self.limits.express_lane and bool(getattr(backend, "concurrent_calls", False))
         self._express_ticks = 0
+        self.decode = decode
+        self.decode_model = decode_model or TickModel()
+        self._decoding: list[tuple[RequestState, Tensor]] = []  # finished, waiting for the next decode call
+        self._decodes = 0
 
     def stats(self) -> EngineStats:
         rows = sum(j.rows for j in self._active)
@@ -120,15 +137,36 @@ class Engine:
         running = (self._running_rows, self._running_since)
         return Load(tuple(self._active), tuple(self._queue), *running, self.efficiency.value(), self._lane)
 
-    def alone_s(self, rows: int, evaluations: int) -> float:
-        """Seconds a request of `rows` rows x `evaluations` evaluations takes on an idle engine."""
-        return admission.alone_s(RequestState(rows, evaluations), self.tick_model, self.limits)
+    def alone_s(self, rows: int, evaluations: int, samples: int | None = None) -> float:
+        """Seconds a request of `rows` rows x `evaluations` evaluations takes on an idle engine (with a decode
+        stage, decoding its `samples` too; None: as many as rows)."""
+        own = admission.alone_s(RequestState(rows, evaluations), self.tick_model, self.limits)
+        return own + self.decode_s(rows if samples is None else samples)
 
-    def predict(self, rows: int, evaluations: int, deadline: float | None = None) -> Prediction:
+    def decode_s(self, samples: int) -> float:
+        """Predicted seconds of decoding `samples` images (0 without a decode stage)."""
+        if self.decode is None or samples <= 0:
+            return 0.0
+        chunks, last = divmod(samples, DECODE_CHUNK)
+        return chunks * self.decode_model.tick_s(DECODE_CHUNK) + (self.decode_model.tick_s(last) if last else 0.0)
+
+    def predict(
+        self, rows: int, evaluations: int, deadline: float | None = None, samples: int | None = None
+    ) -> Prediction:
         """How long a new request of `rows` rows x `evaluations` evaluations (deadline on `clock`, or None)
-        would take under the load now (`admission.predict`)."""
+        would take under the load now (`admission.predict`), its decode included (`samples`; None: rows)."""
         request = RequestState(rows, evaluations, deadline)
-        return admission.predict(request, self.load(), self.clock(), self.tick_model, self.limits)
+        p = admission.predict(request, self.load(), self.clock(), self.tick_model, self.limits)
+        return self._with_decode(p, rows if samples is None else samples)
+
+    def _with_decode(self, p: Prediction, samples: int) -> Prediction:
+        extra = self.decode_s(samples)
+        return p if extra == 0.0 else Prediction(p.latency_s + extra, p.wait_s)
+
+    @property
+    def decodes(self) -> int:
+        """Decoder calls run so far (each decodes every request finished since the one before)."""
+        return self._decodes
 
     async def submit(
         self,
@@ -155,6 +193,7 @@ class Engine:
         if prediction is None:
             request = RequestState(rows, evaluations, deadline)
             prediction = admission.predict(request, load, self.clock(), self.tick_model, lim)
+            prediction = self._with_decode(prediction, int(y.shape[0]))
         refused = admission.refusal(prediction, load, lim)
         if refused is not None:
             gen.close()
@@ -191,7 +230,9 @@ class Engine:
 
     def _drop(self, job: RequestState) -> None:
         """Remove a request wherever it is; its generator is closed."""
-        if job.done:
+        if job.done:  # finished: answered, or waiting for the decode stage (which skips a cancelled one)
+            if not job.future.done():
+                job.future.cancel()
             return
         job.done = True
         if job in self._active:
@@ -254,10 +295,12 @@ class Engine:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            if self._decoding:
+                await self._decode_finished(loop)
             self._admit()
             if not self._active:
                 self._wake.clear()
-                if not self._queue:
+                if not self._queue and not self._decoding:
                     await self._wake.wait()
                 continue
             started = time.perf_counter()  # the whole tick is timed: planning and bookkeeping cost per tick too
@@ -374,8 +417,43 @@ class Engine:
         if job in self._active:
             self._active.remove(job)
 
+    async def _decode_finished(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Decode every request finished since the last call together, in the engine's thread, and answer
+        them; a failed decode fails those requests only."""
+        batch, self._decoding = self._decoding, []
+        batch = [(j, x) for j, x in batch if not j.future.done()]  # (cancelled meanwhile: nothing to answer)
+        if not batch:
+            return
+        rows = torch.cat([x for _, x in batch]) if len(batch) > 1 else batch[0][1]
+        started = time.perf_counter()
+        try:
+            out = await loop.run_in_executor(self._executor, self._decode_rows, rows)
+        except Exception as e:
+            for j, _ in batch:
+                self._fail(j, e)
+            return
+        self._decodes += 1
+        if len(rows) <= DECODE_CHUNK:
+            self.decode_model.observe(len(rows), time.perf_counter() - started)
+        offset = 0
+        for j, x in batch:
+            self._answer(j, out[offset : offset + len(x)])
+            offset += len(x)
+
+    def _decode_rows(self, rows: Tensor) -> Tensor:
+        assert self.decode is not None
+        with torch.inference_mode():
+            return torch.cat([self.decode(rows[i : i + DECODE_CHUNK]) for i in range(0, len(rows), DECODE_CHUNK)])
+
     def _finish(self, job: RequestState, samples: Tensor) -> None:
         self._leave(job)
+        if self.decode is not None:
+            self._decoding.append((job, samples))
+            self._wake.set()  # (an engine with nothing else in flight decodes at once)
+            return
+        self._answer(job, samples)
+
+    def _answer(self, job: RequestState, samples: Tensor) -> None:
         compute = time.perf_counter() - job.admitted
         if not job.future.done():
             job.future.set_result(

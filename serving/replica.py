@@ -26,7 +26,7 @@ import ray
 from ray import serve
 
 from sampling.progress import Progress, with_progress
-from sampling.request import Prepared, SampleSpec, prepare, to_data_space
+from sampling.request import Prepared, SampleSpec, clip_to_data, decoder_of, prepare, to_data_space
 from serving.autoscale import BACKLOG, MISS_RATE, REFUSAL_RATE, Outcomes
 from serving.backends import load_backend
 from serving.engine import Engine, EngineLimits, Prediction
@@ -103,7 +103,23 @@ class ModelReplica:
         profile = []
         if len(sizes) > 1:
             profile = profile_tick_times(self.backend, self.ckpt.data_shape, self.ckpt.null_label, sizes)
-        self.engine = Engine(self.backend, self.ckpt.null_label, limits, self._on_tick, TickModel(profile))
+        # a latent model's decoder is the engine's decode stage: finished requests decoded together
+        runtime = "torch" if backend == "torch" else "onnxruntime"
+        decode = decoder_of(self.ckpt, runtime, options.get("num_threads"))
+        decode_model = None
+        if decode is not None:
+            decode_model = TickModel(
+                profile_tick_times(lambda x, t, y: decode(x), self.ckpt.data_shape, self.ckpt.null_label, sizes)
+            )
+        self.engine = Engine(
+            self.backend,
+            self.ckpt.null_label,
+            limits,
+            self._on_tick,
+            TickModel(profile),
+            decode=decode,
+            decode_model=decode_model,
+        )
         # steps "auto" scales the engine's predictions by how far they fell short lately (serving.policy.step_budget)
         self.calibration = Calibration()
         self.metrics.set_in_flight(0)
@@ -138,7 +154,7 @@ class ModelReplica:
         predictions: dict[int, Prediction] = {}
 
         def predict(s: SampleSpec) -> float:
-            predictions[id(s)] = p = self.engine.predict(s.rows, s.evaluations, deadline)
+            predictions[id(s)] = p = self.engine.predict(s.rows, s.evaluations, deadline, s.num_samples)
             return factor * p.latency_s
 
         try:
@@ -146,7 +162,7 @@ class ModelReplica:
                 candidates,
                 deadline - self.engine.clock(),
                 predict,
-                lambda s: self.engine.alone_s(s.rows, s.evaluations),
+                lambda s: self.engine.alone_s(s.rows, s.evaluations, s.num_samples),
             )
         except (DeadlineImpossible, DeadlineOverloaded) as e:
             self.metrics.rejected("deadline_impossible" if isinstance(e, DeadlineImpossible) else "deadline_load")
@@ -206,7 +222,8 @@ class ModelReplica:
             self.metrics.set_calibration(self.calibration.factor())
             predicted_s = factor * res.predicted_s
         self.metrics.finished(spec.sampler, spec.steps, res.nfe, spec.num_samples, res.queue_s)
-        samples = to_data_space(self.ckpt, res.samples)
+        # (a decode stage has already decoded them)
+        samples = clip_to_data(self.ckpt, res.samples) if self.engine.decode else to_data_space(self.ckpt, res.samples)
         return SampleOutput(
             samples,
             res.nfe,

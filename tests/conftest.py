@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny checkpoints of the four default configs, trained for a few steps."""
+"""Shared fixtures: tiny checkpoints of the four default configs, trained for a few steps, and a tiny latent
+model (a VAE of a few steps and a DiT in its latent space)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,43 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
     for name in DEFAULT_MODELS:
         out[name] = train(load_config(ROOT / "configs" / f"{name}.yaml"), root / name, max_steps=20, progress=False)
     return out
+
+
+TINY_VAE = {
+    "name": "tiny-vae",
+    "data": {"kind": "shapes", "n": 40, "seed": 0},
+    "vae": {"latent_channels": 4, "base_channels": 8, "downsample": 2},
+    "train": {"steps": 3, "batch_size": 8, "warmup_steps": 1},
+}
+
+
+def tiny_latent_config(vae_dir: Path, kind: str = "fm") -> dict:
+    objective = {"kind": "fm", "path": "linear"} if kind == "fm" else {"kind": "ddpm", "schedule": "cosine"}
+    return {
+        "name": f"tiny-latent-{kind}",
+        "data": {"kind": "shapes", "n": 30, "autoencoder": str(vae_dir)},
+        "net": {"kind": "dit", "patch": 2, "hidden": 16, "depth": 1, "heads": 2},
+        "objective": objective,
+        "train": {"steps": 2, "batch_size": 4, "warmup_steps": 1},
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_vae(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from training.autoencoder import train_vae, vae_config_from_dict
+
+    return train_vae(vae_config_from_dict(TINY_VAE), tmp_path_factory.mktemp("ae") / "tiny-vae", progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_latent(tiny_vae: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A latent FM model of tiny_vae, trained 2 steps (its latents cached in a directory of its own)."""
+    from training.config import config_from_dict
+
+    root = tmp_path_factory.mktemp("latent")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STEPSERVE_CACHE", str(root / "cache"))
+        return train(config_from_dict(tiny_latent_config(tiny_vae)), root / "tiny-latent-fm", progress=False)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -9,6 +9,7 @@ hash and never unpickles anything.
     ema.safetensors       EMA weights        (role "ema")
     net-ema.onnx, ...     added by `export`  (roles "onnx", "tensorrt")
     train_state.safetensors  optimizer state for resuming, recorded under "resume" (not needed to serve)
+    decoder.safetensors   a latent model's decoder (role "decoder"; manifest section `latent`)
 """
 
 from __future__ import annotations
@@ -138,7 +139,40 @@ class Checkpoint:
         clip = self.manifest["data"].get("clip")
         if clip is not None:
             return float(clip[0]), float(clip[1])
-        return (0.0, 1.0) if self.data_kind == "digits" else None
+        return (0.0, 1.0) if self.data_kind in ("digits", "shapes") else None
+
+    @property
+    def latent(self) -> dict[str, Any] | None:
+        """The `latent` section of a model of an autoencoder's latents (its decoder, scale factor, image shape),
+        else None."""
+        return self.manifest.get("latent")
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Shape of one sample in data space: the decoded image's for a latent model, else `data_shape`."""
+        return tuple(self.latent["image_shape"]) if self.latent else self.data_shape
+
+    def decoder(self) -> nn.Module:
+        """A latent model's decoder (latents to images in [-1, 1]), verified, eval mode, gradients off; built once
+        per Checkpoint object."""
+        if not self.latent:
+            raise CheckpointError(f"model {self.name!r} ({self.path}) is not a latent model: it has no decoder")
+        cached = self.__dict__.get("_decoder")
+        if cached is None:
+            from training.nets.vae import build_decoder
+
+            info = self.latent["decoder"]
+            cached = build_decoder(**info["hparams"])
+            cached.load_state_dict(load_file(self.file(info["file"])), strict=True)
+            cached = cached.eval().requires_grad_(False)
+            self.__dict__["_decoder"] = cached  # (a frozen dataclass: set beside its fields)
+        return cached
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Raw latents (denormalized samples) to images in data space, before clipping."""
+        norm = Normalization(**self.latent["image_normalization"])
+        with torch.inference_mode():
+            return norm.denormalize(self.decoder()(z.float()))
 
     @property
     def default_spacing(self) -> str | None:
@@ -187,6 +221,14 @@ def load_checkpoint(ckpt_dir: str | Path) -> Checkpoint:
     for key in ("name", "net", "objective", "data", "files"):
         if key not in manifest:
             raise CheckpointError(f"{d / MANIFEST}: required key {key!r} is missing")
+    latent = manifest.get("latent")
+    if latent is not None:
+        decoder = latent.get("decoder", {}).get("file") if isinstance(latent, dict) else None
+        if not decoder or manifest["files"].get(decoder, {}).get("role") != "decoder":
+            raise CheckpointError(
+                f"{d / MANIFEST}: a latent model whose decoder ({decoder or 'latent.decoder.file'}) is not listed "
+                f"among its files"
+            )
     for name, info in manifest["files"].items():
         verify_file(d, name, info["sha256"])
     return Checkpoint(d, manifest)
@@ -206,12 +248,15 @@ def save_checkpoint(
     training: dict[str, Any],
     train_state: dict[str, torch.Tensor] | None = None,
     sampling: dict[str, Any] | None = None,
+    latent: Any = None,
 ) -> Path:
     """Write weights, EMA weights (and optionally the resume state) and a manifest into `out`.
 
     `data` holds kind, shape, normalization (dict), num_classes; null_label = num_classes is added.
     Files that export added earlier are dropped from the manifest: they belong to old weights. `sampling`: the
     defaults requests get when they leave them out (e.g. {"spacing": "leading"}); None or empty writes none.
+    `latent`: a training.latents.LatentSpace for a model of an autoencoder's latents; its decoder is written
+    beside the weights (role "decoder") and its description into the manifest's `latent` section.
     """
     d = Path(out)
     d.mkdir(parents=True, exist_ok=True)
@@ -221,6 +266,11 @@ def save_checkpoint(
         state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
         save_file(state, str(d / fname))
         files[fname] = {"role": role, "sha256": sha256_file(d / fname)}
+    if latent is not None:
+        section = latent.manifest()
+        fname = section["decoder"]["file"]
+        save_file({k: v.detach().contiguous().cpu() for k, v in latent.decoder_state.items()}, str(d / fname))
+        files[fname] = {"role": "decoder", "sha256": sha256_file(d / fname)}
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "name": name,
@@ -232,6 +282,8 @@ def save_checkpoint(
     }
     if sampling:
         manifest["sampling"] = dict(sampling)
+    if latent is not None:
+        manifest["latent"] = section
     if train_state is not None:
         save_file(train_state, str(d / RESUME_FILE))
         manifest["resume"] = {"file": RESUME_FILE, "sha256": sha256_file(d / RESUME_FILE)}

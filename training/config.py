@@ -12,7 +12,14 @@ import yaml
 @dataclass(frozen=True)
 class DataConfig:
     kind: str = "moons"
-    n: int = 20000  # moons only: size of the fixed training draw
+    n: int = 20000  # moons and shapes: size of the fixed training draw
+    autoencoder: str | None = None  # an autoencoder checkpoint: train on its latents (training/latents.py)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1:
+            raise ValueError(f"config data.n must be a whole number >= 1, got {self.n!r}")
+        if self.autoencoder is not None and (not isinstance(self.autoencoder, str) or not self.autoencoder):
+            raise ValueError("config data.autoencoder must name an autoencoder checkpoint directory")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,8 @@
 moons:  scikit-learn make_moons(noise=0.05), 2 classes (which moon), standardized per axis.
 digits: scikit-learn load_digits, 8x8 images, 10 classes; data space is pixel intensity in [0, 1]
         (raw / 16), normalized to [-1, 1].
+shapes: training/shapes.py, 32x32 RGB images of 5 kinds drawn from a seed; data space [0, 1], normalized to
+        [-1, 1]. With an autoencoder (training/latents.py) a model trains on its latents instead.
 Samples are mapped back to data space with `Normalization.denormalize`.
 """
 
@@ -14,7 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-DATA_KINDS = ("moons", "digits")
+DATA_KINDS = ("moons", "digits", "shapes")
+SHAPES_REFERENCE_SEED = 30_000  # reference draws of shapes start here: apart from training (0..) and the classifier's
 MOONS_NOISE = 0.05
 
 
@@ -56,6 +59,7 @@ class Dataset:
     num_classes: int
     normalization: Normalization
     noise: Tensor | None = None
+    latent: object | None = None  # a training.latents.LatentSpace when x holds an autoencoder's latents
 
 
 def moons_raw(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -75,7 +79,7 @@ def digits_raw() -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_dataset(kind: str, n: int = 20000, seed: int = 0) -> Dataset:
-    """The training set of `kind`; `n` and `seed` matter for moons only (digits is a fixed set)."""
+    """The training set of `kind`; `n` and `seed` matter for moons and shapes (digits is a fixed set)."""
     if kind == "moons":
         raw, y = moons_raw(n, seed)
         norm = Normalization(mean=raw.mean(0).tolist(), std=raw.std(0).tolist())
@@ -86,6 +90,13 @@ def load_dataset(kind: str, n: int = 20000, seed: int = 0) -> Dataset:
         norm = Normalization(mean=[0.5], std=[0.5])
         shape = (1, 8, 8)
         num_classes = 10
+    elif kind == "shapes":
+        from training.shapes import CLASSES, SIZE, shapes_raw
+
+        raw, y = shapes_raw(n, seed)
+        norm = Normalization(mean=[0.5], std=[0.5])
+        shape = (3, SIZE, SIZE)
+        num_classes = len(CLASSES)
     else:
         raise ValueError(f"data.kind: unknown {kind!r}; expected one of {DATA_KINDS}")
     x = norm.normalize(torch.from_numpy(raw))
@@ -93,9 +104,13 @@ def load_dataset(kind: str, n: int = 20000, seed: int = 0) -> Dataset:
 
 
 def reference_samples(kind: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Fresh data-space samples for quality metrics: new moons draws, or digits drawn with replacement."""
+    """Fresh data-space samples for quality metrics: new moons or shapes draws, or digits drawn with replacement."""
     if kind == "moons":
         return moons_raw(n, seed)
+    if kind == "shapes":
+        from training.shapes import shapes_raw
+
+        return shapes_raw(n, SHAPES_REFERENCE_SEED + seed)
     if kind == "digits":
         raw, y = digits_raw()
         idx = np.random.default_rng(seed).integers(0, len(raw), n)

@@ -5,6 +5,7 @@ moons:  sw_ratio = SW(samples, data) / SW(data, data'), each side averaged over 
 digits: a small MLP trained on scikit-learn's digits scores class-conditional samples (accuracy of the
         requested label) and gives a feature space (its hidden layer) for the Frechet distance
         FD = |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)).
+shapes: the same scores with training/shapes.py's held-out CNN (ShapesClassifier) and its 64 features.
 """
 
 from __future__ import annotations
@@ -172,6 +173,32 @@ def digits_quality(images: np.ndarray, labels: np.ndarray, seed: int = 0) -> dic
     return {
         "accuracy": clf.accuracy(images, labels),
         "frechet": frechet_distance(feats, ref_a),
+        "frechet_data": frechet_distance(ref_b, ref_a),
+        "classifier_test_accuracy": clf.test_accuracy,
+    }
+
+
+@lru_cache(maxsize=2)
+def shapes_classifier(seed: int = 0):
+    """training.shapes.ShapesClassifier, trained once per process (about 35 s here)."""
+    from training.shapes import ShapesClassifier
+
+    return ShapesClassifier(seed=seed)
+
+
+def shapes_quality(images: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict[str, float]:
+    """digits_quality's scores for shapes: images (N, 3, 32, 32) in [0, 1] asked for kinds (N,); the reference
+    draws are fresh images of the same kinds (training.shapes.shapes_of), never a training set's."""
+    from training.shapes import shapes_of
+
+    labels = np.asarray(labels).astype(np.int64)
+    clf = shapes_classifier()
+    base = 1_000_003 * (seed + 1)
+    ref_a = clf.features(shapes_of(labels, seed=base))
+    ref_b = clf.features(shapes_of(labels, seed=base + 1))
+    return {
+        "accuracy": clf.accuracy(images, labels),
+        "frechet": frechet_distance(clf.features(images), ref_a),
         "frechet_data": frechet_distance(ref_b, ref_a),
         "classifier_test_accuracy": clf.test_accuracy,
     }

@@ -89,6 +89,17 @@ def shapes_raw(n: int, seed: int, size: int = SIZE) -> tuple[np.ndarray, np.ndar
     return images, labels
 
 
+def shapes_of(labels: np.ndarray, seed: int, size: int = SIZE) -> np.ndarray:
+    """Fresh images (N, 3, size, size) in [0, 1] of the given kinds (N,): image i depends on (seed, i, labels[i])."""
+    labels = np.asarray(labels).astype(np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= len(CLASSES)):
+        raise ValueError(f"shapes: kinds must be in [0, {len(CLASSES)}), got {sorted(set(labels.tolist()))}")
+    images = np.empty((len(labels), 3, size, size), dtype=np.float32)
+    for i, kind in enumerate(labels):
+        images[i] = render(int(kind), np.random.default_rng([seed, i, 3]), size)
+    return images
+
+
 def _label(seed: int, i: int) -> int:
     """Image i's kind: each block of len(CLASSES) images holds every kind once, in a seeded order."""
     block, at = divmod(i, len(CLASSES))

@@ -14,6 +14,7 @@ from training.checkpoint import load_checkpoint, load_train_state, save_checkpoi
 from training.config import Config
 from training.data import Dataset, load_dataset
 from training.ema import EMA
+from training.latents import latent_dataset
 from training.nets import build_net
 from training.paths import objective_from_dict
 
@@ -62,7 +63,12 @@ def train(
     tc = cfg.train if seed is None else replace(cfg.train, seed=seed)
     total = tc.steps if max_steps is None else min(tc.steps, max_steps)
     objective = objective_from_dict(cfg.objective)
-    data = load_dataset(cfg.data.kind, n=cfg.data.n, seed=tc.seed) if dataset is None else dataset
+    if dataset is not None:
+        data = dataset
+    else:
+        data = load_dataset(cfg.data.kind, n=cfg.data.n, seed=tc.seed)
+        if cfg.data.autoencoder is not None:
+            data = latent_dataset(data, cfg.data.autoencoder, n=cfg.data.n, seed=tc.seed, progress=progress)
     if data.noise is not None and objective.kind != "fm":
         raise ValueError(f"config {cfg.name!r}: coupled noise (reflow) needs an objective of kind 'fm'")
     hparams = {k: v for k, v in cfg.net.items() if k != "kind"}
@@ -109,8 +115,9 @@ def train(
                 "shape": data.shape,
                 "normalization": data.normalization.to_dict(),
                 "num_classes": data.num_classes,
-                **({"n": cfg.data.n} if data.kind == "moons" else {}),
+                **({"n": cfg.data.n} if data.kind in ("moons", "shapes") else {}),
             },
+            latent=data.latent,
             training={
                 **asdict(tc),
                 "steps": step,

@@ -574,3 +574,72 @@ def test_a_short_request_beside_a_long_tick_is_predicted_by_its_lane(ckpts, lane
         assert predicted == pytest.approx(own)
     else:
         assert inline and predicted > own + 0.05
+
+
+class RecordingDecode:
+    """A decode stage's decoder: a fixed linear map of each sample (2-D to 3-D), recording rows per call;
+    fails while `fail` is set."""
+
+    def __init__(self) -> None:
+        self.weight = torch.tensor([[1.0, 0.5, -2.0], [0.0, 3.0, 1.0]])
+        self.rows: list[int] = []
+        self.fail = False
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fail:
+            raise RuntimeError("decoder broke")
+        self.rows.append(int(x.shape[0]))
+        return x @ self.weight
+
+
+def test_the_decode_stage_decodes_requests_finished_together_in_one_call(ckpts) -> None:
+    """Requests that finish in the same tick are decoded in one decoder call and each gets the decode of its
+    own samples; one that finishes later gets a call of its own; a failed decode fails those requests only."""
+    ckpt = ckpts["moons-fm"]
+    net = ckpt.net("ema")
+    cases = [("moons-fm", "fm-euler", 4, None, None, 3, 1, {}), ("moons-fm", "fm-euler", 4, 2.0, 1, 5, 2, {})]
+    late = ("moons-fm", "fm-euler", 9, None, 0, 2, 3, {})
+    solo = [_alone(ckpt, net, c) for c in [*cases, late]]
+    decode = RecordingDecode()
+
+    async def main():
+        engine = Engine(RecordingForward(net), ckpt.null_label, decode=decode)
+        subs = [engine.submit(*_start(ckpt, *c[1:3], c[4], c[5], c[6], c[7]), c[3]) for c in [*cases, late]]
+        out = await asyncio.gather(*subs)
+        decode.fail = True
+        with pytest.raises(RuntimeError, match="decoder broke"):
+            await engine.submit(*_start(ckpt, "fm-euler", 2, None, 4, 4, {}))
+        decode.fail = False
+        again = await engine.submit(*_start(ckpt, *late[1:3], late[4], late[5], late[6], late[7]))
+        decodes = engine.decodes
+        await engine.close()
+        return out, again, decodes
+
+    out, again, decodes = asyncio.run(main())
+    assert decode.rows[:2] == [3 + 5, 2]  # the two K = 4 requests together, then the K = 9 one
+    assert decodes == 3
+    for res, ref in zip(out, solo, strict=True):
+        torch.testing.assert_close(res.samples, ref @ decode.weight, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(again.samples, solo[2] @ decode.weight, atol=1e-5, rtol=1e-5)
+
+
+def test_a_decode_stage_is_counted_in_the_predicted_latency(ckpts) -> None:
+    ckpt = ckpts["moons-fm"]
+    model = TickModel([(1, 0.001), (64, 0.002)])
+    decode_model = TickModel([(1, 0.01), (64, 0.05)])
+
+    async def main():
+        plain = Engine(RecordingForward(ckpt.net("ema")), ckpt.null_label, tick_model=model)
+        staged = Engine(
+            RecordingForward(ckpt.net("ema")),
+            ckpt.null_label,
+            tick_model=model,
+            decode=RecordingDecode(),
+            decode_model=decode_model,
+        )
+        return plain.predict(64, 10).latency_s, staged.predict(64, 10, samples=32).latency_s, staged
+
+    plain, staged, engine = asyncio.run(main())
+    assert staged == pytest.approx(plain + decode_model.tick_s(32))
+    assert engine.alone_s(64, 10, 32) == pytest.approx(engine.alone_s(64, 10, 0) + decode_model.tick_s(32))
+    assert engine.decode_s(1100) == pytest.approx(2 * decode_model.tick_s(512) + decode_model.tick_s(76))

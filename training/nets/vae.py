@@ -34,6 +34,22 @@ def _widths(base: int, downsample: int) -> list[int]:
     return [base * min(2**i, 4) for i in range(downsample + 1)]
 
 
+def build_decoder(in_channels: int, latent_channels: int, base_channels: int, downsample: int) -> nn.Sequential:
+    """The decoder alone (the VAE's `decoder`, same parameter names): latents (N, latent_channels, h, w) to
+    images (N, in_channels, h * 2**downsample, w * 2**downsample) in [-1, 1]. A latent model's checkpoint holds
+    this half only."""
+    w = _widths(base_channels, downsample)
+    dec: list[nn.Module] = [nn.Conv2d(latent_channels, w[-1], 3, padding=1), ResBlock(w[-1])]
+    for i in reversed(range(downsample)):
+        dec += [
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(w[i + 1], w[i], 3, padding=1),
+            ResBlock(w[i]),
+        ]
+    dec += [_norm(w[0]), nn.SiLU(), nn.Conv2d(w[0], in_channels, 3, padding=1)]
+    return nn.Sequential(*dec)
+
+
 class VAE(nn.Module):
     def __init__(self, in_channels: int = 3, latent_channels: int = 4, base_channels: int = 32, downsample: int = 2):
         super().__init__()
@@ -49,15 +65,7 @@ class VAE(nn.Module):
             enc += [ResBlock(w[i]), nn.Conv2d(w[i], w[i + 1], 3, stride=2, padding=1)]
         enc += [ResBlock(w[-1]), _norm(w[-1]), nn.SiLU(), nn.Conv2d(w[-1], 2 * latent_channels, 3, padding=1)]
         self.encoder = nn.Sequential(*enc)
-        dec: list[nn.Module] = [nn.Conv2d(latent_channels, w[-1], 3, padding=1), ResBlock(w[-1])]
-        for i in reversed(range(downsample)):
-            dec += [
-                nn.Upsample(scale_factor=2, mode="nearest"),
-                nn.Conv2d(w[i + 1], w[i], 3, padding=1),
-                ResBlock(w[i]),
-            ]
-        dec += [_norm(w[0]), nn.SiLU(), nn.Conv2d(w[0], in_channels, 3, padding=1)]
-        self.decoder = nn.Sequential(*dec)
+        self.decoder = build_decoder(in_channels, latent_channels, base_channels, downsample)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The posterior's mean and log-variance (clamped to [-30, 20], as AutoencoderKL does)."""
