@@ -11,6 +11,8 @@ KNOB_MODELS := moons-ddpm-linear moons-ddpm-cosine moons-ddpm-v moons-ddpm-x0 mo
 DISTILLED := moons-fm-reflow digits-fm-reflow
 # The latent stage's autoencoders (`python -m training.autoencoder`): the VAE of the shapes images.
 AUTOENCODERS := shapes-vae
+# DiTs in the latent space of shapes-vae (trained after it; each checkpoint holds its decoder).
+LATENT := shapes-latent-fm shapes-latent-ddpm
 
 CHROMIUM := /usr/bin/chromium
 CHROMEDRIVER := /usr/bin/chromedriver
@@ -60,14 +62,15 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-train: install  ## train the default models and the knob variants into models/, distill the students, train the VAE
+train: install  ## train the default models and the knob variants into models/, distill the students, train the VAE and the latent models
 	@for m in $(MODELS) $(KNOB_MODELS); do $(PYTHON) -m training --config configs/$$m.yaml --out models/$$m || exit 1; done
 	@for m in $(DISTILLED); do $(PYTHON) -m distill --config configs/$$m.yaml --out models/$$m || exit 1; done
 	@for m in $(AUTOENCODERS); do $(PYTHON) -m training.autoencoder --config configs/$$m.yaml --out models/$$m || exit 1; done
+	@for m in $(LATENT); do $(PYTHON) -m training --config configs/$$m.yaml --out models/$$m || exit 1; done
 	@$(MAKE) --no-print-directory profile  # new weights make the old profiles stale
 
-profile: install  ## measure the default models' and the students' quality profiles (quality_profile.json in models/<name>)
-	@for m in $(MODELS) $(DISTILLED); do $(PYTHON) -m serving profile --checkpoint models/$$m || exit 1; done
+profile: install  ## measure the default models', the students' and the latent models' quality profiles (quality_profile.json in models/<name>)
+	@for m in $(MODELS) $(DISTILLED) $(LATENT); do $(PYTHON) -m serving profile --checkpoint models/$$m || exit 1; done
 
 bench: install  ## benchmarks; JSON into bench-results/
 	$(PYTHON) -m bench --out bench-results

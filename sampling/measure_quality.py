@@ -25,7 +25,7 @@ from sampling.driver import run_sampler, sample
 from sampling.quality_profile import QualityPoint, QualityProfile
 from sampling.request import Limits, SampleSpec, initial_noise, max_steps, to_data_space
 from sampling.samplers import SAMPLERS, Forward, samplers_for, start
-from training import metrics
+from training import metrics, shapes
 from training.checkpoint import Checkpoint
 
 DEFAULT_STEPS = (1, 2, 3, 5, 8, 10, 15, 20, 30, 50, 100)
@@ -38,7 +38,7 @@ DEFAULT_MAX_NFE = 100
 NOISE_NFE = 20  # the noise is measured at the first sampler's point nearest this NFE
 NOISE_REPEATS = 4  # draws (the profile's own seed and 3 more) of the point whose noise is measured
 METRICS = {"moons": "sw_ratio", "digits": "frechet_ratio", "shapes": "frechet_ratio"}
-CLASS_QUALITY = {"digits": metrics.digits_quality, "shapes": metrics.shapes_quality}
+CLASS_QUALITY = {"digits": metrics.digits_quality, "shapes": shapes.shapes_quality}
 CLASSIFIERS = {"digits": "training.metrics' digits classifier", "shapes": "training.shapes' ShapesClassifier"}
 
 

@@ -119,7 +119,7 @@ def check_families(families: dict[str, list[str]], infos: dict[str, dict[str, An
             raise ValueError(f"{where}: {unknown} not among the served models {sorted(infos)}")
         first = infos[members[0]]
         for m in members[1:]:
-            for key in ("data_kind", "data_shape", "num_classes"):
+            for key in ("data_kind", "output_shape", "num_classes"):
                 if infos[m][key] != first[key]:
                     raise ValueError(f"{where}: {m} has {key} {infos[m][key]}, {members[0]} {first[key]}")
         metrics = {infos[m]["quality_profile"]["metric"] for m in members if infos[m]["quality_profile"] is not None}

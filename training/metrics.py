@@ -5,20 +5,19 @@ moons:  sw_ratio = SW(samples, data) / SW(data, data'), each side averaged over 
 digits: a small MLP trained on scikit-learn's digits scores class-conditional samples (accuracy of the
         requested label) and gives a feature space (its hidden layer) for the Frechet distance
         FD = |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)).
-shapes: the same scores with training/shapes.py's held-out CNN (ShapesClassifier) and its 64 features.
+shapes: the same scores with training/shapes.py's held-out CNN (`training.shapes.shapes_quality`).
 """
 
 from __future__ import annotations
 
-import warnings
 from functools import lru_cache
 
 import numpy as np
-from scipy import linalg
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
 
 from training.data import digits_raw, reference_samples
+from training.frechet import frechet_distance
 
 # make_moons places points on a fixed grid along each arc and adds noise, so two of its draws of the same
 # size share the grid and sit far closer than two i.i.d. draws would (about 5x in SW at n = 2000). A data
@@ -80,32 +79,6 @@ def sw_ratio(samples: np.ndarray, seed: int = 0, n: int = 2000, repeats: int = 4
         for r in range(repeats)
     ]
     return float(np.mean(num) / np.mean(den))
-
-
-def frechet_from_stats(mu_a: np.ndarray, cov_a: np.ndarray, mu_b: np.ndarray, cov_b: np.ndarray) -> float:
-    """Frechet (2-Wasserstein) distance squared between N(mu_a, cov_a) and N(mu_b, cov_b), (H,), (H, H)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", linalg.LinAlgWarning)
-        covmean = linalg.sqrtm(cov_a @ cov_b)
-    if caught or not np.isfinite(covmean).all():
-        # Singular product (e.g. dead ReLU features with zero variance): regularise as the FID reference
-        # code does, with a ridge far below the feature scale.
-        eps = 1e-6 * max(float(np.mean(np.diag(cov_a))), float(np.mean(np.diag(cov_b))), 1e-12)
-        ridge = eps * np.eye(len(cov_a))
-        covmean = linalg.sqrtm((cov_a + ridge) @ (cov_b + ridge))
-    covmean = np.real(covmean)  # sqrtm leaves tiny imaginary parts from round-off
-    diff = mu_a - mu_b
-    return float(max(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(covmean), 0.0))
-
-
-def frechet_distance(feat_a: np.ndarray, feat_b: np.ndarray) -> float:
-    """Frechet distance between Gaussians fitted to features feat_a (N, H) and feat_b (M, H)."""
-    feat_a = np.asarray(feat_a, dtype=np.float64)
-    feat_b = np.asarray(feat_b, dtype=np.float64)
-    if feat_a.ndim != 2 or feat_b.ndim != 2 or feat_a.shape[1] != feat_b.shape[1] or min(len(feat_a), len(feat_b)) < 2:
-        raise ValueError(f"frechet_distance needs (N>=2, H) and (M>=2, H), got {feat_a.shape} and {feat_b.shape}")
-    stats = [(f.mean(0), np.atleast_2d(np.cov(f, rowvar=False))) for f in (feat_a, feat_b)]
-    return frechet_from_stats(stats[0][0], stats[0][1], stats[1][0], stats[1][1])
 
 
 @lru_cache(maxsize=4)
@@ -177,28 +150,3 @@ def digits_quality(images: np.ndarray, labels: np.ndarray, seed: int = 0) -> dic
         "classifier_test_accuracy": clf.test_accuracy,
     }
 
-
-@lru_cache(maxsize=2)
-def shapes_classifier(seed: int = 0):
-    """training.shapes.ShapesClassifier, trained once per process (about 35 s here)."""
-    from training.shapes import ShapesClassifier
-
-    return ShapesClassifier(seed=seed)
-
-
-def shapes_quality(images: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict[str, float]:
-    """digits_quality's scores for shapes: images (N, 3, 32, 32) in [0, 1] asked for kinds (N,); the reference
-    draws are fresh images of the same kinds (training.shapes.shapes_of), never a training set's."""
-    from training.shapes import shapes_of
-
-    labels = np.asarray(labels).astype(np.int64)
-    clf = shapes_classifier()
-    base = 1_000_003 * (seed + 1)
-    ref_a = clf.features(shapes_of(labels, seed=base))
-    ref_b = clf.features(shapes_of(labels, seed=base + 1))
-    return {
-        "accuracy": clf.accuracy(images, labels),
-        "frechet": frechet_distance(clf.features(images), ref_a),
-        "frechet_data": frechet_distance(ref_b, ref_a),
-        "classifier_test_accuracy": clf.test_accuracy,
-    }

@@ -288,6 +288,10 @@ class ModelInfo:
     quality_profile: dict[str, Any] | None = None
     # DDPM: the spacing a request that names none gets (the checkpoint's `sampling.spacing`, else trailing).
     default_spacing: str | None = None
+    # One sample as it comes back: a latent model's decoded image (its net samples data_shape latents).
+    output_shape: list[int] | None = None
+    # A latent model's autoencoder: {"autoencoder": name, "scale_factor": ...}; None for a model of data space.
+    latent: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelInfo:
@@ -327,6 +331,10 @@ def model_info(name: str, checkpoint_dir: str | Path, backend: str, limits: Limi
         training_steps=m.get("training", {}).get("steps"),
         quality_profile=profile.to_json() if profile else None,
         default_spacing=m.get("sampling", {}).get("spacing", "trailing") if kind == "ddpm" else None,
+        output_shape=list(m["latent"]["image_shape"] if m.get("latent") else m["data"]["shape"]),
+        latent={"autoencoder": m["latent"]["autoencoder"]["name"], "scale_factor": m["latent"]["scale_factor"]}
+        if m.get("latent")
+        else None,
     )
 
 

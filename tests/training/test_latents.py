@@ -19,6 +19,7 @@ from training.data import load_dataset
 from training.latents import DECODER_FILE, encode, latent_dataset
 from training.trainer import train
 
+
 @pytest.fixture(autouse=True)
 def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("STEPSERVE_CACHE", str(tmp_path / "cache"))
