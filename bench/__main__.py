@@ -15,8 +15,9 @@ on the shipped application, shedding at the door on and off, behind Serve's prox
 (bench.routing: Serve's default router against the work-aware one on two replicas, a mixed workload),
 routing_sim (bench.routing_sim: the same routers by simulation, a core per replica, 2 to 8 replicas),
 autoscale (bench.autoscale: a step from idle to 3x one replica's capacity, Serve's default autoscaling policy
-against the project's). Each writes its own JSON file; `summary.json` lists what ran and how long it took. On
-a GPU machine, `python -m bench.gpu` (run by scripts/gpu_check.sh).
+against the project's), latent (bench.latent: a latent model's decode stage, batched against one request at a
+time, and its share of a request's latency). Each writes its own JSON file; `summary.json` lists what ran and
+how long it took. On a GPU machine, `python -m bench.gpu` (run by scripts/gpu_check.sh).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ SECTIONS = {
     "routing": "bench.routing",
     "routing_sim": "bench.routing_sim",
     "autoscale": "bench.autoscale",
+    "latent": "bench.latent",
 }
 
 

@@ -1,0 +1,157 @@
+"""The decode stage of a latent model: the decoder batched against one request at a time, and its share of a
+request's latency, in this process (no HTTP).
+
+    python -m bench.latent [--model shapes-latent-fm] [--quick] [--out DIR]
+
+1. Decoder throughput: the checkpoint's decoder (torch, and onnxruntime from its export) at several batch sizes,
+   rows per second, medians of interleaved rounds (every size in turn each round, so a drift of the machine
+   moves all alike).
+2. Batched against one at a time: R requests of S samples finishing together, decoded in one call of R x S rows
+   (what the engine's decode stage does) against R calls of S rows, side by side in the same rounds.
+3. Share of latency: lone requests through the engine (the real backend and decode stage) at several K, and the
+   decoder's part of each (its decode model's time for the request's rows over the request's compute time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.common import machine, scratch_checkpoint
+from sampling.request import SampleSpec, decoder_of, prepare
+from serving.backends import load_backend
+from serving.engine import Engine, EngineLimits
+from serving.policy.tick_model import TickModel, profile_tick_times
+from training.checkpoint import load_checkpoint
+
+MODEL = "shapes-latent-fm"
+
+
+def _median_times(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
+    """Median seconds of each function, one warm-up call each, then `rounds` rounds calling every one in turn."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def decoder_throughput(ckpt, runtime: str, sizes: tuple[int, ...], rounds: int) -> list[dict[str, Any]]:
+    decode = decoder_of(ckpt, runtime, num_threads=torch.get_num_threads())
+    inputs = {b: torch.randn(b, *ckpt.data_shape) for b in sizes}
+    med = _median_times({str(b): (lambda b=b: decode(inputs[b])) for b in sizes}, rounds)
+    return [{"rows": b, "median_s": med[str(b)], "rows_per_s": b / med[str(b)]} for b in sizes]
+
+
+def batched_against_one_at_a_time(ckpt, requests: int, samples: int, rounds: int) -> dict[str, Any]:
+    decode = decoder_of(ckpt, "torch")
+    parts = [torch.randn(samples, *ckpt.data_shape) for _ in range(requests)]
+
+    def batched() -> None:
+        decode(torch.cat(parts))
+
+    def one_at_a_time() -> None:
+        for p in parts:
+            decode(p)
+
+    med = _median_times({"batched": batched, "one_at_a_time": one_at_a_time}, rounds)
+    return {
+        "requests": requests,
+        "samples_per_request": samples,
+        "batched_s": med["batched"],
+        "one_at_a_time_s": med["one_at_a_time"],
+        "speedup": med["one_at_a_time"] / med["batched"],
+    }
+
+
+def latency_share(ckpt, ks: tuple[int, ...], samples: int, repeats: int) -> list[dict[str, Any]]:
+    """Lone requests through the engine with the torch backend and the decode stage."""
+    backend = load_backend("torch", ckpt, weights="ema")
+    decode = decoder_of(ckpt, "torch")
+    sizes = (1, 64, 256)
+    decode_model = TickModel(profile_tick_times(lambda x, t, y: decode(x), ckpt.data_shape, ckpt.null_label, sizes))
+    tick_model = TickModel(profile_tick_times(backend, ckpt.data_shape, ckpt.null_label, sizes))
+    out = []
+
+    async def run() -> None:
+        limits = EngineLimits.from_options()
+        engine = Engine(backend, ckpt.null_label, limits, None, tick_model, decode=decode, decode_model=decode_model)
+        for k in ks:
+            totals = []
+            for r in range(repeats):
+                spec = SampleSpec("fm-euler", k, samples, seed=r)
+                job = prepare(ckpt, spec)
+                res = await engine.submit(job.sampler, job.labels, None, spec.evaluations)
+                totals.append(res.queue_s + res.compute_s)
+            total = statistics.median(totals)
+            dec = engine.decode_model.tick_s(samples)
+            out.append(
+                {"steps": k, "samples": samples, "median_s": total, "decode_s": dec, "decode_share": dec / total}
+            )
+        await engine.close()
+
+    asyncio.run(run())
+    return out
+
+
+def run(out: Path, quick: bool = False, model: str = MODEL) -> dict[str, Any]:
+    rounds = 5 if quick else 15
+    with tempfile.TemporaryDirectory() as tmp:
+        path = scratch_checkpoint(model, Path(tmp), onnx=True)
+        ckpt = load_checkpoint(path)
+        if not ckpt.latent:
+            raise ValueError(f"{model} is not a latent model")
+        sizes = (1, 16, 64, 256)
+        result = {
+            "machine": machine(),
+            "model": model,
+            "trained": (Path(__file__).resolve().parents[1] / "models" / model / "manifest.json").is_file(),
+            "decoder_params": sum(p.numel() for p in ckpt.decoder().parameters()),
+            "throughput": {rt: decoder_throughput(ckpt, rt, sizes, rounds) for rt in ("torch", "onnxruntime")},
+            "batched": [batched_against_one_at_a_time(ckpt, r, s, rounds) for r, s in ((16, 1), (16, 16), (4, 64))],
+            "latency_share": latency_share(ckpt, (5, 20, 50), 16, 3 if quick else 7),
+        }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latent.json").write_text(json.dumps(result, indent=2))
+    for row in result["batched"]:
+        what = f"decode {row['requests']} x {row['samples_per_request']} samples"
+        print(
+            f"{what}: batched {row['batched_s'] * 1e3:.1f} ms, "
+            f"one at a time {row['one_at_a_time_s'] * 1e3:.1f} ms ({row['speedup']:.2f}x)"
+        )
+    for row in result["latency_share"]:
+        what = f"K={row['steps']} x {row['samples']} samples"
+        print(f"{what}: {row['median_s'] * 1e3:.1f} ms, decode {row['decode_share']:.0%}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.latent", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=MODEL, help=f"a latent model in models/ (default {MODEL})")
+    p.add_argument("--out", default="bench-results", help="output directory (default bench-results)")
+    p.add_argument("--quick", action="store_true", help="fewer rounds")
+    args = p.parse_args(argv)
+    try:
+        run(Path(args.out), args.quick, args.model)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
