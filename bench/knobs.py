@@ -1,5 +1,6 @@
 """The knobs report: sample quality against net evaluations for every sampler, objective, target, schedule and
-path the committed moons models cover, MLP against DiT on digits, and classifier-free guidance's w.
+path the committed moons models cover, MLP against DiT on digits, the distilled students, the latent models
+against K, and classifier-free guidance's w.
 
     python -m bench.knobs [--models models] [--out docs] [--quick]     (make knobs)
 
@@ -29,6 +30,7 @@ from sampling.driver import sample  # noqa: E402
 from sampling.request import SampleSpec, to_data_space  # noqa: E402
 from training.checkpoint import Checkpoint, load_checkpoint  # noqa: E402
 from training.metrics import digits_quality, sw_ratio  # noqa: E402
+from training.shapes import shapes_quality  # noqa: E402
 
 # Moons models and what each varies against moons-ddpm (DDPM: cosine schedule, v, leading spacing: the default,
 # chosen by default_choice below) or moons-fm (linear path). moons-ddpm-linear is the earlier default.
@@ -235,12 +237,90 @@ def class_scores(ckpt: Checkpoint, net: CountingNet, name: str, k: int, w: float
         x, _ = draw(ckpt, net, SampleSpec(name, k, per_class, guidance=w, class_label=c, seed=100 + c))
         images.append(x)
         labels.append(np.full(per_class, c))
-    q = digits_quality(np.concatenate(images), np.concatenate(labels))
+    quality = shapes_quality if ckpt.data_kind == "shapes" else digits_quality
+    q = quality(np.concatenate(images), np.concatenate(labels))
     return {
         "accuracy": round(q["accuracy"], 3),
         "frechet": round(q["frechet"], 2),
         "floor": round(q["frechet_data"], 2),
     }
+
+
+# Latent models (a DiT in models/shapes-vae's latent space) and the samplers their section measures.
+LATENT = {
+    "shapes-latent-fm": ("fm-euler", "fm-rk4", "fm-unipc"),
+    "shapes-latent-ddpm": ("ddim", "dpm-solver++", "unipc"),
+}
+LATENT_K = (2, 5, 10, 20, 50)
+LATENT_W = (None, 2.0)
+
+
+def latent_rows(models: Path, quick: bool) -> list[dict]:
+    """Each committed latent model: its deterministic samplers over LATENT_K, unguided and at w = 2, by the shapes
+    classifier's accuracy and the Frechet distance in its features (100 a class, decoded by the model's decoder),
+    and the autoencoder's own floor: its reconstructions of fresh images scored the same way."""
+    out = []
+    for model, names in LATENT.items():
+        if not (models / model / "manifest.json").is_file():
+            continue
+        ckpt = load_checkpoint(models / model)
+        net = CountingNet(ckpt.net("ema"))
+        for name in names:
+            for k in LATENT_K[::2] if quick else LATENT_K:
+                for w in LATENT_W:
+                    row = {"model": model, "sampler": name, "steps": k, "w": w, "nfe": k * (2 if w else 1)}
+                    row |= class_scores(ckpt, net, name, k, w, 20 if quick else 100)
+                    out.append(row)
+                    print(f"latent {row}", flush=True)
+    return out
+
+
+def autoencoder_floor(models: Path, per_class: int = 100) -> dict | None:
+    """The shapes classifier's scores on the autoencoder's reconstructions of fresh images (what a latent model's
+    decoded samples can reach at best), beside the same images unreconstructed."""
+    from training.autoencoder import load_autoencoder
+    from training.shapes import CLASSES, shapes_of
+
+    if not (models / "shapes-vae" / "manifest.json").is_file():
+        return None
+    vae = load_autoencoder(models / "shapes-vae").vae("ema")
+    labels = np.repeat(np.arange(len(CLASSES)), per_class)
+    images = shapes_of(labels, seed=77)
+    with torch.inference_mode():
+        x = torch.from_numpy(images) * 2 - 1
+        recon = ((vae.decode(vae.encode(x)[0]) + 1) / 2).clamp(0, 1).numpy()
+    data, rec = shapes_quality(images, labels), shapes_quality(recon, labels)
+    return {
+        "data": {"accuracy": round(data["accuracy"], 3), "frechet": round(data["frechet"], 2)},
+        "reconstruction": {"accuracy": round(rec["accuracy"], 3), "frechet": round(rec["frechet"], 2)},
+        "floor": round(data["frechet_data"], 2),
+    }
+
+
+def latent_lines(rows: list[dict], floor: dict | None) -> list[str]:
+    if not rows:
+        return ["No latent model in the models directory (configs/shapes-latent-*.yaml, `make train`).", ""]
+    lines = [
+        "A DiT in the 8x8x4 latent space of `models/shapes-vae`, its samples decoded by the checkpoint's decoder "
+        "and scored by `training.shapes`' held-out classifier (class accuracy; Frechet distance in its features "
+        "to fresh images of the same kinds), 100 samples a class. NFE per sample (a guided evaluation runs 2 rows).",
+        "",
+    ]
+    if floor:
+        lines += [
+            f"The autoencoder bounds what a latent model can reach: fresh images read accuracy "
+            f"{floor['data']['accuracy']}, Frechet {floor['data']['frechet']}; their reconstructions "
+            f"{floor['reconstruction']['accuracy']}, Frechet {floor['reconstruction']['frechet']} (data against data "
+            f"{floor['floor']}).",
+            "",
+        ]
+    lines += ["| model | sampler | K | w | NFE | accuracy | Frechet |", "|---|---|---|---|---|---|---|"]
+    lines += [
+        f"| {r['model']} | {r['sampler']} | {r['steps']} | {r['w'] or '-'} | {r['nfe']} | {r['accuracy']} | "
+        f"{r['frechet']} |"
+        for r in rows
+    ]
+    return [*lines, ""]
 
 
 # Distilled students (python -m distill) and their teachers: (student, teacher, metric).
@@ -376,6 +456,8 @@ def report(
     choice: list[dict],
     models: Path,
     distilled: list[dict],
+    latent: list[dict] | None = None,
+    latent_floor: dict | None = None,
 ) -> str:
     lines = [
         "# Knobs: measured",
@@ -442,6 +524,9 @@ def report(
         "where the teacher needs many more steps.",
         "",
         *distilled_lines(distilled),
+        "## Latent models: quality against K",
+        "",
+        *latent_lines(latent or [], latent_floor),
         "## Classifier-free guidance w (fm-rk4, K = 10; a guided evaluation runs 2 rows)",
         "",
         "| net | w | accuracy | Frechet |",
@@ -500,7 +585,7 @@ def observations(rows: list[dict]) -> list[str]:
     return out
 
 
-SECTIONS = ("moons", "choice", "digits", "distilled")
+SECTIONS = ("moons", "choice", "digits", "distilled", "latent")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -515,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=SECTIONS,
         help="measure only this section (repeatable) and take the others from OUT/knobs.json: moons (quality "
         "against NFE), choice (the default DDPM configuration), digits (MLP vs DiT, CFG w), distilled (reflow "
-        "students)",
+        "students), latent (the latent models against K)",
     )
     p.add_argument(
         "--from-json",
@@ -548,6 +633,8 @@ def main(argv: list[str] | None = None) -> int:
         data["digits_nets"], data["cfg"] = digits_rows(models, args.quick, per_class=20 if args.quick else 100)
     if "distilled" in measure:
         data["distilled"] = distilled_rows(models, args.quick, args.samples)
+    if "latent" in measure:
+        data["latent"], data["latent_floor"] = latent_rows(models, args.quick), autoencoder_floor(models)
     data["samples"] = args.samples
     data.setdefault("commands", {})
     for section in measure:
@@ -557,7 +644,19 @@ def main(argv: list[str] | None = None) -> int:
         (out / "knobs.json").write_text(json.dumps(data, indent=1))
     images = plot_frontiers(rows, out / "img") + plot_digits(nets, guidance, out / "img")
     made = sorted(set(data["commands"].values())) or [command]
-    text = report(rows, nets, guidance, images, made, args.samples, choice, models, data.get("distilled", []))
+    text = report(
+        rows,
+        nets,
+        guidance,
+        images,
+        made,
+        args.samples,
+        choice,
+        models,
+        data.get("distilled", []),
+        data.get("latent", []),
+        data.get("latent_floor"),
+    )
     (out / "knobs.md").write_text(text)
     print(f"wrote {out / 'knobs.md'} in {time.perf_counter() - t0:.0f} s")
     return 0 if all(math.isfinite(r["sw_ratio"]) for r in rows) else 1

@@ -17,7 +17,7 @@ def _add_sample_parser(sub: argparse._SubParsersAction) -> None:
         "sample",
         help="draw samples from a checkpoint in this process (no server)",
         description="Run one sampler against a checkpoint and write the samples (data space) as .npy; "
-        "--plot adds a PNG (scatter for 2-D data, image grid for digits).",
+        "--plot adds a PNG (scatter for 2-D data, image grid for images: digits, shapes).",
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint directory, e.g. models/moons-fm")
     p.add_argument("--sampler", required=True, help="ddpm, ddim (DDPM models); fm-euler, fm-rk4 (FM models)")

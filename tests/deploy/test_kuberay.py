@@ -183,7 +183,9 @@ def test_serve_config_v2_validates_with_rays_schema(serve_config: dict[str, Any]
         check_serve_config(bad)
 
 
-@pytest.mark.parametrize("name", ["serve.yaml", "serve-gpu.yaml", "serve-cluster.yaml", "serve-one-hop.yaml"])
+@pytest.mark.parametrize(
+    "name", ["serve.yaml", "serve-gpu.yaml", "serve-cluster.yaml", "serve-one-hop.yaml", "serve-latent.yaml"]
+)
 def test_every_serve_config_in_deploy_validates(name: str) -> None:
     check_serve_config(yaml.safe_load((ROOT / "deploy" / name).read_text()))
 

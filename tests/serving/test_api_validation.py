@@ -134,7 +134,7 @@ def test_config_refuses_a_max_request_that_cannot_fit_one_tick(tiny_checkpoints:
         AppArgs.model_validate({**args, "modles": {}})
 
 
-@pytest.mark.parametrize("name", ["serve.yaml", "serve-gpu.yaml"])
+@pytest.mark.parametrize("name", ["serve.yaml", "serve-gpu.yaml", "serve-latent.yaml"])
 def test_deploy_configs_are_valid_serve_configs(name: str) -> None:
     import yaml
     from ray.serve.schema import ServeDeploySchema
@@ -150,6 +150,9 @@ def test_deploy_configs_are_valid_serve_configs(name: str) -> None:
     if name == "serve.yaml":  # make serve: the defaults and the distilled student, in a family with its teacher
         assert set(args.models) == defaults | {"moons-fm-reflow"}
         assert args.families == {"moons-fm-family": ["moons-fm", "moons-fm-reflow"]}
+    elif name == "serve-latent.yaml":  # the latent models, each with its decoder, built from the committed ones
+        assert set(args.models) == {"shapes-latent-fm", "shapes-latent-ddpm"}
+        build_app({**app["args"], "models_dir": str(ROOT / "models")})
     else:
         assert set(args.models) == defaults
     engine, limits = EngineLimits.from_options(**args.engine), Limits(**args.limits)
