@@ -9,7 +9,8 @@ request's latency, in this process (no HTTP).
 2. Batched against one at a time: R requests of S samples finishing together, decoded in one call of R x S rows
    (what the engine's decode stage does) against R calls of S rows, side by side in the same rounds.
 3. Share of latency: lone requests through the engine (the real backend and decode stage) at several K, and the
-   decoder's part of each (its decode model's time for the request's rows over the request's compute time).
+   decoder's part of each (a decode of the request's rows, timed alone, over the request's median time), beside
+   what the engine's decode model predicted for it.
 """
 
 from __future__ import annotations
@@ -69,7 +70,10 @@ def batched_against_one_at_a_time(ckpt, requests: int, samples: int, rounds: int
             decode(p)
 
     med = _median_times({"batched": batched, "one_at_a_time": one_at_a_time}, rounds)
+    together = decode(torch.cat(parts))
+    apart = torch.cat([decode(p) for p in parts])
     return {
+        "max_abs_diff": float((together - apart).abs().max()),  # a sample's image does not depend on its batch
         "requests": requests,
         "samples_per_request": samples,
         "batched_s": med["batched"],

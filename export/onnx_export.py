@@ -241,6 +241,7 @@ def export_decoder_onnx(ckpt: Checkpoint, opset: int = DEFAULT_OPSET) -> Path:
         inputs=[DECODER_INPUT],
         output=DECODER_OUTPUT,
         dynamic_axes={"batch": 0},
+        source_sha256=ckpt.manifest["files"][ckpt.latent["decoder"]["file"]]["sha256"],  # the weights it holds
         torch=torch.__version__,
         onnx=onnx.__version__,
     )

@@ -222,7 +222,9 @@ def decoder_of(
     if not ckpt.latent:
         return None
     image = Normalization(**ckpt.latent["image_normalization"])
-    if runtime == "onnxruntime" and DECODER_ONNX in ckpt.manifest["files"]:
+    files = ckpt.manifest["files"]
+    current = files.get(DECODER_ONNX, {}).get("source_sha256") == files[ckpt.latent["decoder"]["file"]]["sha256"]
+    if runtime == "onnxruntime" and current:  # (an export of other decoder weights is not used)
         from sampling.ort_session import cpu_session
 
         session = cpu_session(ckpt.file(DECODER_ONNX), num_threads)

@@ -126,6 +126,7 @@ class Engine:
         self.decode = decode
         self.decode_model = decode_model or TickModel()
         self._decoding: list[tuple[RequestState, Tensor]] = []  # finished, waiting for the next decode call
+        self._decode_batch: list[tuple[RequestState, Tensor]] = []  # the one being decoded now
         self._decodes = 0
 
     def stats(self) -> EngineStats:
@@ -216,12 +217,17 @@ class Engine:
             raise
 
     async def close(self) -> None:
+        waiting = self._decoding + self._decode_batch  # (cancelling the loop clears the batch it decodes)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         for job in list(self._active) + list(self._queue):
             self._drop(job)
+        for job, _ in waiting + self._decoding:  # finished, never decoded: nothing will answer them
+            if not job.future.done():
+                job.future.cancel()
+        self._decoding, self._decode_batch = [], []
         self._executor.shutdown(wait=False)
 
     def _ensure_running(self) -> None:
@@ -365,6 +371,8 @@ class Engine:
                 ready = [j for j in self._active if id(j) not in busy and self._express(j, now)]
                 if ready:
                     ran |= self._express_tick(ready)
+                    if self._decoding:  # finished in the lane: decoded now, not after the long tick
+                        self._decode_inline()
                     await asyncio.sleep(0)  # answers go out, new requests come in
                     continue
                 self._wake.clear()
@@ -424,17 +432,39 @@ class Engine:
         batch = [(j, x) for j, x in batch if not j.future.done()]  # (cancelled meanwhile: nothing to answer)
         if not batch:
             return
-        rows = torch.cat([x for _, x in batch]) if len(batch) > 1 else batch[0][1]
+        self._decode_batch = batch
         started = time.perf_counter()
         try:
+            rows = torch.cat([x for _, x in batch]) if len(batch) > 1 else batch[0][1]
             out = await loop.run_in_executor(self._executor, self._decode_rows, rows)
         except Exception as e:
             for j, _ in batch:
                 self._fail(j, e)
             return
+        finally:
+            self._decode_batch = []
+        self._answer_decoded(batch, out, time.perf_counter() - started)
+
+    def _decode_inline(self) -> None:
+        """The same on the event loop, for requests the express lane finished while the engine's thread runs a
+        long tick (they would otherwise wait for it); not observed by the decode model (it ran beside the tick,
+        on the cores the tick uses)."""
+        batch, self._decoding = [(j, x) for j, x in self._decoding if not j.future.done()], []
+        if not batch:
+            return
+        try:
+            out = self._decode_rows(torch.cat([x for _, x in batch]) if len(batch) > 1 else batch[0][1])
+        except Exception as e:
+            for j, _ in batch:
+                self._fail(j, e)
+            return
+        self._answer_decoded(batch, out, None)
+
+    def _answer_decoded(self, batch: list[tuple[RequestState, Tensor]], out: Tensor, seconds: float | None) -> None:
         self._decodes += 1
-        if len(rows) <= DECODE_CHUNK:
-            self.decode_model.observe(len(rows), time.perf_counter() - started)
+        rows = sum(len(x) for _, x in batch)
+        if seconds is not None and rows <= DECODE_CHUNK:
+            self.decode_model.observe(rows, seconds)
         offset = 0
         for j, x in batch:
             self._answer(j, out[offset : offset + len(x)])
@@ -443,7 +473,10 @@ class Engine:
     def _decode_rows(self, rows: Tensor) -> Tensor:
         assert self.decode is not None
         with torch.inference_mode():
-            return torch.cat([self.decode(rows[i : i + DECODE_CHUNK]) for i in range(0, len(rows), DECODE_CHUNK)])
+            out = torch.cat([self.decode(rows[i : i + DECODE_CHUNK]) for i in range(0, len(rows), DECODE_CHUNK)])
+        if len(out) != len(rows):
+            raise RuntimeError(f"the decoder returned {len(out)} rows for {len(rows)}")
+        return out
 
     def _finish(self, job: RequestState, samples: Tensor) -> None:
         self._leave(job)

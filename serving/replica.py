@@ -29,7 +29,7 @@ from sampling.progress import Progress, with_progress
 from sampling.request import Prepared, SampleSpec, clip_to_data, decoder_of, prepare, to_data_space
 from serving.autoscale import BACKLOG, MISS_RATE, REFUSAL_RATE, Outcomes
 from serving.backends import load_backend
-from serving.engine import Engine, EngineLimits, Prediction
+from serving.engine import DECODE_CHUNK, Engine, EngineLimits, Prediction
 from serving.metrics import ModelMetrics
 from serving.policy import admission
 from serving.policy.admission import Snapshot
@@ -108,8 +108,9 @@ class ModelReplica:
         decode = decoder_of(self.ckpt, runtime, options.get("num_threads"))
         decode_model = None
         if decode is not None:
+            decode_sizes = (1, 64, 256, DECODE_CHUNK)  # the decode's own sizes (samples, not guided rows)
             decode_model = TickModel(
-                profile_tick_times(lambda x, t, y: decode(x), self.ckpt.data_shape, self.ckpt.null_label, sizes)
+                profile_tick_times(lambda x, t, y: decode(x), self.ckpt.data_shape, self.ckpt.null_label, decode_sizes)
             )
         self.engine = Engine(
             self.backend,

@@ -162,17 +162,14 @@ class Checkpoint:
             from training.nets.vae import build_decoder
 
             info = self.latent["decoder"]
-            cached = build_decoder(**info["hparams"])
-            cached.load_state_dict(load_file(self.file(info["file"])), strict=True)
+            try:
+                cached = build_decoder(**info["hparams"])
+                cached.load_state_dict(load_file(self.file(info["file"])), strict=True)
+            except (TypeError, ValueError, RuntimeError) as e:
+                raise CheckpointError(f"model {self.name!r} ({self.path}): its decoder does not load: {e}") from e
             cached = cached.eval().requires_grad_(False)
             self.__dict__["_decoder"] = cached  # (a frozen dataclass: set beside its fields)
         return cached
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Raw latents (denormalized samples) to images in data space, before clipping."""
-        norm = Normalization(**self.latent["image_normalization"])
-        with torch.inference_mode():
-            return norm.denormalize(self.decoder()(z.float()))
 
     @property
     def default_spacing(self) -> str | None:
@@ -213,7 +210,6 @@ class Checkpoint:
         model.load_state_dict(state, strict=True)
         return model.eval().requires_grad_(False)
 
-
 def load_checkpoint(ckpt_dir: str | Path) -> Checkpoint:
     """Read the manifest and verify the sha256 of every listed file."""
     d = Path(ckpt_dir)
@@ -223,12 +219,17 @@ def load_checkpoint(ckpt_dir: str | Path) -> Checkpoint:
             raise CheckpointError(f"{d / MANIFEST}: required key {key!r} is missing")
     latent = manifest.get("latent")
     if latent is not None:
-        decoder = latent.get("decoder", {}).get("file") if isinstance(latent, dict) else None
+        section = latent.get("decoder") if isinstance(latent, dict) else None
+        decoder = section.get("file") if isinstance(section, dict) else None
         if not decoder or manifest["files"].get(decoder, {}).get("role") != "decoder":
             raise CheckpointError(
                 f"{d / MANIFEST}: a latent model whose decoder ({decoder or 'latent.decoder.file'}) is not listed "
                 f"among its files"
             )
+        keys = ("scale_factor", "image_shape", "image_normalization")
+        missing = [k for k in keys if k not in latent] + [k for k in ("hparams",) if k not in section]
+        if missing:
+            raise CheckpointError(f"{d / MANIFEST}: the latent section lacks {', '.join(missing)}")
     for name, info in manifest["files"].items():
         verify_file(d, name, info["sha256"])
     return Checkpoint(d, manifest)

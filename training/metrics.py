@@ -149,4 +149,3 @@ def digits_quality(images: np.ndarray, labels: np.ndarray, seed: int = 0) -> dic
         "frechet_data": frechet_distance(ref_b, ref_a),
         "classifier_test_accuracy": clf.test_accuracy,
     }
-

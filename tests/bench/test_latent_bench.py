@@ -1,4 +1,5 @@
-"""bench.latent on a tiny latent model: every figure it reports is measured and consistent with the others."""
+"""bench.latent on a tiny latent model: batched decodes give each request the images it would get alone, and the
+decode is part of a request's time."""
 
 from __future__ import annotations
 
@@ -11,9 +12,8 @@ from training.checkpoint import load_checkpoint
 def test_the_decode_figures_are_measured_and_consistent(tiny_latent: Path) -> None:
     ckpt = load_checkpoint(tiny_latent)
     rows = decoder_throughput(ckpt, "torch", (1, 8), rounds=2)
-    assert [r["rows"] for r in rows] == [1, 8]
-    assert all(r["median_s"] > 0 and abs(r["rows_per_s"] * r["median_s"] - r["rows"]) < 1e-6 for r in rows)
+    assert [r["rows"] for r in rows] == [1, 8] and all(r["median_s"] > 0 for r in rows)
     b = batched_against_one_at_a_time(ckpt, requests=3, samples=2, rounds=2)
-    assert b["speedup"] == b["one_at_a_time_s"] / b["batched_s"]
-    (share,) = latency_share(ckpt, (2,), samples=3, repeats=1)
-    assert 0 < share["decode_s"] < share["median_s"] and share["decode_share"] == share["decode_s"] / share["median_s"]
+    assert b["max_abs_diff"] < 1e-5 and b["batched_s"] > 0 and b["one_at_a_time_s"] > 0
+    (share,) = latency_share(ckpt, (2,), samples=3, repeats=3)
+    assert 0 < share["decode_s"] < share["median_s"] and share["predicted_decode_s"] > 0

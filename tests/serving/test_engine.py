@@ -643,3 +643,53 @@ def test_a_decode_stage_is_counted_in_the_predicted_latency(ckpts) -> None:
     assert staged == pytest.approx(plain + decode_model.tick_s(32))
     assert engine.alone_s(64, 10, 32) == pytest.approx(engine.alone_s(64, 10, 0) + decode_model.tick_s(32))
     assert engine.decode_s(1100) == pytest.approx(2 * decode_model.tick_s(512) + decode_model.tick_s(76))
+
+
+def test_a_request_the_express_lane_finishes_is_decoded_before_the_long_tick_ends(ckpts) -> None:
+    """With a decode stage, the short request that ran in the express lane is decoded and answered while the
+    long request's first tick is still in the engine's thread (held 300 ms), with the decode of its own samples."""
+    ckpt = ckpts["moons-fm"]
+    net = ckpt.net("ema")
+    backend = SlowWhenLong(net, long_rows=256, sleep_s=0.3)
+    decode = RecordingDecode()
+    model = TickModel([(1, 1e-4), (512, 0.05)])
+
+    async def main():
+        engine = Engine(backend, ckpt.null_label, EngineLimits(), tick_model=model, decode=decode)
+        subs = [_start(ckpt, c[1], c[2], c[4], c[5], c[6], c[7]) for c in (LONG_CASE, SHORT_CASE)]
+        long = asyncio.ensure_future(engine.submit(*subs[0], None, 3))
+        await asyncio.sleep(0.02)
+        short = await engine.submit(*subs[1], None, 4)
+        answered = time.perf_counter()
+        await long
+        await engine.close()
+        return short, answered
+
+    short, answered = asyncio.run(main())
+    first_long = next(c for c in backend.calls if c[0] == 512)
+    assert answered < first_long[3], (answered, first_long)
+    torch.testing.assert_close(short.samples, _alone(ckpt, net, SHORT_CASE) @ decode.weight)
+
+
+def test_closing_the_engine_cancels_requests_waiting_for_their_decode(ckpts) -> None:
+    ckpt = ckpts["moons-fm"]
+    entered, release = threading.Event(), threading.Event()
+
+    def stuck_decode(x: torch.Tensor) -> torch.Tensor:
+        entered.set()
+        release.wait(10)
+        return x
+
+    async def main():
+        engine = Engine(RecordingForward(ckpt.net("ema")), ckpt.null_label, decode=stuck_decode)
+        job = asyncio.ensure_future(engine.submit(*_start(ckpt, "fm-euler", 2, None, 3, 1, {})))
+        while not entered.is_set():
+            await asyncio.sleep(0.01)
+        await engine.close()
+        try:
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(job, 5)
+        finally:
+            release.set()
+
+    asyncio.run(main())
