@@ -57,8 +57,9 @@ def _add_profile_parser(sub: argparse._SubParsersAction) -> None:
         "it as quality_profile.json in the checkpoint, recorded in the manifest with its sha256 and the "
         "sha256 of the weights it was measured on. quality = min(1, 1 / value) in [0, 1], where value is a "
         "distance to the data over the same distance between two draws of the data (moons: sliced-Wasserstein "
-        "ratio; digits: Frechet ratio in a digits classifier's feature space). K beyond a sampler's max_steps "
-        "and points past --max-nfe evaluations per sample are skipped. One point is redrawn with 3 more seeds "
+        "ratio; digits, shapes: Frechet ratio in a held-out classifier's feature space; a latent model's samples "
+        "decoded first). K beyond a sampler's max_steps and points past --max-nfe evaluations per sample are "
+        "skipped. One point is redrawn with 3 more seeds "
         "and the spread is stored as the profile's noise.",
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint directory, e.g. models/moons-fm")

@@ -170,9 +170,25 @@ INGRESS_WORDS = {
 }
 
 
-def curl_example(base: str, model: str = "moons-fm") -> str:
-    body = json.dumps({"model": model, "sampler": "fm-euler", "steps": 10, "num_samples": 4, "seed": 0})
+def curl_example(base: str, model: str = "moons-fm", sampler: str = "fm-euler") -> str:
+    body = json.dumps({"model": model, "sampler": sampler, "steps": 10, "num_samples": 4, "seed": 0})
     return f"curl -s -X POST {base}/v1/samples -H 'content-type: application/json' -d '{body}'"
+
+
+def example_model(base: str) -> tuple[str, str]:
+    """(model, sampler) for the curl example: moons-fm where served, else the first flow-matching model, else the
+    first model with ddim (GET /v1/models of the running application)."""
+    try:
+        models = httpx.get(f"{base}/v1/models", timeout=10).json()["models"]
+    except (httpx.HTTPError, ValueError, KeyError):
+        return "moons-fm", "fm-euler"
+    ids = {m["id"]: m for m in models}
+    if "moons-fm" in ids:
+        return "moons-fm", "fm-euler"
+    fm = [m["id"] for m in models if m.get("kind") == "fm"]
+    if fm:
+        return fm[0], "fm-euler"
+    return (models[0]["id"], "ddim") if models else ("moons-fm", "fm-euler")
 
 
 def wait_ready(base: str, stop: threading.Event, timeout_s: float = READY_TIMEOUT_S) -> bool:
@@ -255,7 +271,7 @@ def main_serve(args: argparse.Namespace) -> int:
         print(
             "\nstepserve is ready.\n"
             f"  ingress: {INGRESS_WORDS[args.ingress]}\n"
-            f"  try:     {curl_example(base)}\n"
+            f"  try:     {curl_example(base, *example_model(base))}\n"
             f"  models:  {base}/v1/models\n"
             f"  API doc: {base}/docs\n"
             f"  metrics: {metrics_url}  (Prometheus text; series ray_stepserve_*)\n"

@@ -23,6 +23,8 @@ KNOB_MODELS = (
 )
 # Few-step students distilled from a default model (python -m distill; config section `reflow`).
 DISTILLED_MODELS = ("moons-fm-reflow", "digits-fm-reflow")
+# DiTs in the latent space of models/shapes-vae (configs/shapes-latent-*.yaml); each checkpoint holds its decoder.
+LATENT_MODELS = ("shapes-latent-fm", "shapes-latent-ddpm")
 
 
 @pytest.fixture(scope="session")

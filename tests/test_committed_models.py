@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from tests.conftest import DEFAULT_MODELS, DISTILLED_MODELS, KNOB_MODELS, ROOT
+from tests.conftest import DEFAULT_MODELS, DISTILLED_MODELS, KNOB_MODELS, LATENT_MODELS, ROOT
 from training.checkpoint import load_checkpoint
 from training.config import load_config
 from training.paths import objective_from_dict
 
 
-@pytest.mark.parametrize("name", DEFAULT_MODELS + KNOB_MODELS + DISTILLED_MODELS)
+@pytest.mark.parametrize("name", DEFAULT_MODELS + KNOB_MODELS + DISTILLED_MODELS + LATENT_MODELS)
 def test_committed_checkpoint_loads_and_runs(name):
     d = ROOT / "models" / name
     assert (d / "manifest.json").is_file(), f"{d} is missing: run `make train` and commit models/"
@@ -67,3 +67,24 @@ def test_committed_autoencoder_loads_and_reconstructs_as_recorded():
     recorded = ae.manifest["training"]["held_out_psnr_db"]
     assert recorded >= MIN_PSNR_DB
     assert psnr(vae, x) == pytest.approx(recorded, abs=1.0)
+
+
+@pytest.mark.parametrize("name", LATENT_MODELS)
+def test_a_committed_latent_model_holds_the_committed_autoencoders_decoder(name):
+    """Its decoder is the EMA decoder half of models/shapes-vae as committed (retraining the VAE makes it stale,
+    and this says so), with the VAE's scale factor, and it decodes to 32x32 RGB."""
+    from safetensors.torch import load_file
+
+    from training.autoencoder import load_autoencoder
+
+    ckpt = load_checkpoint(ROOT / "models" / name)
+    ae = load_autoencoder(ROOT / "models" / "shapes-vae")
+    assert ckpt.latent["autoencoder"]["ema_sha256"] == ae.manifest["files"]["ema.safetensors"]["sha256"], (
+        f"{name} was trained on the latents of other weights of shapes-vae: run `make train`"
+    )
+    assert ckpt.latent["scale_factor"] == ae.scale_factor
+    ema = load_file(str(ae.path / "ema.safetensors"))
+    decoder = ckpt.decoder().state_dict()
+    assert all(torch.equal(v, ema[f"decoder.{k}"]) for k, v in decoder.items())
+    with torch.no_grad():
+        assert ckpt.decoder()(torch.randn(2, *ckpt.data_shape)).shape == (2, 3, 32, 32)
