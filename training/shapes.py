@@ -145,6 +145,15 @@ class ShapesClassifier:
     def __init__(self, n: int = 10_000, epochs: int = 8, seed: int = 0) -> None:
         import torch
 
+        # (trained with gradients even when called under no_grad / inference_mode, as a quality profile does)
+        with torch.inference_mode(False), torch.enable_grad():
+            self._train(n, epochs, seed)
+        xt, yt = shapes_raw(2000, 20_000 + seed)
+        self.test_accuracy = self.accuracy(xt, yt)
+
+    def _train(self, n: int, epochs: int, seed: int) -> None:
+        import torch
+
         gen = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
@@ -164,8 +173,6 @@ class ShapesClassifier:
                 opt.step()
                 sched.step()
         self.net.eval()
-        xt, yt = shapes_raw(2000, 20_000 + seed)
-        self.test_accuracy = self.accuracy(xt, yt)
 
     def _run(self, images: np.ndarray, upto: int | None = None) -> np.ndarray:
         import torch

@@ -52,3 +52,11 @@ def test_a_small_classifier_tells_the_kinds_apart() -> None:
     assert clf.accuracy(x, y) == pytest.approx(float(np.mean(clf.predict(x) == y)))
     with pytest.raises(ValueError, match="shapes images"):
         clf.features(np.zeros((2, 1, 8, 8)))
+
+
+def test_the_classifier_trains_under_inference_mode_as_a_quality_profile_calls_it() -> None:
+    import torch
+
+    with torch.inference_mode():
+        clf = ShapesClassifier(n=256, epochs=1, seed=3)
+    assert 0.0 <= clf.test_accuracy <= 1.0 and any(p.requires_grad for p in clf.net.parameters())
