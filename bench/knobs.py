@@ -268,7 +268,8 @@ def latent_rows(models: Path, quick: bool) -> list[dict]:
         for name in names:
             for k in LATENT_K[::2] if quick else LATENT_K:
                 for w in LATENT_W:
-                    row = {"model": model, "sampler": name, "steps": k, "w": w, "nfe": k * (2 if w else 1)}
+                    nfe = k * samplers.SAMPLERS[name].evals_per_step * (2 if w else 1)
+                    row = {"model": model, "sampler": name, "steps": k, "w": w, "nfe": nfe}
                     row |= class_scores(ckpt, net, name, k, w, 20 if quick else 100)
                     out.append(row)
                     print(f"latent {row}", flush=True)

@@ -6,8 +6,9 @@ request's latency, in this process (no HTTP).
 1. Decoder throughput: the checkpoint's decoder (torch, and onnxruntime from its export) at several batch sizes,
    rows per second, medians of interleaved rounds (every size in turn each round, so a drift of the machine
    moves all alike).
-2. Batched against one at a time: R requests of S samples finishing together, decoded in one call of R x S rows
-   (what the engine's decode stage does) against R calls of S rows, side by side in the same rounds.
+2. Batched against one at a time: R requests of S samples finishing together, decoded in one call of R x S rows,
+   in pieces of the chunk a replica picks (serving.engine.best_decode_chunk: what the decode stage does), and in
+   R calls of S rows, side by side in the same rounds.
 3. Share of latency: lone requests through the engine (the real backend and decode stage) at several K, and the
    decoder's part of each (a decode of the request's rows, timed alone, over the request's median time), beside
    what the engine's decode model predicted for it.
@@ -31,7 +32,7 @@ import torch
 from bench.common import machine, scratch_checkpoint
 from sampling.request import SampleSpec, decoder_of, prepare
 from serving.backends import load_backend
-from serving.engine import Engine, EngineLimits
+from serving.engine import DECODE_PROFILE_SIZES, Engine, EngineLimits, best_decode_chunk
 from serving.policy.tick_model import TickModel, profile_tick_times
 from training.checkpoint import load_checkpoint
 
@@ -58,18 +59,33 @@ def decoder_throughput(ckpt, runtime: str, sizes: tuple[int, ...], rounds: int) 
     return [{"rows": b, "median_s": med[str(b)], "rows_per_s": b / med[str(b)]} for b in sizes]
 
 
-def batched_against_one_at_a_time(ckpt, requests: int, samples: int, rounds: int) -> dict[str, Any]:
+def decode_chunk(ckpt) -> int:
+    """The chunk a replica would decode in (serving.engine.best_decode_chunk over its start-up profile)."""
+    decode = decoder_of(ckpt, "torch")
+    profile = profile_tick_times(lambda x, t, y: decode(x), ckpt.data_shape, ckpt.null_label, DECODE_PROFILE_SIZES)
+    return best_decode_chunk(profile)
+
+
+def batched_against_one_at_a_time(ckpt, requests: int, samples: int, rounds: int, chunk: int) -> dict[str, Any]:
+    """R requests of S samples: one decoder call of every row, the engine's decode (one batch in pieces of
+    `chunk` rows), and one call per request, side by side."""
     decode = decoder_of(ckpt, "torch")
     parts = [torch.randn(samples, *ckpt.data_shape) for _ in range(requests)]
 
     def batched() -> None:
         decode(torch.cat(parts))
 
+    def in_chunks() -> None:
+        rows = torch.cat(parts)
+        for i in range(0, len(rows), chunk):
+            decode(rows[i : i + chunk])
+
     def one_at_a_time() -> None:
         for p in parts:
             decode(p)
 
-    med = _median_times({"batched": batched, "one_at_a_time": one_at_a_time}, rounds)
+    fns = {"batched": batched, "in_chunks": in_chunks, "one_at_a_time": one_at_a_time}
+    med = _median_times(fns, rounds)
     together = decode(torch.cat(parts))
     apart = torch.cat([decode(p) for p in parts])
     return {
@@ -77,12 +93,15 @@ def batched_against_one_at_a_time(ckpt, requests: int, samples: int, rounds: int
         "requests": requests,
         "samples_per_request": samples,
         "batched_s": med["batched"],
+        "in_chunks_s": med["in_chunks"],
+        "chunk": chunk,
         "one_at_a_time_s": med["one_at_a_time"],
         "speedup": med["one_at_a_time"] / med["batched"],
+        "speedup_in_chunks": med["one_at_a_time"] / med["in_chunks"],
     }
 
 
-def latency_share(ckpt, ks: tuple[int, ...], samples: int, repeats: int) -> list[dict[str, Any]]:
+def latency_share(ckpt, ks: tuple[int, ...], samples: int, repeats: int, chunk: int = 64) -> list[dict[str, Any]]:
     """Lone requests through the engine with the torch backend and the decode stage."""
     backend = load_backend("torch", ckpt, weights="ema")
     decode = decoder_of(ckpt, "torch")
@@ -93,7 +112,16 @@ def latency_share(ckpt, ks: tuple[int, ...], samples: int, repeats: int) -> list
 
     async def run() -> None:
         limits = EngineLimits.from_options()
-        engine = Engine(backend, ckpt.null_label, limits, None, tick_model, decode=decode, decode_model=decode_model)
+        engine = Engine(
+            backend,
+            ckpt.null_label,
+            limits,
+            None,
+            tick_model,
+            decode=decode,
+            decode_model=decode_model,
+            decode_chunk=chunk,
+        )
         for k in ks:
             totals = []
             for r in range(repeats):
@@ -102,9 +130,17 @@ def latency_share(ckpt, ks: tuple[int, ...], samples: int, repeats: int) -> list
                 res = await engine.submit(job.sampler, job.labels, None, spec.evaluations)
                 totals.append(res.queue_s + res.compute_s)
             total = statistics.median(totals)
-            dec = engine.decode_model.tick_s(samples)
+            rows = torch.randn(samples, *ckpt.data_shape)
+            dec = _median_times({"decode": lambda rows=rows: decode(rows)}, max(3, repeats))["decode"]
             out.append(
-                {"steps": k, "samples": samples, "median_s": total, "decode_s": dec, "decode_share": dec / total}
+                {
+                    "steps": k,
+                    "samples": samples,
+                    "median_s": total,
+                    "decode_s": dec,
+                    "decode_share": dec / total,
+                    "predicted_decode_s": engine.decode_model.tick_s(samples),
+                }
             )
         await engine.close()
 
@@ -120,22 +156,27 @@ def run(out: Path, quick: bool = False, model: str = MODEL) -> dict[str, Any]:
         if not ckpt.latent:
             raise ValueError(f"{model} is not a latent model")
         sizes = (1, 16, 64, 256)
+        chunk = decode_chunk(ckpt)
         result = {
             "machine": machine(),
             "model": model,
             "trained": (Path(__file__).resolve().parents[1] / "models" / model / "manifest.json").is_file(),
             "decoder_params": sum(p.numel() for p in ckpt.decoder().parameters()),
             "throughput": {rt: decoder_throughput(ckpt, rt, sizes, rounds) for rt in ("torch", "onnxruntime")},
-            "batched": [batched_against_one_at_a_time(ckpt, r, s, rounds) for r, s in ((16, 1), (16, 16), (4, 64))],
-            "latency_share": latency_share(ckpt, (5, 20, 50), 16, 3 if quick else 7),
+            "decode_chunk": chunk,
+            "batched": [
+                batched_against_one_at_a_time(ckpt, r, s, rounds, chunk) for r, s in ((16, 1), (16, 16), (4, 64))
+            ],
+            "latency_share": latency_share(ckpt, (5, 20, 50), 16, 3 if quick else 7, chunk),
         }
     out.mkdir(parents=True, exist_ok=True)
     (out / "latent.json").write_text(json.dumps(result, indent=2))
     for row in result["batched"]:
         what = f"decode {row['requests']} x {row['samples_per_request']} samples"
         print(
-            f"{what}: batched {row['batched_s'] * 1e3:.1f} ms, "
-            f"one at a time {row['one_at_a_time_s'] * 1e3:.1f} ms ({row['speedup']:.2f}x)"
+            f"{what}: one call {row['batched_s'] * 1e3:.1f} ms, "
+            f"in chunks of {chunk} {row['in_chunks_s'] * 1e3:.1f} ms, "
+            f"one at a time {row['one_at_a_time_s'] * 1e3:.1f} ms ({row['speedup_in_chunks']:.2f}x in chunks)"
         )
     for row in result["latency_share"]:
         what = f"K={row['steps']} x {row['samples']} samples"

@@ -19,7 +19,8 @@ loop beside it (`serving.policy.tick_plan`), so a short request does not wait fo
 
 Decode stage (a latent model's, `decode` given): a request whose sampler finishes waits for the next decode
 call instead of answering at once; after each tick every request finished since the last is decoded together,
-in one call of the decoder (chunked at DECODE_CHUNK rows) in the engine's thread, and answers with its images.
+in one call of the decoder (in pieces of `decode_chunk` rows, the size the replica measured fastest per row)
+in the engine's thread, and answers with its images.
 Its time is predicted from `decode_model` (fitted to a profile and to every call, like the tick model) and
 counted in each request's predicted latency and in its compute time.
 
@@ -51,7 +52,15 @@ from serving.refusals import RequestTimeout
 
 __all__ = ["Engine", "EngineLimits", "EngineResult", "EngineStats", "Prediction"]
 
-DECODE_CHUNK = 512  # rows per decoder call: the decode of a burst of finished requests runs in pieces
+DECODE_CHUNK = 512  # rows per decoder call unless the replica measured a better size (best_decode_chunk)
+DECODE_PROFILE_SIZES = (1, 16, 64, 256, 512)
+
+
+def best_decode_chunk(profile: list[tuple[int, float]]) -> int:
+    """The profiled batch size with the most rows per second: on a CPU a conv decoder's throughput falls past a
+    size whose activations leave the cache (torch: 64 rows of the shapes decoder here, bench.latent), so
+    a burst of finished requests is decoded in pieces of that size."""
+    return max(profile, key=lambda p: p[0] / max(p[1], 1e-12))[0] if profile else DECODE_CHUNK
 
 
 @dataclass(frozen=True)
@@ -96,11 +105,12 @@ class Engine:
         clock: Callable[[], float] = time.perf_counter,
         decode: Callable[[Tensor], Tensor] | None = None,
         decode_model: TickModel | None = None,
+        decode_chunk: int = DECODE_CHUNK,
     ) -> None:
         """tick_model: the replica's latency model, seeded from a profile of `backend` (`profile_tick_times`);
         None starts one with no profile. clock: the time deadlines are given in. decode: a latent model's
         decoder (samples (N, *shape) -> images), run as a batched stage after the ticks; decode_model: its
-        time per call (a TickModel over decoded rows)."""
+        time per call (a TickModel over decoded rows); decode_chunk: the most rows one decoder call takes."""
         self.backend = backend
         self.null_label = null_label
         self.limits = limits or EngineLimits()
@@ -125,6 +135,7 @@ class Engine:
         self._express_ticks = 0
         self.decode = decode
         self.decode_model = decode_model or TickModel()
+        self.decode_chunk = max(1, int(decode_chunk))
         self._decoding: list[tuple[RequestState, Tensor]] = []  # finished, waiting for the next decode call
         self._decode_batch: list[tuple[RequestState, Tensor]] = []  # the one being decoded now
         self._decodes = 0
@@ -148,8 +159,8 @@ class Engine:
         """Predicted seconds of decoding `samples` images (0 without a decode stage)."""
         if self.decode is None or samples <= 0:
             return 0.0
-        chunks, last = divmod(samples, DECODE_CHUNK)
-        return chunks * self.decode_model.tick_s(DECODE_CHUNK) + (self.decode_model.tick_s(last) if last else 0.0)
+        chunks, last = divmod(samples, self.decode_chunk)
+        return chunks * self.decode_model.tick_s(self.decode_chunk) + (self.decode_model.tick_s(last) if last else 0.0)
 
     def predict(
         self, rows: int, evaluations: int, deadline: float | None = None, samples: int | None = None
@@ -463,7 +474,7 @@ class Engine:
     def _answer_decoded(self, batch: list[tuple[RequestState, Tensor]], out: Tensor, seconds: float | None) -> None:
         self._decodes += 1
         rows = sum(len(x) for _, x in batch)
-        if seconds is not None and rows <= DECODE_CHUNK:
+        if seconds is not None and rows <= self.decode_chunk:
             self.decode_model.observe(rows, seconds)
         offset = 0
         for j, x in batch:
@@ -473,7 +484,8 @@ class Engine:
     def _decode_rows(self, rows: Tensor) -> Tensor:
         assert self.decode is not None
         with torch.inference_mode():
-            out = torch.cat([self.decode(rows[i : i + DECODE_CHUNK]) for i in range(0, len(rows), DECODE_CHUNK)])
+            c = self.decode_chunk
+            out = torch.cat([self.decode(rows[i : i + c]) for i in range(0, len(rows), c)])
         if len(out) != len(rows):
             raise RuntimeError(f"the decoder returned {len(out)} rows for {len(rows)}")
         return out

@@ -29,7 +29,7 @@ from sampling.progress import Progress, with_progress
 from sampling.request import Prepared, SampleSpec, clip_to_data, decoder_of, prepare, to_data_space
 from serving.autoscale import BACKLOG, MISS_RATE, REFUSAL_RATE, Outcomes
 from serving.backends import load_backend
-from serving.engine import DECODE_CHUNK, Engine, EngineLimits, Prediction
+from serving.engine import DECODE_CHUNK, DECODE_PROFILE_SIZES, Engine, EngineLimits, Prediction, best_decode_chunk
 from serving.metrics import ModelMetrics
 from serving.policy import admission
 from serving.policy.admission import Snapshot
@@ -106,12 +106,13 @@ class ModelReplica:
         # a latent model's decoder is the engine's decode stage: finished requests decoded together
         runtime = "torch" if backend == "torch" else "onnxruntime"
         decode = decoder_of(self.ckpt, runtime, options.get("num_threads"))
-        decode_model = None
+        decode_model, decode_chunk = None, DECODE_CHUNK
         if decode is not None:
-            decode_sizes = (1, 64, 256, DECODE_CHUNK)  # the decode's own sizes (samples, not guided rows)
-            decode_model = TickModel(
-                profile_tick_times(lambda x, t, y: decode(x), self.ckpt.data_shape, self.ckpt.null_label, decode_sizes)
+            decode_profile = profile_tick_times(
+                lambda x, t, y: decode(x), self.ckpt.data_shape, self.ckpt.null_label, DECODE_PROFILE_SIZES
             )
+            decode_chunk = best_decode_chunk(decode_profile)  # past it the decoder's rows/s fall (CPU caches)
+            decode_model = TickModel([p for p in decode_profile if p[0] <= decode_chunk])
         self.engine = Engine(
             self.backend,
             self.ckpt.null_label,
@@ -120,6 +121,7 @@ class ModelReplica:
             TickModel(profile),
             decode=decode,
             decode_model=decode_model,
+            decode_chunk=decode_chunk,
         )
         # steps "auto" scales the engine's predictions by how far they fell short lately (serving.policy.step_budget)
         self.calibration = Calibration()

@@ -693,3 +693,19 @@ def test_closing_the_engine_cancels_requests_waiting_for_their_decode(ckpts) -> 
             release.set()
 
     asyncio.run(main())
+
+
+def test_the_decode_chunk_is_the_profiled_size_with_the_most_rows_per_second(ckpts) -> None:
+    from serving.engine import best_decode_chunk
+
+    assert best_decode_chunk([(1, 0.002), (64, 0.02), (256, 0.28)]) == 64  # 500, 3200, 914 rows/s
+    assert best_decode_chunk([(1, 0.001), (64, 0.023), (256, 0.079)]) == 256
+    decode = RecordingDecode()
+
+    async def main():
+        engine = Engine(RecordingForward(ckpts["moons-fm"].net("ema")), 2, decode=decode, decode_chunk=4)
+        out = await engine.submit(*_start(ckpts["moons-fm"], "fm-euler", 2, None, 10, 1, {}))
+        await engine.close()
+        return out
+
+    assert asyncio.run(main()).samples.shape == (10, 3) and decode.rows == [4, 4, 2]
