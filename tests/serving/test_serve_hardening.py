@@ -151,12 +151,14 @@ def check_haproxy_contract(proc: subprocess.Popen, port: int, stats: int, metric
     # ... and the config Ray wrote bounds each Ingress replica's slots, with HAProxy's JSON errors.
     cfg = next(c.split(" -f ", 1)[1].split()[0] for c in tree.values() if "haproxy" in c and " -f " in c)
     # Ray's HAProxy manager rewrites the file whenever the replicas change (a reload in between lists the
-    # backend without servers for a moment): read it until the Ingress replicas are in it.
+    # backend without servers for a moment), and scripts/haproxy.sh rewrites Ray's file as the HAProxy it
+    # starts for that reload comes up (Ray's version, without the bounds, lies there in between): read it until
+    # the Ingress replicas are in it and the wrapper's rewrite is too (its error files named in it).
     until = time.monotonic() + 30
     while True:
         text = Path(cfg).read_text()
         servers = [line for line in text.splitlines() if line.strip().startswith("server SERVE_REPLICA_")]
-        if servers or time.monotonic() > until:
+        if (servers and "stepserve-503.http" in text) or time.monotonic() > until:
             break
         time.sleep(0.5)
     assert servers and all(line.endswith(f" maxconn {INGRESS_MAXCONN}") for line in servers), text
