@@ -32,7 +32,7 @@ import torch
 from bench.common import machine, scratch_checkpoint
 from sampling.request import SampleSpec, decoder_of, prepare
 from serving.backends import load_backend
-from serving.engine import DECODE_PROFILE_SIZES, Engine, EngineLimits, best_decode_chunk
+from serving.engine import Engine, EngineLimits, profile_decode
 from serving.policy.tick_model import TickModel, profile_tick_times
 from training.checkpoint import load_checkpoint
 
@@ -60,10 +60,8 @@ def decoder_throughput(ckpt, runtime: str, sizes: tuple[int, ...], rounds: int) 
 
 
 def decode_chunk(ckpt) -> int:
-    """The chunk a replica would decode in (serving.engine.best_decode_chunk over its start-up profile)."""
-    decode = decoder_of(ckpt, "torch")
-    profile = profile_tick_times(lambda x, t, y: decode(x), ckpt.data_shape, ckpt.null_label, DECODE_PROFILE_SIZES)
-    return best_decode_chunk(profile)
+    """The chunk a replica would decode in (serving.engine.profile_decode, its start-up profile)."""
+    return profile_decode(decoder_of(ckpt, "torch"), ckpt.data_shape, ckpt.null_label)[0]
 
 
 def batched_against_one_at_a_time(ckpt, requests: int, samples: int, rounds: int, chunk: int) -> dict[str, Any]:
@@ -101,13 +99,12 @@ def batched_against_one_at_a_time(ckpt, requests: int, samples: int, rounds: int
     }
 
 
-def latency_share(ckpt, ks: tuple[int, ...], samples: int, repeats: int, chunk: int = 64) -> list[dict[str, Any]]:
+def latency_share(ckpt, ks: tuple[int, ...], samples: int, repeats: int) -> list[dict[str, Any]]:
     """Lone requests through the engine with the torch backend and the decode stage."""
     backend = load_backend("torch", ckpt, weights="ema")
     decode = decoder_of(ckpt, "torch")
-    sizes = (1, 64, 256)
-    decode_model = TickModel(profile_tick_times(lambda x, t, y: decode(x), ckpt.data_shape, ckpt.null_label, sizes))
-    tick_model = TickModel(profile_tick_times(backend, ckpt.data_shape, ckpt.null_label, sizes))
+    chunk, decode_model = profile_decode(decode, ckpt.data_shape, ckpt.null_label)  # as a replica does
+    tick_model = TickModel(profile_tick_times(backend, ckpt.data_shape, ckpt.null_label, (1, 64, 256)))
     out = []
 
     async def run() -> None:
@@ -167,7 +164,7 @@ def run(out: Path, quick: bool = False, model: str = MODEL) -> dict[str, Any]:
             "batched": [
                 batched_against_one_at_a_time(ckpt, r, s, rounds, chunk) for r, s in ((16, 1), (16, 16), (4, 64))
             ],
-            "latency_share": latency_share(ckpt, (5, 20, 50), 16, 3 if quick else 7, chunk),
+            "latency_share": latency_share(ckpt, (5, 20, 50), 16, 3 if quick else 7),
         }
     out.mkdir(parents=True, exist_ok=True)
     (out / "latent.json").write_text(json.dumps(result, indent=2))

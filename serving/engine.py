@@ -47,7 +47,7 @@ from serving.policy import admission, tick_plan
 from serving.policy.admission import Prediction
 from serving.policy.limits import EngineLimits
 from serving.policy.state import Load, RequestState
-from serving.policy.tick_model import TickModel
+from serving.policy.tick_model import TickModel, profile_tick_times
 from serving.refusals import RequestTimeout
 
 __all__ = ["Engine", "EngineLimits", "EngineResult", "EngineStats", "Prediction"]
@@ -61,6 +61,16 @@ def best_decode_chunk(profile: list[tuple[int, float]]) -> int:
     size whose activations leave the cache (torch: 64 rows of the shapes decoder here, bench.latent), so
     a burst of finished requests is decoded in pieces of that size."""
     return max(profile, key=lambda p: p[0] / max(p[1], 1e-12))[0] if profile else DECODE_CHUNK
+
+
+def profile_decode(
+    decode: Callable[[Tensor], Tensor], data_shape: tuple[int, ...], null_label: int
+) -> tuple[int, TickModel]:
+    """A decode stage's chunk (`best_decode_chunk`) and its time model, fitted to the sizes up to that chunk, from a
+    start-up profile of `decode` at DECODE_PROFILE_SIZES."""
+    profile = profile_tick_times(lambda x, t, y: decode(x), data_shape, null_label, DECODE_PROFILE_SIZES)
+    chunk = best_decode_chunk(profile)
+    return chunk, TickModel([p for p in profile if p[0] <= chunk])
 
 
 @dataclass(frozen=True)
@@ -439,15 +449,13 @@ class Engine:
     async def _decode_finished(self, loop: asyncio.AbstractEventLoop) -> None:
         """Decode every request finished since the last call together, in the engine's thread, and answer
         them; a failed decode fails those requests only."""
-        batch, self._decoding = self._decoding, []
-        batch = [(j, x) for j, x in batch if not j.future.done()]  # (cancelled meanwhile: nothing to answer)
+        batch = self._take_decoding()
         if not batch:
             return
         self._decode_batch = batch
         started = time.perf_counter()
         try:
-            rows = torch.cat([x for _, x in batch]) if len(batch) > 1 else batch[0][1]
-            out = await loop.run_in_executor(self._executor, self._decode_rows, rows)
+            out = await loop.run_in_executor(self._executor, self._decode_rows, self._rows_of(batch))
         except Exception as e:
             for j, _ in batch:
                 self._fail(j, e)
@@ -460,16 +468,24 @@ class Engine:
         """The same on the event loop, for requests the express lane finished while the engine's thread runs a
         long tick (they would otherwise wait for it); not observed by the decode model (it ran beside the tick,
         on the cores the tick uses)."""
-        batch, self._decoding = [(j, x) for j, x in self._decoding if not j.future.done()], []
-        if not batch:
-            return
+        batch = self._take_decoding()
         try:
-            out = self._decode_rows(torch.cat([x for _, x in batch]) if len(batch) > 1 else batch[0][1])
+            out = self._decode_rows(self._rows_of(batch)) if batch else None
         except Exception as e:
             for j, _ in batch:
                 self._fail(j, e)
             return
-        self._answer_decoded(batch, out, None)
+        if out is not None:
+            self._answer_decoded(batch, out, None)
+
+    def _take_decoding(self) -> list[tuple[RequestState, Tensor]]:
+        """The requests waiting for a decode, less those cancelled meanwhile (nothing to answer); emptied."""
+        batch, self._decoding = self._decoding, []
+        return [(j, x) for j, x in batch if not j.future.done()]
+
+    @staticmethod
+    def _rows_of(batch: list[tuple[RequestState, Tensor]]) -> Tensor:
+        return torch.cat([x for _, x in batch]) if len(batch) > 1 else batch[0][1]
 
     def _answer_decoded(self, batch: list[tuple[RequestState, Tensor]], out: Tensor, seconds: float | None) -> None:
         self._decodes += 1

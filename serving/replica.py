@@ -29,7 +29,7 @@ from sampling.progress import Progress, with_progress
 from sampling.request import Prepared, SampleSpec, clip_to_data, decoder_of, prepare, to_data_space
 from serving.autoscale import BACKLOG, MISS_RATE, REFUSAL_RATE, Outcomes
 from serving.backends import load_backend
-from serving.engine import DECODE_CHUNK, DECODE_PROFILE_SIZES, Engine, EngineLimits, Prediction, best_decode_chunk
+from serving.engine import DECODE_CHUNK, Engine, EngineLimits, Prediction, profile_decode
 from serving.metrics import ModelMetrics
 from serving.policy import admission
 from serving.policy.admission import Snapshot
@@ -107,12 +107,8 @@ class ModelReplica:
         runtime = "torch" if backend == "torch" else "onnxruntime"
         decode = decoder_of(self.ckpt, runtime, options.get("num_threads"))
         decode_model, decode_chunk = None, DECODE_CHUNK
-        if decode is not None:
-            decode_profile = profile_tick_times(
-                lambda x, t, y: decode(x), self.ckpt.data_shape, self.ckpt.null_label, DECODE_PROFILE_SIZES
-            )
-            decode_chunk = best_decode_chunk(decode_profile)  # past it the decoder's rows/s fall (CPU caches)
-            decode_model = TickModel([p for p in decode_profile if p[0] <= decode_chunk])
+        if decode is not None:  # past its chunk the decoder's rows/s fall (CPU caches)
+            decode_chunk, decode_model = profile_decode(decode, self.ckpt.data_shape, self.ckpt.null_label)
         self.engine = Engine(
             self.backend,
             self.ckpt.null_label,
