@@ -21,7 +21,7 @@ from export.onnx_export import (
     export_decoder_onnx,
     export_onnx,
 )
-from export.parity import EVAL_TOLERANCE, decoder_parity, eval_parity, ort_decoder, ort_forward
+from export.parity import EVAL_TOLERANCE, decoder_parity, eval_parity, ort_forward
 from export.tensorrt_build import (
     DEFAULT_WORKSPACE_MB,
     BatchProfile,
@@ -30,6 +30,7 @@ from export.tensorrt_build import (
     default_timing_cache,
     require_tensorrt,
 )
+from sampling.request import onnx_decoder
 from training.checkpoint import CheckpointError, load_checkpoint
 
 PARITY_BATCHES = (1, 7, 64)
@@ -100,7 +101,7 @@ def _onnx(args: argparse.Namespace) -> str:
         print(f"wrote {path} (the decoder, {path.stat().st_size / 1024:.0f} KiB)")
         if not args.no_parity:
             ckpt = load_checkpoint(args.checkpoint)
-            diff = decoder_parity(ckpt, ort_decoder(ckpt.file(path.name)))
+            diff = decoder_parity(ckpt, onnx_decoder(ckpt.file(path.name)))
             verdict = "ok" if diff <= EVAL_TOLERANCE else "FAILED"
             print(f"decoder parity onnxruntime vs torch, max |diff| {diff:.1e} -> {verdict}")
             if verdict != "ok":

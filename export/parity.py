@@ -67,20 +67,6 @@ def ort_forward(path: Path, num_threads: int | None = None) -> Forward:
     return forward
 
 
-def ort_decoder(path: Path, num_threads: int | None = None) -> Callable[[Tensor], Tensor]:
-    """A plain onnxruntime CPU session on an exported decoder (`decoder.onnx`) as a function of raw latents."""
-    import numpy as np
-
-    from sampling.ort_session import cpu_session
-
-    session = cpu_session(path, num_threads)
-
-    def decode(z: Tensor) -> Tensor:
-        return torch.from_numpy(session.run(None, {"z": z.numpy().astype(np.float32)})[0])
-
-    return decode
-
-
 def decoder_parity(ckpt: Checkpoint, decode: Callable[[Tensor], Tensor], batches: tuple[int, ...] = (1, 7)) -> float:
     """Max |decode(z) - torch decoder(z)| over random raw latents of each batch size (seeded)."""
     g = torch.Generator().manual_seed(0)

@@ -10,6 +10,7 @@ spec. `prepare` turns a spec into the sampler generator and labels the engine or
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -225,12 +226,7 @@ def decoder_of(
     files = ckpt.manifest["files"]
     current = files.get(DECODER_ONNX, {}).get("source_sha256") == files[ckpt.latent["decoder"]["file"]]["sha256"]
     if runtime == "onnxruntime" and current:  # (an export of other decoder weights is not used)
-        from sampling.ort_session import cpu_session
-
-        session = cpu_session(ckpt.file(DECODER_ONNX), num_threads)
-
-        def run(z: Tensor) -> Tensor:
-            return torch.from_numpy(session.run(None, {"z": z.numpy().astype(np.float32)})[0])
+        run = onnx_decoder(ckpt.file(DECODER_ONNX), num_threads)
     else:
         decoder = ckpt.decoder()
 
@@ -242,6 +238,18 @@ def decoder_of(
         return image.denormalize(run(ckpt.normalization.denormalize(x.float())))
 
     return decode
+
+
+def onnx_decoder(path: str | os.PathLike, num_threads: int | None = None) -> Callable[[Tensor], Tensor]:
+    """An exported decoder (decoder.onnx: input z, raw latents) on onnxruntime's CPU provider, as a function."""
+    from sampling.ort_session import cpu_session
+
+    session = cpu_session(path, num_threads)
+
+    def run(z: Tensor) -> Tensor:
+        return torch.from_numpy(session.run(None, {"z": z.numpy().astype(np.float32)})[0])
+
+    return run
 
 
 def clip_to_data(ckpt: Checkpoint, x: Tensor) -> np.ndarray:

@@ -210,6 +210,7 @@ class Checkpoint:
         model.load_state_dict(state, strict=True)
         return model.eval().requires_grad_(False)
 
+
 def load_checkpoint(ckpt_dir: str | Path) -> Checkpoint:
     """Read the manifest and verify the sha256 of every listed file."""
     d = Path(ckpt_dir)

@@ -11,8 +11,8 @@ import torch
 
 from export.__main__ import main
 from export.onnx_export import DECODER_ONNX, ExportError, export_decoder_onnx
-from export.parity import decoder_parity, ort_decoder
-from sampling.request import decoder_of
+from export.parity import decoder_parity
+from sampling.request import decoder_of, onnx_decoder
 from training.checkpoint import load_checkpoint
 
 
@@ -28,7 +28,7 @@ def test_export_writes_the_decoder_beside_the_net_and_it_equals_torch(exported: 
     ckpt = load_checkpoint(exported)
     info = ckpt.manifest["files"][DECODER_ONNX]
     assert info["role"] == "decoder-onnx" and info["dynamic_axes"] == {"batch": 0}
-    decode = ort_decoder(ckpt.file(DECODER_ONNX))
+    decode = onnx_decoder(ckpt.file(DECODER_ONNX))
     assert decoder_parity(ckpt, decode, batches=(1, 9)) <= 1e-4
     assert decode(torch.zeros(5, *ckpt.data_shape)).shape == (5, *ckpt.output_shape)
 
