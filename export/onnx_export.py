@@ -204,15 +204,8 @@ def export_onnx(
     return OnnxExport(path, report.opset, weights, report, op_counts(model))
 
 
-def export_decoder_onnx(ckpt: Checkpoint, opset: int = DEFAULT_OPSET) -> Path:
-    """Export a latent model's decoder into `ckpt.path / decoder.onnx` (dynamic batch), recorded in the manifest
-    (role "decoder-onnx") with its sha256; ExportError for a model without a decoder."""
-    if not ckpt.latent:
-        raise ExportError(f"{ckpt.name}: not a latent model, it has no decoder to export")
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ValueError(f"--opset {opset} is outside {MIN_OPSET}..{MAX_OPSET}, what this exporter writes")
-    decoder = ckpt.decoder()
-    z = torch.zeros((EXAMPLE_BATCH, *ckpt.data_shape), dtype=torch.float32)
+def decoder_to_onnx_model(decoder: torch.nn.Module, z: torch.Tensor, opset: int) -> onnx.ModelProto:
+    """Trace a decoder, raw latents z (B, C, h, w) -> image (B, 3, H, W), batch axis dynamic; checked."""
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     with _quiet_exporter():
         program = torch.onnx.export(
@@ -229,6 +222,18 @@ def export_decoder_onnx(ckpt: Checkpoint, opset: int = DEFAULT_OPSET) -> Path:
         raise ExportError("torch.onnx.export returned no program")
     model = program.model_proto
     onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def export_decoder_onnx(ckpt: Checkpoint, opset: int = DEFAULT_OPSET) -> Path:
+    """Export a latent model's decoder into `ckpt.path / decoder.onnx` (dynamic batch), recorded in the manifest
+    (role "decoder-onnx") with its sha256; ExportError for a model without a decoder."""
+    if not ckpt.latent:
+        raise ExportError(f"{ckpt.name}: not a latent model, it has no decoder to export")
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ValueError(f"--opset {opset} is outside {MIN_OPSET}..{MAX_OPSET}, what this exporter writes")
+    z = torch.zeros((EXAMPLE_BATCH, *ckpt.data_shape), dtype=torch.float32)
+    model = decoder_to_onnx_model(ckpt.decoder(), z, opset)
     path = ckpt.path / DECODER_ONNX
     tmp = path.with_suffix(".onnx.tmp")
     onnx.save_model(model, tmp, save_as_external_data=False)

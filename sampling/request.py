@@ -219,13 +219,16 @@ def decoder_of(
 ) -> Callable[[Tensor], Tensor] | None:
     """A latent model's decode: its samples (N, *data_shape), as the net makes them, to images in data space
     (N, *output_shape), not yet clipped; None for a model of data space. runtime "onnxruntime" runs the
-    exported decoder (decoder.onnx, `python -m export onnx`) when the checkpoint has one, else the torch one."""
+    exported decoder (decoder.onnx, `python -m export onnx`) when the checkpoint has one, else the torch one; an
+    imported model's ONNX decoder runs on onnxruntime whatever `runtime` says."""
     if not ckpt.latent:
         return None
     image = Normalization(**ckpt.latent["image_normalization"])
     files = ckpt.manifest["files"]
     current = files.get(DECODER_ONNX, {}).get("source_sha256") == files[ckpt.latent["decoder"]["file"]]["sha256"]
-    if runtime == "onnxruntime" and current:  # (an export of other decoder weights is not used)
+    if ckpt.decoder_is_onnx:  # imported (python -m export import diffusers): ONNX is all there is
+        run = onnx_decoder(ckpt.file(ckpt.latent["decoder"]["file"]), num_threads)
+    elif runtime == "onnxruntime" and current:  # (an export of other decoder weights is not used)
         run = onnx_decoder(ckpt.file(DECODER_ONNX), num_threads)
     else:
         decoder = ckpt.decoder()

@@ -162,6 +162,11 @@ class Checkpoint:
             from training.nets.vae import build_decoder
 
             info = self.latent["decoder"]
+            if self.decoder_is_onnx:
+                raise CheckpointError(
+                    f"model {self.name!r} ({self.path}): its decoder was imported as ONNX ({info['file']}), not torch "
+                    f"weights; it runs on onnxruntime"
+                )
             try:
                 cached = build_decoder(**info["hparams"])
                 cached.load_state_dict(load_file(self.file(info["file"])), strict=True)
@@ -170,6 +175,11 @@ class Checkpoint:
             cached = cached.eval().requires_grad_(False)
             self.__dict__["_decoder"] = cached  # (a frozen dataclass: set beside its fields)
         return cached
+
+    @property
+    def decoder_is_onnx(self) -> bool:
+        """True for a latent model imported with its decoder as an ONNX graph (no torch decoder weights)."""
+        return bool(self.latent) and self.latent["decoder"]["file"].endswith(".onnx")
 
     @property
     def default_spacing(self) -> str | None:

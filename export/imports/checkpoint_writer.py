@@ -7,6 +7,9 @@ onnxruntime at two batch sizes to prove it has the contract of the project's exp
 
     x: (batch, *shape) float32,  t: (batch,) float32,  y: (batch,) int64 in [0, num_classes]
     -> (batch, *shape) float32
+
+A latent model (a DiT pipeline) also carries its decoder as `decoder.onnx` (role "decoder", the manifest's
+`latent` section names it), checked the same way: z (batch, *shape) float32 -> (batch, *image_shape) float32.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 import onnx
 
 from export.imports.diffusers_scheduler import ImportRefused
-from export.onnx_export import INPUT_NAMES
+from export.onnx_export import DECODER_INPUT, DECODER_ONNX, INPUT_NAMES
 from sampling.ort_session import cpu_session
 from training.checkpoint import FORMAT_VERSION, MANIFEST, Checkpoint, load_checkpoint, sha256_file
 from training.paths import Objective
@@ -58,6 +61,22 @@ def check_contract(path: Path, shape: tuple[int, ...], null_label: int, t_max: f
             )
 
 
+def check_decoder_contract(path: Path, shape: tuple[int, ...], image_shape: tuple[int, ...]) -> None:
+    """Run a decoder graph at batch 1 and 3; refuse a wrong input name or output shape."""
+    session = cpu_session(path, num_threads=1)
+    names = [i.name for i in session.get_inputs()]
+    if names != [DECODER_INPUT]:
+        raise ImportRefused(f"{path.name}: decoder inputs are {names}, expected [{DECODER_INPUT!r}]")
+    rng = np.random.default_rng(0)
+    for b in CHECK_BATCHES:
+        (out, *_) = session.run(None, {DECODER_INPUT: rng.standard_normal((b, *shape)).astype(np.float32)})
+        if out.shape != (b, *image_shape) or out.dtype != np.float32:
+            raise ImportRefused(
+                f"{path.name}: output is {out.dtype} {out.shape} for z {(b, *shape)}, expected float32 "
+                f"{(b, *image_shape)}"
+            )
+
+
 def write_imported(
     out: Path,
     onnx_source: onnx.ModelProto | Path,
@@ -69,10 +88,16 @@ def write_imported(
     source: dict[str, Any],
     spacing: str | None = None,
     verify: Callable[[Path], dict[str, Any]] | None = None,
+    decoder: onnx.ModelProto | None = None,
+    latent: dict[str, Any] | None = None,
 ) -> Checkpoint:
     """A checkpoint in `out` (new or empty) serving the ONNX net; `data` holds kind, shape, normalization,
     num_classes and optionally clip; `net` describes it (kind, hparams); `source` says where it came from.
-    `verify(onnx_path)` may refuse the graph (ImportRefused) or return facts recorded beside `source`."""
+    `verify(onnx_path)` may refuse the graph (ImportRefused) or return facts recorded beside `source`.
+    A latent model passes its `decoder` graph (written as decoder.onnx, beside the net) and its `latent` section
+    (scale_factor, image_shape, image_normalization, decoder: {hparams}; the file name is filled in)."""
+    if (decoder is None) != (latent is None):
+        raise ValueError("a latent model needs both its decoder graph and its latent section")
     if out.exists() and any(out.iterdir()):
         raise ImportRefused(f"--out {out} exists and is not empty; choose a new directory")
     out.mkdir(parents=True, exist_ok=True)
@@ -84,8 +109,12 @@ def write_imported(
     shape = tuple(int(d) for d in data["shape"])
     num_classes = int(data["num_classes"])
     t_max = float(objective.schedule.num_timesteps - 1) if objective.kind == "ddpm" else 1.0
+    if decoder is not None:
+        onnx.save_model(decoder, out / DECODER_ONNX, save_as_external_data=False)
     try:
         check_contract(path, shape, num_classes, t_max)
+        if decoder is not None:
+            check_decoder_contract(out / DECODER_ONNX, shape, tuple(latent["image_shape"]))
         checked = verify(path) if verify is not None else {}
     except ImportRefused:
         shutil.rmtree(out)
@@ -110,6 +139,14 @@ def write_imported(
             }
         },
     }
+    if decoder is not None:
+        manifest["files"][DECODER_ONNX] = {
+            "role": "decoder",
+            "sha256": sha256_file(out / DECODER_ONNX),
+            "inputs": [DECODER_INPUT],
+            "dynamic_axes": {"batch": 0},
+        }
+        manifest["latent"] = {**latent, "decoder": {**latent["decoder"], "file": DECODER_ONNX}}
     if spacing is not None:
         manifest["sampling"] = {"spacing": spacing}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

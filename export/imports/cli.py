@@ -16,8 +16,10 @@ from export.onnx_export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
 DESCRIPTION = (
     "Make a servable checkpoint (manifest.json + net-ema.onnx, no torch weights: serve it with backend "
-    "onnxruntime) from a net made elsewhere. diffusers: an unconditional UNet2DModel with its DDIMScheduler or "
-    "DDPMScheduler config, mapped exactly onto the project's objective (schedule, target) and default timestep "
+    "onnxruntime) from a net made elsewhere. diffusers: an unconditional UNet2DModel, or a DiT pipeline "
+    "(transformer/ + vae/ as DiTPipeline saves it: a class-conditional latent model, its VAE decoder as "
+    "decoder.onnx), with its DDIMScheduler or DDPMScheduler config, mapped exactly onto the project's "
+    "objective (schedule, target) and default timestep "
     "spacing, or refused (clip_sample, thresholding, other beta schedules, ...; docs/export.md); needs the "
     "`import` extra. onnx: any ONNX file with inputs x, t, y, described by a small YAML spec."
 )
@@ -28,15 +30,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     sub = p.add_subparsers(dest="source", required=True)
     d = sub.add_parser(
         "diffusers",
-        help="a diffusers UNet2DModel and its scheduler config",
-        description="Export a diffusers UNet2DModel to ONNX (checked against the UNet with onnxruntime) with the "
-        "objective its DDIMScheduler / DDPMScheduler config maps to.",
+        help="a diffusers UNet2DModel or DiT pipeline and its scheduler config",
+        description="Export a diffusers UNet2DModel, or a DiT pipeline's transformer and VAE decoder, to ONNX "
+        "(checked against the torch modules with onnxruntime) with the objective its DDIMScheduler / "
+        "DDPMScheduler config maps to.",
     )
     d.add_argument(
         "--model",
         required=True,
         type=Path,
-        help="a pipeline directory (save_pretrained) with unet/ and scheduler/, or a UNet2DModel directory",
+        help="a pipeline directory (save_pretrained) with unet/ and scheduler/ (DDPM/DDIM pipeline) or "
+        "transformer/, vae/ and scheduler/ (DiTPipeline), or a UNet2DModel directory",
     )
     d.add_argument("--scheduler", type=Path, help="scheduler_config.json or its directory (default: <model>/scheduler)")
     d.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset {MIN_OPSET}..{MAX_OPSET}")
@@ -62,6 +66,11 @@ def _diffusers(args: argparse.Namespace):
 
     require_diffusers()  # the one-line refusal before anything else
     model, scheduler = args.model, args.scheduler
+    from export.imports.diffusers_dit import import_dit, is_dit_pipeline
+
+    if is_dit_pipeline(model):
+        print(f"exporting {model} (transformer and VAE decoder) to ONNX (opset {args.opset}) ...", flush=True)
+        return import_dit(model, args.out, args.name, args.opset, scheduler=scheduler)
     if (model / "unet").is_dir():
         model, scheduler = model / "unet", scheduler or model / "scheduler"
     if scheduler is None:
@@ -90,7 +99,13 @@ def main(argv: list[str]) -> int:
         f"data shape {m['data']['shape']}, {m['data']['num_classes']} classes"
     )
     if "parity_max_abs_diff" in m["import"]:
-        print(f"parity onnxruntime vs diffusers UNet, max |diff|: {m['import']['parity_max_abs_diff']:.1e}")
+        net = "transformer" if m["net"]["kind"] == "diffusers-dit" else "UNet"
+        print(f"parity onnxruntime vs diffusers {net}, max |diff|: {m['import']['parity_max_abs_diff']:.1e}")
+    if "decoder_parity_max_abs_diff" in m["import"]:
+        worst = m["import"]["decoder_parity_max_abs_diff"]
+        print(f"parity onnxruntime vs AutoencoderKL.decode, max |diff|: {worst:.1e}")
+    if "latent" in m:
+        print(f"latent model: samples decode to images of shape {m['latent']['image_shape']}")
     if "sampling" in m:
         print(f"default timestep spacing: {m['sampling']['spacing']}")
     print(

@@ -59,3 +59,42 @@ num_classes: 2
 normalization: {mean: [1.0, 2.0, 3.0], std: [2.0]}
 name: tiny-fm
 """
+
+
+DIT_SCHEDULER = {"clip_sample": False, "prediction_type": "epsilon", "beta_schedule": "linear"}
+
+
+def tiny_dit_pipeline(learned_sigma: bool = True, seed: int = 0):
+    """A randomly initialised DiTPipeline: a 2-layer DiT (patch 2, hidden 16, 1000 classes as DiTPipeline's
+    null label 1000 needs) on 4x4x4 latents, a 2-level AutoencoderKL (8x8 RGB images), a DDIMScheduler."""
+    from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+
+    torch.manual_seed(seed)
+    transformer = DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=8 if learned_sigma else 4,
+        num_layers=2,
+        sample_size=4,
+        patch_size=2,
+        num_embeds_ada_norm=1000,
+    )
+    # adaLN-Zero starts every block and the final layer at zero (an untrained DiT outputs 0); random weights
+    # there make the comparison exercise the whole net.
+    with torch.no_grad():
+        for p in transformer.parameters():
+            if not p.abs().sum():
+                p.normal_(0, 0.2)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=8,
+        scaling_factor=0.5,
+    )
+    return DiTPipeline(transformer=transformer.eval(), vae=vae.eval(), scheduler=DDIMScheduler(**DIT_SCHEDULER))
