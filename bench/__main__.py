@@ -16,7 +16,9 @@ on the shipped application, shedding at the door on and off, behind Serve's prox
 routing_sim (bench.routing_sim: the same routers by simulation, a core per replica, 2 to 8 replicas),
 autoscale (bench.autoscale: a step from idle to 3x one replica's capacity, Serve's default autoscaling policy
 against the project's), latent (bench.latent: a latent model's decode stage, batched against one request at a
-time, and its share of a request's latency). Each writes its own JSON file; `summary.json` lists what ran and
+time, and its share of a request's latency), latent_vs_pixel (bench.latent_vs_pixel: a latent DiT against a
+pixel-space DiT of the same recipe, quality against training time and sampling time per image; ~25 min). Each
+writes its own JSON file; `summary.json` lists what ran and
 how long it took. On a GPU machine, `python -m bench.gpu` (run by scripts/gpu_check.sh).
 """
 
@@ -44,6 +46,7 @@ SECTIONS = {
     "routing_sim": "bench.routing_sim",
     "autoscale": "bench.autoscale",
     "latent": "bench.latent",
+    "latent_vs_pixel": "bench.latent_vs_pixel",
 }
 
 

@@ -54,13 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--quality",
         action="store_true",
         help="also fetch samples for each sampler and K and score them (moons: sliced-Wasserstein "
-        "ratio; digits: classifier accuracy and Frechet distance); plots quality against latency",
+        "ratio; digits and shapes: classifier accuracy and Frechet distance); plots quality against latency",
     )
     p.add_argument(
         "--quality-guidance",
         type=str,
         help="with --quality: guidance weights w to score, comma-separated ('none' for unguided), e.g. "
-        "none,1,3 (default: --guidance); digits report accuracy against w",
+        "none,1,3 (default: --guidance); digits and shapes report accuracy against w",
     )
     p.add_argument("--quality-samples", type=int, default=2000, help="samples per sampler and K for --quality")
     p.add_argument("--scrape-interval", type=positive, default=2.0, help="seconds between replica-count scrapes")

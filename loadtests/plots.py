@@ -130,7 +130,7 @@ def quality_frontier(rows: list[dict[str, Any]], metric: str, path: Path) -> Pat
 
 def quality_vs_guidance(rows: list[dict[str, Any]], path: Path) -> Path:
     """Quality against the guidance weight w at the largest K, one line per sampler: classifier accuracy
-    and Frechet distance for digits, the SW ratio for moons. Unguided rows are left out: with a class
+    and Frechet distance for digits and shapes, the SW ratio for moons. Unguided rows are left out: with a class
     label, unguided sampling is w = 1 (uncond + 1 * (cond - uncond) = cond), not w = 0."""
     metrics = ["accuracy", "frechet"] if "accuracy" in rows[0] else ["sw_ratio"]
     k_max = max(r["steps"] for r in rows)

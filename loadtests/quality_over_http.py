@@ -1,7 +1,8 @@
 """Quality against K over HTTP: fetch samples for each sampler and K, score them with training.metrics.
 
 moons models: sliced-Wasserstein ratio to fresh data (1.0 = as close as another data draw).
-digits models: class-conditional samples (labels cycled over the classes) scored by the digits classifier:
+digits and shapes models (shapes: latent models, decoded by the server): class-conditional samples (labels
+cycled over the classes) scored by that data's held-out classifier (training.metrics / training.shapes):
 accuracy of the requested label and Frechet distance in its feature space.
 """
 
@@ -14,6 +15,8 @@ import numpy as np
 from loadtests.client import LoadTestError
 from stepserve_client import Client, StepserveError, sample_body
 from training import metrics
+
+CLASS_KINDS = ("digits", "shapes")  # scored per requested class by a classifier of that data
 
 
 def max_samples_per_request(info: dict[str, Any], default: int = 256) -> int:
@@ -55,20 +58,24 @@ def fetch_samples(
 
 
 def score(kind: str, samples: np.ndarray, labels: np.ndarray | None) -> dict[str, float]:
-    """Quality of samples of a `kind` ("moons" / "digits") model; see the module docstring."""
+    """Quality of samples of a `kind` ("moons" / "digits" / "shapes") model; see the module docstring."""
     if kind == "moons":
         return {"sw_ratio": metrics.sw_ratio(samples, n=len(samples))}
-    if kind == "digits":
+    if kind in CLASS_KINDS:
         if labels is None:
-            raise LoadTestError("digits quality needs class-conditional samples (the model reports no classes)")
+            raise LoadTestError(f"{kind} quality needs class-conditional samples (the model reports no classes)")
+        if kind == "shapes":
+            from training.shapes import shapes_quality  # its classifier trains on first use (a few seconds)
+
+            return shapes_quality(samples, labels)
         return metrics.digits_quality(samples, labels)
     raise LoadTestError(f"no quality metric for data kind {kind!r}")
 
 
 def data_kind(info: dict[str, Any]) -> str:
-    """'moons' or 'digits': the `data_kind` of GET /v1/models/{id}."""
+    """'moons', 'digits' or 'shapes': the `data_kind` of GET /v1/models/{id}."""
     kind = info.get("data_kind")
-    if kind in ("moons", "digits"):
+    if kind in ("moons", *CLASS_KINDS):
         return kind
     raise LoadTestError(f"no quality metric for data kind {kind!r} (GET /v1/models/{{id}} data_kind)")
 
@@ -96,9 +103,9 @@ def quality_sweep(
     lowest = min(c["load"] for c in cells) if cells else None
     rows = []
     for w in guidances:
-        # Digits are scored per requested class, and guidance needs a class: then chunks carry one label
-        # each, cycling over the classes, sized so that every class gets the same number of samples.
-        labels = list(range(classes)) if classes and (kind == "digits" or w is not None) else None
+        # Digits and shapes are scored per requested class, and guidance needs a class: then chunks carry one
+        # label each, cycling over the classes, sized so that every class gets the same number of samples.
+        labels = list(range(classes)) if classes and (kind in CLASS_KINDS or w is not None) else None
         size = max(1, min(per_request, n // len(labels))) if labels else per_request
         for sampler in samplers:
             for k in steps:

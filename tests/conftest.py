@@ -75,6 +75,17 @@ def tiny_latent(tiny_vae: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
         return train(config_from_dict(tiny_latent_config(tiny_vae)), root / "tiny-latent-fm", progress=False)
 
 
+@pytest.fixture(scope="session")
+def small_shapes_classifier():
+    """A shapes classifier trained briefly (a few seconds; the metric's own, training.shapes.shapes_classifier,
+    takes about 35 s here): for tests of code that scores shapes, where the scores only need to tell right
+    kinds from wrong ones. Patch it in with monkeypatch.setattr("training.shapes.shapes_classifier", ...)."""
+    from training.shapes import ShapesClassifier
+
+    clf = ShapesClassifier(n=3000, epochs=4, seed=0)
+    return lambda seed=0: clf
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Modules whose tests use the session's shared Ray (`serve_cluster`, tests/serving/conftest.py) run last,
     together, in their usual order: that Ray comes up once they start and stays up to the end of the session,
