@@ -79,11 +79,11 @@ def tiny_latent(tiny_vae: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 def small_shapes_classifier():
     """A shapes classifier trained briefly (a few seconds; the metric's own, training.shapes.shapes_classifier,
     takes about 35 s here): for tests of code that scores shapes, where the scores only need to tell right
-    kinds from wrong ones. Patch it in with monkeypatch.setattr("training.shapes.shapes_classifier", ...)."""
+    kinds from wrong ones. Patch it in with
+    monkeypatch.setattr("training.shapes.shapes_classifier", lambda seed=0: small_shapes_classifier)."""
     from training.shapes import ShapesClassifier
 
-    clf = ShapesClassifier(n=3000, epochs=4, seed=0)
-    return lambda seed=0: clf
+    return ShapesClassifier(n=3000, epochs=4, seed=0)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -32,9 +32,9 @@ import torch
 from torch import nn
 
 from export.imports.checkpoint_writer import write_imported
-from export.imports.diffusers_net import require_diffusers, scheduler_config
+from export.imports.diffusers_net import NET_TRACE_BATCH, config_dict, net_graph, require_diffusers, scheduler_config
 from export.imports.diffusers_scheduler import ImportRefused, map_scheduler
-from export.onnx_export import DECODER_ONNX, DEFAULT_OPSET, decoder_to_onnx_model, to_onnx_model
+from export.onnx_export import DECODER_ONNX, DEFAULT_OPSET, decoder_to_onnx_model
 from export.parity import EVAL_TOLERANCE, ort_forward
 from sampling.request import onnx_decoder
 from training.checkpoint import Checkpoint
@@ -184,15 +184,10 @@ def import_dit(
     images = image_shape(autoencoder, shape)
     classes = int(dit.config.num_embeds_ada_norm)
     net, decoder = DiTNet(dit, shape[0]).eval(), VAEDecode(autoencoder).eval()
-    b = 3  # any size > 1: torch.export specialises a dimension traced at size 1
-    inputs = (torch.zeros((b, *shape)), torch.full((b,), 500.0), torch.zeros(b, dtype=torch.long))
-    graph = to_onnx_model(net, inputs, opset)
-    decoder_graph = decoder_to_onnx_model(decoder, torch.zeros((b, *shape)), opset)
+    graph = net_graph(net, shape, opset)
+    decoder_graph = decoder_to_onnx_model(decoder, torch.zeros((NET_TRACE_BATCH, *shape)), opset)
     scale = float(autoencoder.config.scaling_factor)
     diffusers = require_diffusers()
-
-    def config(module: nn.Module) -> dict:
-        return json.loads(json.dumps(dict(module.config), default=list))
 
     return write_imported(
         out,
@@ -217,8 +212,8 @@ def import_dit(
             "from": "diffusers",
             "diffusers": diffusers.__version__,
             "net_class": type(dit).__name__,
-            "net_config": config(dit),
-            "vae_config": config(autoencoder),
+            "net_config": config_dict(dit),
+            "vae_config": config_dict(autoencoder),
             "scheduler_config": scheduler_config(scheduler),
         },
         spacing=mapping.spacing,

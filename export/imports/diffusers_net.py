@@ -110,6 +110,21 @@ def parity(unet: nn.Module, onnx_path: Path, shape: tuple[int, ...]) -> float:
     return worst
 
 
+NET_TRACE_BATCH = 3  # any size > 1: torch.export specialises a dimension traced at size 1
+
+
+def net_graph(net: nn.Module, shape: tuple[int, ...], opset: int):
+    """An imported net (forward(x, t, y) on DDPM timesteps) traced to ONNX with the project's exporter."""
+    b = NET_TRACE_BATCH
+    inputs = (torch.zeros((b, *shape)), torch.full((b,), 500.0), torch.zeros(b, dtype=torch.long))
+    return to_onnx_model(net.eval(), inputs, opset)
+
+
+def config_dict(module: nn.Module) -> dict[str, Any]:
+    """A diffusers model's config as plain JSON values (tuples as lists)."""
+    return json.loads(json.dumps(dict(module.config), default=list))
+
+
 def import_diffusers(
     model: nn.Module | str | Path,
     scheduler: Any,
@@ -121,9 +136,7 @@ def import_diffusers(
     mapping = map_scheduler(scheduler_config(scheduler))  # refuse before the slow export
     unet = load_unet(model)
     shape = image_shape(unet)
-    b = 3  # any size > 1: torch.export specialises a dimension traced at size 1
-    inputs = (torch.zeros((b, *shape)), torch.full((b,), 500.0), torch.zeros(b, dtype=torch.long))
-    graph = to_onnx_model(UNetNet(unet).eval(), inputs, opset)
+    graph = net_graph(UNetNet(unet), shape, opset)
     params = sum(p.numel() for p in unet.parameters())
     diffusers = require_diffusers()
     return write_imported(
@@ -143,7 +156,7 @@ def import_diffusers(
             "from": "diffusers",
             "diffusers": diffusers.__version__,
             "net_class": "UNet2DModel",
-            "net_config": json.loads(json.dumps(dict(unet.config), default=list)),
+            "net_config": config_dict(unet),
             "scheduler_config": scheduler_config(scheduler),
         },
         spacing=mapping.spacing,

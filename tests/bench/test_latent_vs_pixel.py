@@ -17,7 +17,7 @@ def test_both_models_train_to_the_budget_and_are_scored_and_timed(
     tiny_vae: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_shapes_classifier
 ) -> None:
     monkeypatch.setenv("STEPSERVE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr("training.shapes.shapes_classifier", small_shapes_classifier)
+    monkeypatch.setattr("training.shapes.shapes_classifier", lambda seed=0: small_shapes_classifier)
     latent = config_from_dict({**tiny_latent_config(tiny_vae), "train": {"steps": 2, "batch_size": 4}})
     pixel = pixel_config(latent)
     assert pixel.data.autoencoder is None and pixel.net["patch"] == 4 and pixel.name == "tiny-pixel-fm"

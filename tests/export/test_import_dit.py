@@ -65,14 +65,9 @@ def test_imported_dit_samples_equal_dit_pipeline(learned_sigma: bool, tmp_path: 
     # The guidance matters at this size: different w, different images.
     w4, w15 = (imported_images(tmp_path / "dit", 7, 3, 2, 5, w) for w in (4.0, 1.5))
     assert np.abs(w4 - w15).max() > 1e-2
-
-
-def test_an_imported_decoder_is_onnx_only(tmp_path: Path) -> None:
-    pipe = tiny_dit_pipeline()
-    ckpt = import_dit(out=tmp_path / "dit", transformer=pipe.transformer, vae=pipe.vae, scheduler=dict(DIT_SCHEDULER))
+    # The imported decoder is ONNX only, and a tampered graph is caught by its hash, naming the file.
     with pytest.raises(CheckpointError, match="decoder was imported as ONNX.*onnxruntime"):
         ckpt.decoder()
-    # Tampering with the decoder graph is caught by its hash, naming the file.
     path = tmp_path / "dit" / "decoder.onnx"
     path.write_bytes(path.read_bytes()[:-8] + b"\0" * 8)
     with pytest.raises(CheckpointError, match="decoder.onnx"):

@@ -153,6 +153,11 @@ def settled_scrape(metrics_url: str, timeout: float = 30.0) -> dict:
     return last
 
 
+def outputs(made: MadeService, out: Path) -> list[str]:
+    """The arguments both load tests end with: the server's metrics, the output directory, no progress bar."""
+    return ["--metrics-url", made.metrics_url, "--out", str(out), "--no-progress"]
+
+
 def test_loadtests_sweep_against_the_service(made: MadeService, tmp_path: Path) -> None:
     """An open-loop sweep (2 samplers x 2 K at one rate): every output written, and the server counted exactly
     the requests and NFE the client sent."""
@@ -174,11 +179,7 @@ def test_loadtests_sweep_against_the_service(made: MadeService, tmp_path: Path) 
         "0.5",
         "--num-samples",
         "4",
-        "--metrics-url",
-        made.metrics_url,
-        "--out",
-        str(tmp_path),
-        "--no-progress",
+        *outputs(made, tmp_path),
         timeout=240,
     )
     assert proc.returncode == 0, proc.stderr
@@ -225,11 +226,7 @@ def test_loadtests_autoscale_trace_against_the_service(made: MadeService, tmp_pa
         "3",
         "--tail",
         "1",
-        "--metrics-url",
-        made.metrics_url,
-        "--out",
-        str(tmp_path),
-        "--no-progress",
+        *outputs(made, tmp_path),
         timeout=240,
     )
     assert proc.returncode == 0, proc.stderr

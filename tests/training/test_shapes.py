@@ -44,8 +44,8 @@ def test_each_kind_covers_its_closed_form_area() -> None:
         _mask(len(CLASSES), u, v, 1.0)
 
 
-def test_a_small_classifier_tells_the_kinds_apart() -> None:
-    clf = ShapesClassifier(n=3000, epochs=4, seed=0)  # about 10 s here; the default (10 000, 8) reaches ~0.91
+def test_a_small_classifier_tells_the_kinds_apart(small_shapes_classifier) -> None:
+    clf = small_shapes_classifier  # n 3 000, 4 epochs: about 10 s here; the default (10 000, 8) reaches ~0.91
     assert clf.test_accuracy > 0.4  # chance: 0.2
     x, y = shapes_raw(40, seed=99)
     assert clf.features(x).shape == (40, 64)
