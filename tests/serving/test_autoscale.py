@@ -110,7 +110,7 @@ def test_scale_down_drains_the_replica_it_stops(
     options = {"moons-fm": drain, "Ingress": SMALL_REPLICA}
     args = app_args(tiny_checkpoints, models=("moons-fm",), engine={"max_wait_s": 60.0}, deployment_options=options)
     base = serve_cluster.deploy("drain", "/drain", args)
-    bodies = [{"model": "moons-fm", "sampler": "fm-rk4", "steps": 300, "num_samples": 256, "seed": s} for s in range(4)]
+    bodies = [{"model": "moons-fm", "sampler": "fm-rk4", "steps": 500, "num_samples": 256, "seed": s} for s in range(4)]
     answers: dict[int, httpx.Response] = {}
     states: list[tuple[float, dict[str, int]]] = []
 
