@@ -12,7 +12,8 @@ import shutil
 import statistics
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +171,16 @@ def load(url: str, bodies: list[dict[str, Any]], concurrency: int, seconds: floa
 def p50_ms(records: list[Record], steps: int) -> float:
     """Median latency (ms) of the answered requests of K = `steps`."""
     return 1e3 * statistics.median(r.latency for r in records if r.ok and r.steps == steps)
+
+
+def median_times(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
+    """Median seconds of each function, one warm-up call each, then `rounds` rounds calling every one in turn."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}

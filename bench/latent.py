@@ -22,14 +22,12 @@ import json
 import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bench.common import machine, scratch_checkpoint
+from bench.common import machine, median_times, scratch_checkpoint
 from sampling.request import SampleSpec, decoder_of, prepare
 from serving.backends import load_backend
 from serving.engine import Engine, EngineLimits, profile_decode
@@ -39,23 +37,10 @@ from training.checkpoint import load_checkpoint
 MODEL = "shapes-latent-fm"
 
 
-def _median_times(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
-    """Median seconds of each function, one warm-up call each, then `rounds` rounds calling every one in turn."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def decoder_throughput(ckpt, runtime: str, sizes: tuple[int, ...], rounds: int) -> list[dict[str, Any]]:
     decode = decoder_of(ckpt, runtime, num_threads=torch.get_num_threads())
     inputs = {b: torch.randn(b, *ckpt.data_shape) for b in sizes}
-    med = _median_times({str(b): (lambda b=b: decode(inputs[b])) for b in sizes}, rounds)
+    med = median_times({str(b): (lambda b=b: decode(inputs[b])) for b in sizes}, rounds)
     return [{"rows": b, "median_s": med[str(b)], "rows_per_s": b / med[str(b)]} for b in sizes]
 
 
@@ -83,7 +68,7 @@ def batched_against_one_at_a_time(ckpt, requests: int, samples: int, rounds: int
             decode(p)
 
     fns = {"batched": batched, "in_chunks": in_chunks, "one_at_a_time": one_at_a_time}
-    med = _median_times(fns, rounds)
+    med = median_times(fns, rounds)
     together = decode(torch.cat(parts))
     apart = torch.cat([decode(p) for p in parts])
     return {
@@ -128,7 +113,7 @@ def latency_share(ckpt, ks: tuple[int, ...], samples: int, repeats: int) -> list
                 totals.append(res.queue_s + res.compute_s)
             total = statistics.median(totals)
             rows = torch.randn(samples, *ckpt.data_shape)
-            dec = _median_times({"decode": lambda rows=rows: decode(rows)}, max(3, repeats))["decode"]
+            dec = median_times({"decode": lambda rows=rows: decode(rows)}, max(3, repeats))["decode"]
             out.append(
                 {
                     "steps": k,

@@ -22,17 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bench.common import ROOT, machine
+from bench.common import ROOT, machine, median_times
 from bench.knobs import CountingNet, class_scores, draw
 from sampling.request import SampleSpec
 from training.autoencoder import load_autoencoder
@@ -76,7 +74,7 @@ def train_and_score(cfg: Config, out: Path, budget_s: float, evals: int, per_cla
         points.append({"steps": steps, "train_s": round(wall, 1), **scores})
         print(f"{cfg.name}: {steps} steps, {wall:.0f} s: {scores}", flush=True)
     s_per_step = wall / done
-    params = sum(p.numel() for p in load_checkpoint(out).net("ema").parameters())
+    params = sum(p.numel() for p in ckpt.net("ema").parameters())
     return {"config": cfg.name, "params": params, "s_per_step": round(s_per_step, 4), "points": points}
 
 
@@ -85,17 +83,8 @@ def sampling_time(ckpt_dirs: dict[str, Path], n: int, rounds: int) -> dict[str, 
     models = {name: load_checkpoint(d) for name, d in ckpt_dirs.items()}
     nets = {name: CountingNet(ckpt.net("ema")) for name, ckpt in models.items()}
     spec = SampleSpec(SAMPLER, K, n, guidance=W, class_label=0, seed=1)
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for name in models:  # warm-up
-        draw(models[name], nets[name], spec)
-    for _ in range(rounds):
-        for name, ckpt in models.items():
-            t0 = time.perf_counter()
-            draw(ckpt, nets[name], spec)
-            times[name].append(time.perf_counter() - t0)
-    return {
-        name: {"median_s": statistics.median(t), "s_per_image": statistics.median(t) / n} for name, t in times.items()
-    }
+    med = median_times({name: (lambda name=name: draw(models[name], nets[name], spec)) for name in models}, rounds)
+    return {name: {"median_s": t, "s_per_image": t / n} for name, t in med.items()}
 
 
 def first_reaching(points: list[dict], accuracy: float, frechet: float) -> float | None:
