@@ -22,7 +22,8 @@ call instead of answering at once; after each tick every request finished since 
 in one call of the decoder (in pieces of `decode_chunk` rows, the size the replica measured fastest per row)
 in the engine's thread, and answers with its images.
 Its time is predicted from `decode_model` (fitted to a profile and to every call, like the tick model) and
-counted in each request's predicted latency and in its compute time.
+counted in each request's predicted latency and in its compute time, and so are the decodes due before it: those
+of requests already finished (`Load.decoding_s`) and of those ordered before it (`RequestState.decode_s`).
 
 A request's noise comes from its own torch.Generator, so its samples do not depend on its batch
 neighbours (up to float summation order inside the net's matmuls).
@@ -47,7 +48,7 @@ from serving.policy import admission, tick_plan
 from serving.policy.admission import Prediction
 from serving.policy.limits import EngineLimits
 from serving.policy.state import Load, RequestState
-from serving.policy.tick_model import TickModel, profile_tick_times
+from serving.policy.tick_model import DecodeCost, TickModel, profile_tick_times
 from serving.refusals import RequestTimeout
 
 __all__ = ["Engine", "EngineLimits", "EngineResult", "EngineStats", "Prediction"]
@@ -146,6 +147,8 @@ class Engine:
         self.decode = decode
         self.decode_model = decode_model or TickModel()
         self.decode_chunk = max(1, int(decode_chunk))
+        self.decode_cost = DecodeCost(self.decode_model, self.decode_chunk) if decode is not None else None
+        self._decode_started = 0.0  # when the decode call running now began (perf_counter)
         self._decoding: list[tuple[RequestState, Tensor]] = []  # finished, waiting for the next decode call
         self._decode_batch: list[tuple[RequestState, Tensor]] = []  # the one being decoded now
         self._decodes = 0
@@ -157,33 +160,39 @@ class Engine:
     def load(self) -> Load:
         """The engine's load now, what its predictions read (`serving.policy.admission`)."""
         running = (self._running_rows, self._running_since)
-        return Load(tuple(self._active), tuple(self._queue), *running, self.efficiency.value(), self._lane)
+        return Load(
+            tuple(self._active), tuple(self._queue), *running, self.efficiency.value(), self._lane, self._decoding_s()
+        )
+
+    def _decoding_s(self) -> float:
+        """Predicted seconds of decoding still due for finished requests: those waiting for the next decode call
+        and what is left of the one running now."""
+        if self.decode_cost is None:
+            return 0.0
+        waiting = self.decode_s(sum(len(x) for _, x in self._decoding))
+        if not self._decode_batch:
+            return waiting
+        running = self.decode_s(sum(len(x) for _, x in self._decode_batch))
+        return waiting + max(0.0, running - (time.perf_counter() - self._decode_started))
 
     def alone_s(self, rows: int, evaluations: int, samples: int | None = None) -> float:
         """Seconds a request of `rows` rows x `evaluations` evaluations takes on an idle engine (with a decode
         stage, decoding its `samples` too; None: as many as rows)."""
-        own = admission.alone_s(RequestState(rows, evaluations), self.tick_model, self.limits)
-        return own + self.decode_s(rows if samples is None else samples)
+        request = RequestState(rows, evaluations, decode_s=self.decode_s(rows if samples is None else samples))
+        return admission.alone_s(request, self.tick_model, self.limits)
 
     def decode_s(self, samples: int) -> float:
         """Predicted seconds of decoding `samples` images (0 without a decode stage)."""
-        if self.decode is None or samples <= 0:
-            return 0.0
-        chunks, last = divmod(samples, self.decode_chunk)
-        return chunks * self.decode_model.tick_s(self.decode_chunk) + (self.decode_model.tick_s(last) if last else 0.0)
+        return 0.0 if self.decode_cost is None else self.decode_cost.seconds(samples)
 
     def predict(
         self, rows: int, evaluations: int, deadline: float | None = None, samples: int | None = None
     ) -> Prediction:
         """How long a new request of `rows` rows x `evaluations` evaluations (deadline on `clock`, or None)
         would take under the load now (`admission.predict`), its decode included (`samples`; None: rows)."""
-        request = RequestState(rows, evaluations, deadline)
-        p = admission.predict(request, self.load(), self.clock(), self.tick_model, self.limits)
-        return self._with_decode(p, rows if samples is None else samples)
-
-    def _with_decode(self, p: Prediction, samples: int) -> Prediction:
-        extra = self.decode_s(samples)
-        return p if extra == 0.0 else Prediction(p.latency_s + extra, p.wait_s)
+        decode_s = self.decode_s(rows if samples is None else samples)
+        request = RequestState(rows, evaluations, deadline, decode_s=decode_s)
+        return admission.predict(request, self.load(), self.clock(), self.tick_model, self.limits)
 
     @property
     def decodes(self) -> int:
@@ -212,17 +221,19 @@ class Engine:
         rows = int(y.shape[0]) * (2 if guidance is not None else 1)
         evaluations = evaluations or 1
         load = self.load()
+        decode_s = self.decode_s(int(y.shape[0]))
         if prediction is None:
-            request = RequestState(rows, evaluations, deadline)
+            request = RequestState(rows, evaluations, deadline, decode_s=decode_s)
             prediction = admission.predict(request, load, self.clock(), self.tick_model, lim)
-            prediction = self._with_decode(prediction, int(y.shape[0]))
         refused = admission.refusal(prediction, load, lim)
         if refused is not None:
             gen.close()
             raise refused
         self._seq += 1
         future = asyncio.get_running_loop().create_future()
-        job = RequestState(rows, evaluations, deadline, self._seq, gen=gen, y=y, guidance=guidance, future=future)
+        job = RequestState(
+            rows, evaluations, deadline, self._seq, decode_s=decode_s, gen=gen, y=y, guidance=guidance, future=future
+        )
         job.submitted = time.perf_counter()
         job.predicted_s = prediction.latency_s
         self._queue.append(job)
@@ -453,7 +464,7 @@ class Engine:
         if not batch:
             return
         self._decode_batch = batch
-        started = time.perf_counter()
+        started = self._decode_started = time.perf_counter()
         try:
             out = await loop.run_in_executor(self._executor, self._decode_rows, self._rows_of(batch))
         except Exception as e:

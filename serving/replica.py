@@ -243,7 +243,7 @@ class ModelReplica:
             e = self.engine
             factor = self.calibration.factor()
             self._snapshot = admission.snapshot(
-                e.load(), e.clock(), e.tick_model, e.limits, self.replica_id, now, factor
+                e.load(), e.clock(), e.tick_model, e.limits, self.replica_id, now, factor, e.decode_cost
             )
         return self._snapshot
 

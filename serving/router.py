@@ -55,7 +55,7 @@ class WorkAwareRouter(RequestRouter):
             snapshot = snapshots.get(replica.actor_id.hex())
             fit = None if snapshot is None else routing.best_fit(snapshot, work.candidates, work.due or now, now)
             evaluations = fit[2] if fit else min(c.spec.evaluations for c in work.candidates)
-        routing.BOARD.sent(replica.actor_id.hex(), work.rows, evaluations, work.due, now)
+        routing.BOARD.sent(replica.actor_id.hex(), work.rows, evaluations, work.due, now, work.samples)
 
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         replica = self._replicas.get(replica_id)

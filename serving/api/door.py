@@ -39,7 +39,7 @@ MAX_SENT = 4096  # requests remembered as sent since the last snapshot
 @dataclass
 class _Model:
     snapshots: dict[str, Snapshot] = field(default_factory=dict)
-    sent: deque[tuple[float, int, int, float | None]] = field(default_factory=lambda: deque(maxlen=MAX_SENT))
+    sent: deque[tuple[float, int, int, float | None, int]] = field(default_factory=lambda: deque(maxlen=MAX_SENT))
 
 
 class Door:
@@ -67,10 +67,12 @@ class Door:
         while m.sent and m.sent[0][0] <= newest:  # in every snapshot by now, or done
             m.sent.popleft()
 
-    def refusal(self, model: str, rows: int, evaluations: int, due: float | None) -> Overloaded | None:
-        """The engine's refusal of a request of `rows` rows x `evaluations` evaluations due at unix time `due`
-        (or None) when every replica of `model` heard from lately would refuse it, by a fresh snapshot; else
-        None (the request goes on)."""
+    def refusal(
+        self, model: str, rows: int, evaluations: int, due: float | None, samples: int = 0
+    ) -> Overloaded | None:
+        """The engine's refusal of a request of `rows` rows x `evaluations` evaluations (`samples` images to
+        decode where the model has a decode stage) due at unix time `due` (or None) when every replica of
+        `model` heard from lately would refuse it, by a fresh snapshot; else None (the request goes on)."""
         m = self._models.get(model)
         if m is None:
             return None
@@ -80,8 +82,8 @@ class Door:
             return None
         refusals = []
         for s in recent:
-            sent = [] if len(recent) > 1 else [state(r, e, d, s) for t, r, e, d in m.sent if t > s.taken_at]
-            refused = s.refusal(state(rows, evaluations, due, s), now, sent)
+            sent = [] if len(recent) > 1 else [state(r, e, d, s, n) for t, r, e, d, n in m.sent if t > s.taken_at]
+            refused = s.refusal(state(rows, evaluations, due, s, samples), now, sent)
             if refused is None:
                 return None
             refusals.append(refused)
@@ -99,15 +101,15 @@ class Door:
             return None
         best = (-1.0, float("inf"))
         for s in recent:
-            sent = [] if len(recent) > 1 else [state(r, e, d, s) for t, r, e, d in m.sent if t > s.taken_at]
+            sent = [] if len(recent) > 1 else [state(r, e, d, s, n) for t, r, e, d, n in m.sent if t > s.taken_at]
             fit = best_fit(s, candidates, due, now, sent)
             if fit is not None and (fit[0], -fit[1]) > (best[0], -best[1]):
                 best = fit[:2]
         return best
 
-    def sent(self, model: str, rows: int, evaluations: int, due: float | None) -> None:
+    def sent(self, model: str, rows: int, evaluations: int, due: float | None, samples: int = 0) -> None:
         """A request was sent to `model`'s replicas now."""
-        self._models.setdefault(model, _Model()).sent.append((self.clock(), rows, evaluations, due))
+        self._models.setdefault(model, _Model()).sent.append((self.clock(), rows, evaluations, due, samples))
 
 
 class LoopLag:

@@ -199,13 +199,13 @@ class SampleService:
         the request by its latest load, else it is counted as sent."""
         if self.door is None:
             return
-        refused = self.door.refusal(model, spec.rows, spec.evaluations, due)
+        refused = self.door.refusal(model, spec.rows, spec.evaluations, due, spec.num_samples)
         if refused is not None:
             if self._door_metrics is None:  # made on first use, inside the replica's process
                 self._door_metrics = DoorMetrics()
             self._door_metrics.refused(model)
             raise refusal(model, refused)
-        self.door.sent(model, spec.rows, spec.evaluations, due)
+        self.door.sent(model, spec.rows, spec.evaluations, due, spec.num_samples)
 
     def spec(self, req: SampleRequest, info: ModelInfo, seed: int) -> SampleSpec:
         """The request as a `SampleSpec`, validated against the model."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from serving.policy import tick_plan
 from serving.policy.limits import EngineLimits
 from serving.policy.state import Load, RequestState
-from serving.policy.tick_model import TickModel
+from serving.policy.tick_model import DecodeCost, TickModel
 from serving.refusals import Overloaded
 
 
@@ -37,9 +37,9 @@ class Prediction:
 
 
 def alone_s(request: RequestState, model: TickModel, limits: EngineLimits) -> float:
-    """Seconds `request` (rows x planned evaluations) takes on an idle engine."""
+    """Seconds `request` (rows x planned evaluations, then its decode) takes on an idle engine."""
     cap = limits.max_rows_per_tick
-    return request.planned * math.ceil(request.rows / cap) * model.tick_s(min(request.rows, cap))
+    return request.planned * math.ceil(request.rows / cap) * model.tick_s(min(request.rows, cap)) + request.decode_s
 
 
 def predict(request: RequestState, load: Load, now: float, model: TickModel, limits: EngineLimits) -> Prediction:
@@ -47,7 +47,7 @@ def predict(request: RequestState, load: Load, now: float, model: TickModel, lim
     from `now` under `load`. One that would tick in the express lane beside others' long ticks is predicted
     against the other express requests only."""
     policy = limits.policy
-    own_s = request.planned * model.tick_s(request.rows)
+    own_s = request.planned * model.tick_s(request.rows) + request.decode_s  # its own decode is its time alone
     if policy.fifo:
         wait = _fifo_wait(request, load, model, limits)
         return Prediction(wait + own_s, wait)
@@ -56,7 +56,7 @@ def predict(request: RequestState, load: Load, now: float, model: TickModel, lim
         in_lane = [tick_plan.express(r, now, model, policy) for r in requests]
         others = min(sum(r.rows for r, e in zip(requests, in_lane, strict=True) if not e), policy.max_rows_per_tick)
         if others and not model.inline(others):  # it would tick beside the others' long ticks
-            load = Load([r for r, e in zip(requests, in_lane, strict=True) if e])
+            load = Load([r for r, e in zip(requests, in_lane, strict=True) if e], decoding_s=load.decoding_s)
     latency = tick_plan.finish_s(request, load, now, model, policy)
     return Prediction(latency, max(0.0, latency - own_s))
 
@@ -64,10 +64,11 @@ def predict(request: RequestState, load: Load, now: float, model: TickModel, lim
 def drain_s(load: Load, model: TickModel, limits: EngineLimits) -> float:
     """Seconds of work in `load` (requests in flight and queued) at the most the engine batches: every request
     runs its evaluations left in ticks beside all the others still running, ticks of more rows than the cap
-    split into full ones. What the autoscaling policy reads as a replica's backlog (`serving.autoscale`)."""
+    split into full ones, and every decode due (a latent model's decode stage). What the autoscaling policy
+    reads as a replica's backlog (`serving.autoscale`)."""
     cap = limits.max_rows_per_tick
     left = sorted(((r.evals_left, r.rows) for r in load.requests), reverse=True)
-    total, rows = 0.0, 0
+    total, rows = load.decoding_s + sum(r.decode_s for r in load.requests), 0
     # Ticks from the last request's end backwards: while k requests remain, the rows are theirs.
     for i, (evals, r) in enumerate(left):
         rows += r
@@ -83,12 +84,13 @@ def _fifo_wait(request: RequestState, load: Load, model: TickModel, limits: Engi
     alone = model.tick_s(rows)
     in_flight_rows = sum(r.rows for r in load.in_flight)
     fits = in_flight_rows + rows <= limits.max_rows_per_tick or not load.in_flight
+    decodes = load.decoding_s + sum(r.decode_s for r in load.requests)  # all of them finish first (FIFO)
     if not load.queued and fits and len(load.in_flight) < limits.max_in_flight:
-        return evaluations * (model.tick_s(in_flight_rows + rows) - alone)
+        return decodes + evaluations * (model.tick_s(in_flight_rows + rows) - alone)
     full = limits.max_rows_per_tick
     tick = model.tick_s(full)
     ahead = sum(r.work_left for r in load.requests)
-    return ahead * tick / full + evaluations * max(tick - alone, 0.0)
+    return decodes + ahead * tick / full + evaluations * max(tick - alone, 0.0)
 
 
 def refusal(prediction: Prediction, load: Load, limits: EngineLimits) -> Overloaded | None:
@@ -112,7 +114,8 @@ def retry_after(wait_s: float, bound_s: float) -> int:
 class Snapshot:
     """An engine's load as another process sees it (the HTTP edge, `serving.api.door`): the requests'
     scheduling fields with every time relative to `taken_at` (unix seconds, when it was taken), a copy of the
-    latency model and the knobs; `replica` names the replica it came from."""
+    latency model and the knobs, and of the decode stage's cost (a latent model's; None without one);
+    `replica` names the replica it came from."""
 
     replica: str
     taken_at: float
@@ -120,6 +123,11 @@ class Snapshot:
     model: TickModel
     limits: EngineLimits
     factor: float = 1.0  # the replica's steps-"auto" calibration (step_budget.Calibration): its predictions' scale
+    decode: DecodeCost | None = None
+
+    def decode_s(self, samples: int) -> float:
+        """Predicted seconds of decoding `samples` images on this replica (0 without a decode stage)."""
+        return 0.0 if self.decode is None else self.decode.seconds(samples)
 
     def refusal(self, request: RequestState, now: float, sent: Sequence[RequestState] = ()) -> Overloaded | None:
         """`refusal` for a new `request` (its deadline relative to taken_at, or None) at unix time `now`, with
@@ -138,8 +146,8 @@ class Snapshot:
         return Load(load.in_flight, (*load.queued, *sent), *_rest(load)) if sent else load
 
 
-def _rest(load: Load) -> tuple[int, float, float, bool]:
-    return load.running_rows, load.running_since, load.recent_efficiency, load.express_lane
+def _rest(load: Load) -> tuple[int, float, float, bool, float]:
+    return load.running_rows, load.running_since, load.recent_efficiency, load.express_lane, load.decoding_s
 
 
 def snapshot(
@@ -150,12 +158,15 @@ def snapshot(
     replica: str,
     taken_at: float,
     factor: float = 1.0,
+    decode: DecodeCost | None = None,
 ) -> Snapshot:
     """`load` at `now` on the engine's clock as a `Snapshot` taken at unix time `taken_at`."""
 
     def scheduling(r: RequestState) -> RequestState:
         deadline = None if r.deadline is None else r.deadline - now
-        return RequestState(r.rows, r.planned, deadline, r.seq, r.evaluations, r.cursor, r.idle_ticks, r.size)
+        return RequestState(
+            r.rows, r.planned, deadline, r.seq, r.evaluations, r.cursor, r.idle_ticks, r.size, r.decode_s
+        )
 
     portable = Load(
         tuple(map(scheduling, load.in_flight)),
@@ -164,5 +175,6 @@ def snapshot(
         load.running_since - now,
         load.recent_efficiency,
         load.express_lane,
+        load.decoding_s,
     )
-    return Snapshot(replica, taken_at, portable, copy.deepcopy(model), limits, factor)
+    return Snapshot(replica, taken_at, portable, copy.deepcopy(model), limits, factor, copy.deepcopy(decode))

@@ -40,12 +40,14 @@ TIE_S, TIE_FRACTION = 0.002, 0.1  # predictions this close are a tie: Serve's qu
 @dataclass(frozen=True)
 class Work:
     """What a request costs a replica: rows per evaluation, net evaluations (fixed steps; 0 for steps "auto"),
-    its deadline (unix time) or None, and for steps "auto" its candidates."""
+    its deadline (unix time) or None, for steps "auto" its candidates, and its samples (what a decode stage
+    decodes)."""
 
     rows: int
     evaluations: int
     due: float | None
     candidates: tuple[Candidate, ...] = ()
+    samples: int = 0
 
 
 def work_of(method: str, args: Sequence[Any], kwargs: dict[str, Any]) -> Work | None:
@@ -56,20 +58,23 @@ def work_of(method: str, args: Sequence[Any], kwargs: dict[str, Any]) -> Work | 
         if method in ("sample", "sample_stream"):
             spec = args[0] if args else kwargs["spec"]
             due = kwargs.get("deadline_at", args[1] if len(args) > 1 and method == "sample" else None)
-            return Work(int(spec.rows), int(spec.evaluations), None if due is None else float(due))
+            due = None if due is None else float(due)
+            return Work(int(spec.rows), int(spec.evaluations), due, samples=int(spec.num_samples))
         if method == "sample_auto":
             candidates = tuple(args[0] if args else kwargs["candidates"])
             due = float(args[1] if len(args) > 1 else kwargs["deadline_at"])
-            rows = candidates[0].spec.rows if candidates else 0
-            return Work(int(rows), 0, due, candidates)
+            rows, samples = (candidates[0].spec.rows, candidates[0].spec.num_samples) if candidates else (0, 0)
+            return Work(int(rows), 0, due, candidates, int(samples))
     except (AttributeError, IndexError, KeyError, TypeError, ValueError):
         return None
     return None
 
 
-def state(rows: int, evaluations: int, due: float | None, snapshot: Snapshot) -> RequestState:
-    """A request as the snapshot's engine would hold it (its deadline relative to when it was taken)."""
-    return RequestState(rows, evaluations, None if due is None else due - snapshot.taken_at, seq=1 << 61)
+def state(rows: int, evaluations: int, due: float | None, snapshot: Snapshot, samples: int = 0) -> RequestState:
+    """A request as the snapshot's engine would hold it (its deadline relative to when it was taken; the decode
+    of its `samples` images where the replica has a decode stage)."""
+    deadline = None if due is None else due - snapshot.taken_at
+    return RequestState(rows, evaluations, deadline, seq=1 << 61, decode_s=snapshot.decode_s(samples))
 
 
 def best_fit(
@@ -81,13 +86,14 @@ def best_fit(
     bisection over the candidates' distinct counts: a handful of predictions, not one per candidate."""
     if not candidates:
         return None
-    rows = candidates[0].spec.rows
+    rows, samples = candidates[0].spec.rows, candidates[0].spec.num_samples
     counts = sorted({c.spec.evaluations for c in candidates})
     cache: dict[int, float] = {}
 
     def seconds(evaluations: int) -> float:
         if evaluations not in cache:
-            cache[evaluations] = snapshot.latency_s(state(rows, evaluations, due, snapshot), now, sent)
+            request = state(rows, evaluations, due, snapshot, samples)
+            cache[evaluations] = snapshot.latency_s(request, now, sent)
         return cache[evaluations]
 
     lo, hi = 0, len(counts)  # counts[:lo] fit; counts[hi:] do not
@@ -124,7 +130,7 @@ def score(snapshot: Snapshot, work: Work, now: float, sent: Sequence[RequestStat
             return Score((1.0, 0.0, math.inf), True, min(c.spec.evaluations for c in work.candidates))
         quality, seconds, evaluations = fit
         return Score((0.0, -quality, seconds), False, evaluations)
-    request = state(work.rows, work.evaluations, work.due, snapshot)
+    request = state(work.rows, work.evaluations, work.due, snapshot, work.samples)
     refused = snapshot.refusal(request, now, sent) is not None
     latency = snapshot.latency_s(request, now, sent)
     late = work.due is not None and now + latency > work.due
@@ -178,12 +184,13 @@ def _tie(best: tuple[float, ...], other: tuple[float, ...]) -> bool:
 
 class Board:
     """Per replica id: the newest snapshot heard (from an answer or the controller's routing stats) and the
-    requests routed to it since, (unix time, rows, evaluations, due). Shared by the threads of one process."""
+    requests routed to it since, (unix time, rows, evaluations, due, samples). Shared by the threads of one
+    process."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._snapshots: dict[str, Snapshot] = {}
-        self._sent: dict[str, deque[tuple[float, int, int, float | None]]] = {}
+        self._sent: dict[str, deque[tuple[float, int, int, float | None, int]]] = {}
         self._decoded: dict[str, tuple[float, Snapshot]] = {}
 
     def observe(self, snapshot: Snapshot | None) -> None:
@@ -213,16 +220,16 @@ class Board:
             self._decoded[snapshot.replica] = (snapshot.taken_at, snapshot)
             self.observe(snapshot)
 
-    def sent(self, replica: str, rows: int, evaluations: int, due: float | None, now: float) -> None:
+    def sent(self, replica: str, rows: int, evaluations: int, due: float | None, now: float, samples: int = 0) -> None:
         with self._lock:
-            self._sent.setdefault(replica, deque(maxlen=MAX_SENT)).append((now, rows, evaluations, due))
+            self._sent.setdefault(replica, deque(maxlen=MAX_SENT)).append((now, rows, evaluations, due, samples))
 
     def view(self, replicas: Sequence[str]) -> tuple[dict[str, Snapshot], dict[str, list[RequestState]]]:
         """The newest snapshot of each of `replicas` that has one, and the requests routed to each since."""
         with self._lock:
             snapshots = {r: self._snapshots[r] for r in replicas if r in self._snapshots}
             sent = {
-                r: [state(rows, e, due, s) for t, rows, e, due in self._sent.get(r, ()) if t > s.taken_at]
+                r: [state(rows, e, due, s, n) for t, rows, e, due, n in self._sent.get(r, ()) if t > s.taken_at]
                 for r, s in snapshots.items()
             }
         return snapshots, sent

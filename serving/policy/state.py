@@ -27,9 +27,11 @@ class RequestState:
     its sampler will ask for), deadline (absolute seconds on the engine's clock; None: the default class),
     seq (arrival order), evaluations (run so far), cursor (rows of the current evaluation already run),
     idle_ticks (ticks since it last advanced), size (rows x evaluations asked for, fixed for its life; 0:
-    rows x planned). What the engine owns (unset in the policy's own tests): the sampler generator, labels,
-    guidance, the future its caller awaits, when it was submitted and admitted, its latency predicted then,
-    the current evaluation's rows (x, t, y; guided rows expanded) and the outputs of those run so far."""
+    rows x planned), decode_s (predicted seconds of decoding its images once its sampler finishes: a latent
+    model's decode stage; 0 without one). What the engine owns (unset in the policy's own tests): the sampler
+    generator, labels, guidance, the future its caller awaits, when it was submitted and admitted, its latency
+    predicted then, the current evaluation's rows (x, t, y; guided rows expanded) and the outputs of those run
+    so far."""
 
     rows: int
     planned: int
@@ -39,6 +41,7 @@ class RequestState:
     cursor: int = 0
     idle_ticks: int = 0
     size: int = 0
+    decode_s: float = 0.0
     gen: SamplerGen | None = None
     y: Tensor | None = None
     guidance: float | None = None
@@ -98,7 +101,8 @@ class RequestState:
 class Load:
     """An engine's load at one moment, what its predictions read: the requests in flight and waiting, the
     rows of the tick running now (0 when idle) and when it started, the throughput guard's recent
-    efficiency (`tick_plan.Efficiency`), and whether the express lane is on (`tick_plan.express`)."""
+    efficiency (`tick_plan.Efficiency`), whether the express lane is on (`tick_plan.express`), and the seconds
+    of decoding still due for requests whose samplers have finished (waiting for the decode stage or in it)."""
 
     in_flight: Sequence[RequestState] = ()
     queued: Sequence[RequestState] = ()
@@ -106,6 +110,7 @@ class Load:
     running_since: float = 0.0
     recent_efficiency: float = 1.0
     express_lane: bool = False
+    decoding_s: float = 0.0
 
     @property
     def requests(self) -> list[RequestState]:

@@ -148,6 +148,22 @@ class TickModel:
         return fixed, per_row
 
 
+@dataclass
+class DecodeCost:
+    """A decode stage's time (a latent model's decoder, `serving.engine`): `samples` images are decoded in
+    calls of at most `chunk` rows, each timed by `model` (a TickModel over decoded rows)."""
+
+    model: TickModel
+    chunk: int
+
+    def seconds(self, samples: int) -> float:
+        """Predicted seconds of decoding `samples` images."""
+        if samples <= 0:
+            return 0.0
+        chunks, last = divmod(samples, self.chunk)
+        return chunks * self.model.tick_s(self.chunk) + (self.model.tick_s(last) if last else 0.0)
+
+
 def tick_profile_sizes(max_rows_per_tick: int, backend: object) -> tuple[int, ...]:
     """The batch sizes a replica profiles: 1, 64, 256 and 1 024 rows, each brought within the engine's rows
     per tick and the backend's own batch bounds (`min_batch` / `max_batch`: a TensorRT plan's profile).

@@ -187,8 +187,9 @@ def finish_s(request: RequestState, load: Load, now: float, model: TickModel, po
     """Seconds from `now` until a new `request` (rows per evaluation, planned evaluations, absolute deadline or
     None; not yet in `load`) would finish under the policy (not FIFO): the rest of the tick running now, then
     the work ordered before it at the throughput of `efficient_rows` ticks (within 1 - efficiency of the best),
-    then its own evaluations in ticks of the size the row budget allows it beside the rest. It errs long: work
-    ordered before it in fact shares its ticks."""
+    then its own evaluations in ticks of the size the row budget allows it beside the rest; with a decode stage,
+    the decodes due now and those of the requests ordered before it (each decoded between two ticks), then its
+    own. It errs long: work ordered before it in fact shares its ticks, and its decodes share calls."""
     cap = policy.max_rows_per_tick
     running = max(0.0, load.running_since + model.tick_s(load.running_rows) - now) if load.running_rows else 0.0
     others = sum(s.rows for s in load.requests)
@@ -210,7 +211,8 @@ def finish_s(request: RequestState, load: Load, now: float, model: TickModel, po
     else:  # each evaluation runs in ceil(rows / cap) full ticks
         own_s = evaluations * math.ceil(rows / cap) * model.tick_s(cap)
     ahead_s = ahead * model.tick_s(floor) / floor if ahead else 0.0
-    return running + ahead_s + own_s
+    decodes_s = load.decoding_s + sum(s.decode_s for s in before) + request.decode_s
+    return running + ahead_s + own_s + decodes_s
 
 
 def express(request: RequestState, now: float, model: TickModel, policy: Policy) -> bool:

@@ -645,6 +645,54 @@ def test_a_decode_stage_is_counted_in_the_predicted_latency(ckpts) -> None:
     assert engine.decode_s(1100) == pytest.approx(2 * decode_model.tick_s(512) + decode_model.tick_s(76))
 
 
+def test_a_decode_in_progress_and_the_decodes_ahead_are_counted_in_a_new_requests_latency(ckpts) -> None:
+    """While one request's decode runs (held), the engine's load carries what is left of it; a new request's
+    predicted latency holds it, the backlog (`admission.drain_s`) does, and the load snapshot the edge
+    predicts from (`admission.snapshot`) predicts the same for a request of the same samples."""
+    from serving.policy import admission, routing
+
+    ckpt = ckpts["moons-fm"]
+    model = TickModel([(1, 0.001), (64, 0.002)])
+    decode_model = TickModel([(1, 0.2), (64, 0.4)])  # 0.2 s + ~3 ms a row: far longer than the hold below
+    entered, release = threading.Event(), threading.Event()
+
+    def held_decode(x: torch.Tensor) -> torch.Tensor:
+        entered.set()
+        release.wait(10)
+        return x
+
+    async def main():
+        engine = Engine(
+            RecordingForward(ckpt.net("ema")),
+            ckpt.null_label,
+            tick_model=model,
+            decode=held_decode,
+            decode_model=decode_model,
+        )
+        idle = engine.predict(64, 10, samples=64).latency_s
+        expected_idle = 10 * model.tick_s(64) + decode_model.tick_s(64)  # before any tick or decode refits them
+        job = asyncio.ensure_future(engine.submit(*_start(ckpt, "fm-euler", 2, None, 64, 1, {}), None, 2))
+        while not entered.is_set():
+            await asyncio.sleep(0.005)
+        load = engine.load()
+        loaded = engine.predict(64, 10, samples=64).latency_s
+        drain = admission.drain_s(load, model, engine.limits)
+        snap = admission.snapshot(load, engine.clock(), model, engine.limits, "r", time.time(), 1.0, engine.decode_cost)
+        seen = snap.latency_s(routing.state(64, 10, None, snap, 64), snap.taken_at)
+        full = decode_model.tick_s(64)
+        release.set()
+        await job
+        await engine.close()
+        return idle, expected_idle, full, load, loaded, drain, seen
+
+    idle, expected_idle, full, load, loaded, drain, seen = asyncio.run(main())
+    assert idle == pytest.approx(expected_idle)
+    assert 0.5 * full < load.decoding_s <= full  # what is left of the decode running now
+    assert loaded == pytest.approx(idle + load.decoding_s, rel=0.05)
+    assert drain == pytest.approx(load.decoding_s)
+    assert seen == pytest.approx(loaded, rel=0.05)
+
+
 def test_a_request_the_express_lane_finishes_is_decoded_before_the_long_tick_ends(ckpts) -> None:
     """With a decode stage, the short request that ran in the express lane is decoded and answered while the
     long request's first tick is still in the engine's thread (held 300 ms), with the decode of its own samples."""

@@ -40,11 +40,11 @@ def spec(steps: int, n: int = 8) -> SampleSpec:
 
 def test_work_of_reads_the_replica_methods_arguments() -> None:
     s = spec(20)
-    assert work_of("sample", (s, NOW + 1), {}) == Work(8, 20, NOW + 1)
-    assert work_of("sample", (s,), {}) == Work(8, 20, None)
-    assert work_of("sample_stream", (s, 5), {}) == Work(8, 20, None)  # preview_every is not a deadline
+    assert work_of("sample", (s, NOW + 1), {}) == Work(8, 20, NOW + 1, samples=8)
+    assert work_of("sample", (s,), {}) == Work(8, 20, None, samples=8)
+    assert work_of("sample_stream", (s, 5), {}) == Work(8, 20, None, samples=8)  # preview_every is not a deadline
     cands = [Candidate(spec(1), 0.2), Candidate(spec(10), 0.9)]
-    assert work_of("sample_auto", (cands, NOW + 2), {}) == Work(8, 0, NOW + 2, tuple(cands))
+    assert work_of("sample_auto", (cands, NOW + 2), {}) == Work(8, 0, NOW + 2, tuple(cands), 8)
     assert work_of("load", (), {}) is None
     assert work_of("sample", ("not a spec",), {}) is None
 

@@ -236,3 +236,21 @@ def test_a_request_limits_only_requests_several_times_its_size_or_everyone_with_
     tail = RequestState(256, 100, None, seq=5)
     tail.evaluations = 99  # one evaluation left
     assert tail.size == 25_600 and not binds(tail, RequestState(256, 100, None, seq=6), policy)
+
+
+def test_the_decodes_due_before_a_request_are_in_its_finish() -> None:
+    """With a decode stage, a request's finish holds the decodes still due for finished requests, those of the
+    requests ordered before it (decoded between two ticks, before its last) and its own; not those of requests
+    ordered after it."""
+    policy = Policy()
+    short = RequestState(64, 2, seq=0, decode_s=0.25)  # less work: ordered first
+    long = RequestState(64, 400, seq=1, decode_s=0.5)  # more work: after the probe
+    probe = RequestState(64, 20, decode_s=0.125)
+    bare = RequestState(64, 20)
+    base = finish_s(bare, Load([short, long]), 0.0, MODEL, policy)
+    # the same load without decodes: the decode seconds are the whole difference
+    plain = Load([RequestState(64, 2, seq=0), RequestState(64, 400, seq=1)])
+    assert base == pytest.approx(finish_s(bare, plain, 0.0, MODEL, policy) + 0.25)
+    assert finish_s(probe, Load([short, long]), 0.0, MODEL, policy) == pytest.approx(base + 0.125)
+    busy = Load([short, long], decoding_s=1.0)
+    assert finish_s(probe, busy, 0.0, MODEL, policy) == pytest.approx(base + 0.125 + 1.0)
