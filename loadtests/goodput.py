@@ -139,7 +139,8 @@ def ran_on(cell: dict[str, Any]) -> str:
 
 
 def deadline_text(cells: list[dict[str, Any]]) -> str:
-    """One row per cell: arm, deadline, load, offered and answered rates, goodput, attainment, quality, K."""
+    """One row per cell: arm, deadline, load, offered and answered rates, goodput, attainment, quality (the
+    answers' mean; quality/s: the met answers' quality summed per second, what a deadline-bound client gets), K."""
     rows = [
         [
             c["arm"],
@@ -153,13 +154,14 @@ def deadline_text(cells: list[dict[str, Any]]) -> str:
             _pct(c["attainment"]),
             _pct(c["attainment_client"]),
             _num((c["quality"] or {}).get("mean"), ".3f"),
+            _num(c.get("quality_goodput_rps"), ".2f"),
             top_k(c),
             ran_on(c),
         ]
         for c in cells
     ]
     headers = ["arm", "deadline ms", "load", "offered/s", "sent", "ok", "errors", "goodput/s", "met", "met (client)"]
-    return table([*headers, "quality", "most chosen", "ran on"], rows)
+    return table([*headers, "quality", "quality/s", "most chosen", "ran on"], rows)
 
 
 def capacity_from(cell: dict[str, Any]) -> float:

@@ -82,7 +82,9 @@ def test_deadline_table_and_plots(tmp_path: Path) -> None:
     cells = _cells()
     text = deadline_text(cells)
     lines = text.splitlines()
-    assert len(lines) == 2 + len(cells) and "goodput/s" in lines[0]
+    assert len(lines) == 2 + len(cells) and "goodput/s" in lines[0] and "quality/s" in lines[0]
+    column = lines[0].split().index("quality/s") - 2  # "deadline ms" and "met (client)" are two words each
+    assert lines[2].split()[column] == format(cells[0]["quality_goodput_rps"], ".2f")
     assert "fm-euler K=20 (100%)" in text and "0.0%" in text and "100.0%" in text
     for fn, name in ((plots.deadline_goodput, "g.png"), (plots.deadline_k_histogram, "k.png")):
         path = fn(cells, tmp_path / name)
