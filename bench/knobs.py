@@ -154,6 +154,71 @@ def default_choice(models: Path, quick: bool, n: int) -> list[dict]:
     return out
 
 
+DIGITS_CHOICE_SEEDS = 3
+
+
+def digits_choice(models: Path, quick: bool, per_class: int) -> list[dict]:
+    """digits-ddpm's default spacing by measurement: the Frechet distance (digits classifier features; mean / sd
+    over seeds, each seed a fresh draw of `per_class` a class) of ancestral ddpm K = 1000 and of each
+    CHOICE_SOLVERS x CHOICE_SPACINGS at K = 10 (10 NFE), class-conditional, unguided."""
+    ckpt = load_checkpoint(models / "digits-ddpm")
+    net = CountingNet(ckpt.net("ema"))
+    cells = [("ddpm", 1000, None)] + [(s, 10, sp) for s in CHOICE_SOLVERS for sp in CHOICE_SPACINGS]
+    out = []
+    for name, k, spacing in cells:
+        scores = [
+            class_scores(ckpt, net, name, k, None, per_class, seed=1000 * (seed + 1), spacing=spacing)
+            for seed in range(2 if quick else DIGITS_CHOICE_SEEDS)
+        ]
+        frechet = [sc["frechet"] for sc in scores]
+        out.append(
+            {
+                "model": "digits-ddpm",
+                "sampler": name,
+                "steps": k,
+                "spacing": spacing,
+                "mean": round(float(np.mean(frechet)), 3),
+                "sd": round(float(np.std(frechet)), 3),
+                "per_seed": frechet,
+                "accuracy": round(float(np.mean([sc["accuracy"] for sc in scores])), 3),
+                "floor": scores[0]["floor"],
+            }
+        )
+        print(f"digits choice {name:13s} K={k} {spacing} {out[-1]['mean']} +- {out[-1]['sd']}", flush=True)
+    return out
+
+
+def digits_choice_lines(rows: list[dict], models: Path) -> list[str]:
+    """The digits-ddpm spacing table and what it says about the checkpoint's default spacing."""
+    if not rows:
+        return []
+    anc = next(r for r in rows if r["sampler"] == "ddpm")
+    lines = [
+        "",
+        "**digits-ddpm** (DDPM, cosine beta, v; a DiT): Frechet distance in the digits classifier's features "
+        "(lower is better; mean +- sd over seeds, a fresh draw each; data against data "
+        f"{anc['floor']:.2g}), class-conditional, unguided, at K = 10 with each solver and spacing:",
+        "",
+        "| sampler | " + " | ".join(f"10 NFE, {sp}" for sp in CHOICE_SPACINGS) + " |",
+        "|---|" + "---|" * len(CHOICE_SPACINGS),
+    ]
+    for name in CHOICE_SOLVERS:
+        cells = [next(r for r in rows if r["sampler"] == name and r["spacing"] == sp) for sp in CHOICE_SPACINGS]
+        lines.append(f"| {name} | " + " | ".join(f"{r['mean']:.3g} +- {r['sd']:.2g}" for r in cells) + " |")
+    top = min((r for r in rows if r["sampler"] != "ddpm"), key=lambda r: r["mean"])
+    spacing = load_checkpoint(models / "digits-ddpm").default_spacing or "trailing"
+    at_default = min((r for r in rows if r["spacing"] == spacing), key=lambda r: r["mean"])
+    lines += [
+        "",
+        f"Ancestral ddpm K = 1000: {anc['mean']:.3g} +- {anc['sd']:.2g}. Lowest mean at 10 NFE: {top['sampler']} "
+        f"{top['spacing']} ({top['mean']:.3g}). The checkpoint's default spacing ({spacing}) at 10 NFE: "
+        f"{at_default['mean']:.3g} with {at_default['sampler']}, {at_default['mean'] / anc['mean']:.2f}x its "
+        "ancestral K = 1000. Its schedule and target (cosine, v) were carried over from the moons measurement, not "
+        "measured on digits (each digits variant is a DiT to train).",
+    ]
+    return lines
+
+
 def choice_lines(choice: list[dict], models: Path) -> list[str]:
     """The default-configuration table and what it says about the shipped default."""
     lines = [
@@ -231,10 +296,21 @@ def digits_rows(models: Path, quick: bool, per_class: int) -> tuple[list[dict], 
     return nets, guidance
 
 
-def class_scores(ckpt: Checkpoint, net: CountingNet, name: str, k: int, w: float | None, per_class: int) -> dict:
+def class_scores(
+    ckpt: Checkpoint,
+    net: CountingNet,
+    name: str,
+    k: int,
+    w: float | None,
+    per_class: int,
+    seed: int = 100,
+    spacing: str | None = None,
+) -> dict:
+    """Classifier accuracy and Frechet distance of `per_class` samples a class (class c drawn with seed + c)."""
     images, labels = [], []
     for c in range(ckpt.num_classes):
-        x, _ = draw(ckpt, net, SampleSpec(name, k, per_class, guidance=w, class_label=c, seed=100 + c))
+        spec = SampleSpec(name, k, per_class, guidance=w, class_label=c, seed=seed + c, spacing=spacing)
+        x, _ = draw(ckpt, net, spec)
         images.append(x)
         labels.append(np.full(per_class, c))
     quality = shapes_quality if ckpt.data_kind == "shapes" else digits_quality
@@ -459,6 +535,7 @@ def report(
     distilled: list[dict],
     latent: list[dict] | None = None,
     latent_floor: dict | None = None,
+    digits_choice_rows: list[dict] | None = None,
 ) -> str:
     lines = [
         "# Knobs: measured",
@@ -478,6 +555,7 @@ def report(
         "(`sampling: {spacing: ...}` in its config, the manifest's `sampling`).",
         "",
         *choice_lines(choice, models),
+        *digits_choice_lines(digits_choice_rows or [], models),
         "",
         "## Quality against NFE",
         "",
@@ -586,7 +664,7 @@ def observations(rows: list[dict]) -> list[str]:
     return out
 
 
-SECTIONS = ("moons", "choice", "digits", "distilled", "latent")
+SECTIONS = ("moons", "choice", "digits-choice", "digits", "distilled", "latent")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -600,7 +678,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         choices=SECTIONS,
         help="measure only this section (repeatable) and take the others from OUT/knobs.json: moons (quality "
-        "against NFE), choice (the default DDPM configuration), digits (MLP vs DiT, CFG w), distilled (reflow "
+        "against NFE), choice (the default DDPM configuration), digits-choice (digits-ddpm's spacing at 10 NFE), "
+        "digits (MLP vs DiT, CFG w), distilled (reflow "
         "students), latent (the latent models against K)",
     )
     p.add_argument(
@@ -630,6 +709,8 @@ def main(argv: list[str] | None = None) -> int:
         data["moons"] = moons_frontier(models, args.quick, args.samples)
     if "choice" in measure:
         data["default_choice"] = default_choice(models, args.quick, args.samples)
+    if "digits-choice" in measure:
+        data["digits_choice"] = digits_choice(models, args.quick, per_class=20 if args.quick else 50)
     if "digits" in measure:
         data["digits_nets"], data["cfg"] = digits_rows(models, args.quick, per_class=20 if args.quick else 100)
     if "distilled" in measure:
@@ -657,6 +738,7 @@ def main(argv: list[str] | None = None) -> int:
         data.get("distilled", []),
         data.get("latent", []),
         data.get("latent_floor"),
+        data.get("digits_choice"),
     )
     (out / "knobs.md").write_text(text)
     print(f"wrote {out / 'knobs.md'} in {time.perf_counter() - t0:.0f} s")

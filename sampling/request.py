@@ -215,14 +215,18 @@ DECODER_ONNX = "decoder.onnx"  # export.onnx_export.DECODER_ONNX (sampling does 
 
 
 def decoder_of(
-    ckpt: Checkpoint, runtime: str = "torch", num_threads: int | None = None
+    ckpt: Checkpoint, runtime: str = "torch", num_threads: int | None = None, device: str = "cpu"
 ) -> Callable[[Tensor], Tensor] | None:
     """A latent model's decode: its samples (N, *data_shape), as the net makes them, to images in data space
-    (N, *output_shape), not yet clipped; None for a model of data space. runtime "onnxruntime" runs the
-    exported decoder (decoder.onnx, `python -m export onnx`) when the checkpoint has one, else the torch one; an
-    imported model's ONNX decoder runs on onnxruntime whatever `runtime` says."""
+    (N, *output_shape) on the CPU, not yet clipped; None for a model of data space. runtime "onnxruntime" runs
+    the exported decoder (decoder.onnx, `python -m export onnx`) when the checkpoint has one, else the torch
+    one; an imported model's ONNX decoder runs on onnxruntime whatever `runtime` says (onnxruntime's CPU
+    provider, the only one this project installs). `device`: where the torch decoder runs ("cuda" beside a
+    torch backend on a GPU); a CUDA device without CUDA is refused (ValueError naming it)."""
     if not ckpt.latent:
         return None
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"decoder: device {device!r} asked for but CUDA is not available")
     image = Normalization(**ckpt.latent["image_normalization"])
     files = ckpt.manifest["files"]
     current = files.get(DECODER_ONNX, {}).get("source_sha256") == files[ckpt.latent["decoder"]["file"]]["sha256"]
@@ -231,11 +235,12 @@ def decoder_of(
     elif runtime == "onnxruntime" and current:  # (an export of other decoder weights is not used)
         run = onnx_decoder(ckpt.file(DECODER_ONNX), num_threads)
     else:
-        decoder = ckpt.decoder()
+        dev = torch.device(device)
+        decoder = ckpt.decoder().to(dev)
 
         def run(z: Tensor) -> Tensor:
             with torch.inference_mode():
-                return decoder(z)
+                return decoder(z.to(dev)).float().cpu()
 
     def decode(x: Tensor) -> Tensor:
         return image.denormalize(run(ckpt.normalization.denormalize(x.float())))

@@ -105,7 +105,9 @@ class ModelReplica:
             profile = profile_tick_times(self.backend, self.ckpt.data_shape, self.ckpt.null_label, sizes)
         # a latent model's decoder is the engine's decode stage: finished requests decoded together
         runtime = "torch" if backend == "torch" else "onnxruntime"
-        decode = decoder_of(self.ckpt, runtime, options.get("num_threads"))
+        # beside a torch backend on a GPU the torch decoder runs there too (ONNX decoders: onnxruntime's CPU)
+        device = str(options.get("device", "cpu")) if backend == "torch" else "cpu"
+        decode = decoder_of(self.ckpt, runtime, options.get("num_threads"), device)
         decode_model, decode_chunk = None, DECODE_CHUNK
         if decode is not None:  # past its chunk the decoder's rows/s fall (CPU caches)
             decode_chunk, decode_model = profile_decode(decode, self.ckpt.data_shape, self.ckpt.null_label)

@@ -169,3 +169,27 @@ def test_tensorrt_engine_build_and_parity(exported, name, tmp_path):
         assert (backend(x, t, y) - _reference(ckpt, x, t, y)).abs().max() <= GPU_TOLERANCE
     with pytest.raises(ValueError, match="outside the TensorRT engine's profile"):
         backend(*_inputs(ckpt, 65))
+
+
+def test_a_cuda_decoder_is_refused_without_cuda(tiny_latent):
+    from sampling.request import decoder_of
+
+    ckpt = load_checkpoint(tiny_latent)
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(ValueError, match="decoder: device 'cuda' asked for but CUDA is not available"):
+        decoder_of(ckpt, "torch", device="cuda")
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_the_decoder_on_cuda_matches_the_cpu(tiny_latent):
+    """A latent model's decode stage beside a torch backend on the GPU: the decoder runs there, images come
+    back on the CPU, equal to the CPU decoder's."""
+    from sampling.request import decoder_of
+
+    ckpt = load_checkpoint(tiny_latent)
+    z = torch.randn(17, *ckpt.data_shape, generator=torch.Generator().manual_seed(0))
+    on_gpu = decoder_of(ckpt, "torch", device="cuda")(z)
+    assert on_gpu.device.type == "cpu"
+    assert (on_gpu - decoder_of(ckpt, "torch")(z)).abs().max() <= GPU_TOLERANCE
