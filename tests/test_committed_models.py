@@ -22,6 +22,14 @@ def test_committed_checkpoint_loads_and_runs(name):
     assert out.shape == x.shape and torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("name", DEFAULT_MODELS + KNOB_MODELS + DISTILLED_MODELS + LATENT_MODELS)
+def test_the_default_spacing_is_the_configs(name):
+    """What a request that names no spacing gets (the manifest's `sampling`) is what the model's config chose
+    (moons-ddpm and digits-ddpm by measurement, docs/knobs.md)."""
+    cfg = load_config(ROOT / "configs" / f"{name}.yaml")
+    assert load_checkpoint(ROOT / "models" / name).default_spacing == cfg.sampling.spacing
+
+
 @pytest.mark.parametrize("name", KNOB_MODELS)
 def test_knob_variant_manifest_records_its_config(name):
     """The manifest carries what the variant varies (schedule, target, path, net), as its config says."""

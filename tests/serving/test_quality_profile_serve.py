@@ -63,7 +63,7 @@ def test_model_info_lists_each_samplers_max_steps_and_the_profile() -> None:
 
 
 def test_model_info_names_each_models_default_spacing() -> None:
-    """moons-ddpm's config names leading (measured best at 10 NFE, docs/knobs.md); without one, trailing."""
+    """moons-ddpm's config names leading, digits-ddpm's trailing (each measured at 10 NFE, docs/knobs.md); FM: none."""
     from sampling.request import Limits
     from serving.api.schemas import model_info
 
