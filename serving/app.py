@@ -34,6 +34,7 @@ class ModelArgs(BaseModel):
     backend: str = "torch"
     backend_options: dict[str, Any] = Field(default_factory=dict)
     limits: dict[str, Any] = Field(default_factory=dict)  # overrides of the app-wide limits
+    engine: dict[str, Any] = Field(default_factory=dict)  # overrides of the app-wide engine options
 
 
 class AppArgs(BaseModel):
@@ -78,9 +79,13 @@ def resolve(path: str) -> str:
 
 def model_replicas(a: AppArgs) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     """Each model's `ModelReplica` keyword arguments and its metadata (checked against the engine)."""
-    engine = EngineLimits.from_options(**a.engine)
     replicas, infos = {}, {}
     for name, m in a.models.items():
+        options = {**a.engine, **m.engine}
+        try:
+            engine = EngineLimits.from_options(**options)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"model {name}: {e}") from None
         path = resolve(m.path or str(Path(a.models_dir) / name))
         limits = Limits(**{**a.limits, **m.limits})
         if 2 * limits.max_num_samples > engine.max_rows_per_tick:
@@ -99,7 +104,7 @@ def model_replicas(a: AppArgs) -> tuple[dict[str, dict[str, Any]], dict[str, dic
             "path": path,
             "backend": m.backend,
             "backend_options": m.backend_options,
-            "engine": a.engine,
+            "engine": options,
         }
     return replicas, infos
 

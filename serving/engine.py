@@ -181,6 +181,14 @@ class Engine:
         request = RequestState(rows, evaluations, decode_s=self.decode_s(rows if samples is None else samples))
         return admission.alone_s(request, self.tick_model, self.limits)
 
+    def full_tick_s(self, rows: int, evaluations: int, samples: int | None = None) -> float:
+        """Seconds of the engine's time a request of `rows` rows x `evaluations` evaluations takes when it shares
+        full ticks (max_rows_per_tick rows) with others: its rows' part of each, at the most the engine batches
+        (its time alone, `alone_s`, also pays each tick's fixed cost), with its decode."""
+        cap = self.limits.max_rows_per_tick
+        share = evaluations * rows * self.tick_model.tick_s(cap) / cap
+        return share + self.decode_s(rows if samples is None else samples)
+
     def decode_s(self, samples: int) -> float:
         """Predicted seconds of decoding `samples` images (0 without a decode stage)."""
         return 0.0 if self.decode_cost is None else self.decode_cost.seconds(samples)

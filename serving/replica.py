@@ -33,7 +33,7 @@ from serving.engine import DECODE_CHUNK, Engine, EngineLimits, Prediction, profi
 from serving.metrics import ModelMetrics
 from serving.policy import admission
 from serving.policy.admission import Snapshot
-from serving.policy.step_budget import Calibration, Candidate, choose
+from serving.policy.step_budget import ArrivalRate, Calibration, Candidate, choose
 from serving.policy.tick_model import TickModel, profile_tick_times, tick_profile_sizes
 from serving.policy.tick_plan import efficient_rows
 from serving.refusals import DeadlineImpossible, DeadlineOverloaded, Overloaded, RequestTimeout
@@ -123,6 +123,7 @@ class ModelReplica:
         )
         # steps "auto" scales the engine's predictions by how far they fell short lately (serving.policy.step_budget)
         self.calibration = Calibration()
+        self.arrivals = ArrivalRate()  # every sampling request, for steps "auto"'s fair share (auto_utilization)
         self.metrics.set_in_flight(0)
         self.metrics.set_tick_model(self.engine.tick_model)
         self.replica_id = replica_id()
@@ -142,6 +143,7 @@ class ModelReplica:
         """Run a validated request, due by `deadline_at` (unix time) or None; raises Overloaded when the engine
         refuses it (full, or its predicted wait over the bound) and RequestTimeout when it runs past the
         engine's request_timeout_s."""
+        self.arrivals.arrived()
         job = prepare(self.ckpt, spec)
         if deadline_at is None:
             return await self._run(spec, job)
@@ -150,6 +152,7 @@ class ModelReplica:
     async def sample_auto(self, candidates: list[Candidate], deadline_at: float) -> SampleOutput:
         """Run the candidate `serving.policy.step_budget.choose` picks for `deadline_at` (unix time) under this
         replica's load; raises DeadlineImpossible / DeadlineOverloaded when none can meet it."""
+        self.arrivals.arrived()
         deadline = self._on_engine_clock(deadline_at)
         factor = self.calibration.factor()
         predictions: dict[int, Prediction] = {}
@@ -164,6 +167,8 @@ class ModelReplica:
                 deadline - self.engine.clock(),
                 predict,
                 lambda s: self.engine.alone_s(s.rows, s.evaluations, s.num_samples),
+                self.arrivals.share_s(self.engine.limits.auto_utilization),
+                lambda s: self.engine.full_tick_s(s.rows, s.evaluations, s.num_samples),
             )
         except (DeadlineImpossible, DeadlineOverloaded) as e:
             self.metrics.rejected("deadline_impossible" if isinstance(e, DeadlineImpossible) else "deadline_load")
@@ -273,6 +278,7 @@ class ModelReplica:
         event since the last), and finally the `SampleOutput`.
         Refusals raise before anything is yielded. Closing or cancelling the stream drops the request from
         the engine."""
+        self.arrivals.arrived()
         events: asyncio.Queue[Progress | None] = asyncio.Queue()
         job = prepare(self.ckpt, spec)
         # The engine advances the sampler on this event loop, so the wrapper may put to the queue directly.

@@ -42,14 +42,17 @@ class EngineLimits:
     """max_in_flight: requests advancing together; max_queue: requests waiting to join; max_wait_s: a request
     predicted to take longer than this beyond its time alone is refused; request_timeout_s: a request still
     running after this leaves the engine; express_lane: while a long tick runs in the engine's thread, short
-    requests tick on the event loop beside it (for backends that allow two calls at once); policy: the tick
-    planner's knobs."""
+    requests tick on the event loop beside it (for backends that allow two calls at once); auto_utilization: 0
+    (off) or the utilization a replica's steps-"auto" choices aim at: a choice's time alone is held to
+    auto_utilization / (the replica's recent arrivals per second) when the deadline allows one
+    (`step_budget.ArrivalRate`); policy: the tick planner's knobs."""
 
     max_in_flight: int = 64
     max_queue: int = 256
     max_wait_s: float = 5.0
     request_timeout_s: float = 300.0
     express_lane: bool = True
+    auto_utilization: float = 0.0
     policy: Policy = field(default_factory=Policy)
 
     def __post_init__(self) -> None:
@@ -57,6 +60,8 @@ class EngineLimits:
             raise ValueError(f"engine limits must be positive (max_queue >= 0), got {self}")
         if not self.max_wait_s > 0 or not self.request_timeout_s > 0:
             raise ValueError(f"max_wait_s and request_timeout_s must be > 0, got {self}")
+        if not 0.0 <= self.auto_utilization <= 1.0:
+            raise ValueError(f"engine.auto_utilization must be in [0, 1], got {self.auto_utilization}")
 
     @property
     def max_rows_per_tick(self) -> int:

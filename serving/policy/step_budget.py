@@ -21,6 +21,7 @@ the current load prevents it (`DeadlineOverloaded`, answered 503 with a Retry-Af
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -69,6 +70,36 @@ class Calibration:
         return self._factor
 
 
+class ArrivalRate:
+    """A replica's requests per second over the last `window_s`, and the fair share of its time each may take
+    alone at utilization `utilization`: utilization / rate. Keeping each steps-"auto" choice's time alone within
+    it keeps the replica's work arriving no faster than it is done: a greedy choice (the best quality that fits
+    the deadline now) fills the queue up to the deadline, and then every burst is refused."""
+
+    def __init__(self, window_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window_s = window_s
+        self.clock = clock
+        self._times: deque[float] = deque(maxlen=100_000)
+
+    def arrived(self) -> None:
+        self._times.append(self.clock())
+
+    def rate(self) -> float:
+        """Arrivals per second over the window (over the time since the first, while that is shorter)."""
+        now = self.clock()
+        while self._times and self._times[0] < now - self.window_s:
+            self._times.popleft()
+        if len(self._times) < 2:
+            return 0.0
+        span = max(now - self._times[0], self.window_s / 10)
+        return len(self._times) / span
+
+    def share_s(self, utilization: float) -> float:
+        """utilization / rate; inf when off (utilization 0) or with too few arrivals to tell."""
+        rate = self.rate()
+        return utilization / rate if utilization > 0 and rate > 0 else math.inf
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One (sampler, K) a deadline request may run: its validated spec and the profile's predicted quality."""
@@ -88,15 +119,27 @@ def choose(
     deadline_s: float,
     predict: Callable[[SampleSpec], float],
     alone: Callable[[SampleSpec], float],
+    share_s: float = math.inf,
+    cost: Callable[[SampleSpec], float] | None = None,
 ) -> Choice:
     """The best candidate predicted (`predict`: seconds from now to finish under the current load) to finish
-    within `deadline_s`: highest quality, then largest K, then quickest. Raises DeadlineImpossible when no
-    candidate would make it even alone (`alone`: seconds on an idle replica), else DeadlineOverloaded."""
+    within `deadline_s`: highest quality, then largest K, then quickest. With a fair share `share_s` (the
+    replica's time per arrival, `ArrivalRate.share_s`), only those whose `cost` (the replica's time it takes
+    from the others: seconds of full ticks; None: its time alone) is within it, or, when none is, the cheapest:
+    a share never refuses a request the deadline allows. Raises DeadlineImpossible when no candidate would make
+    it even alone (`alone`: seconds on an idle replica), else DeadlineOverloaded."""
     if not candidates:
         raise ValueError("no candidates to choose from")
     predicted = [(c, predict(c.spec)) for c in candidates]
     meets = [(c, p) for c, p in predicted if p <= deadline_s]
     if meets:
+        if math.isfinite(share_s):
+            costs = {id(c): (cost or alone)(c.spec) for c, _ in meets}
+            fair = [(c, p) for c, p in meets if costs[id(c)] <= share_s]
+            if not fair:
+                best, seconds = min(meets, key=lambda cp: (costs[id(cp[0])], -cp[0].quality))
+                return Choice(best, seconds)
+            meets = fair
         best, seconds = max(meets, key=lambda cp: (cp[0].quality, cp[0].spec.steps, -cp[1]))
         return Choice(best, seconds)
     fastest_alone = min(alone(c.spec) for c in candidates)

@@ -122,6 +122,25 @@ def test_malformed_requests_table(stepserve_url: str) -> None:
     assert resp.status_code == 200 and resp.json()["nfe"] == 300 * 4
 
 
+def test_a_models_engine_options_override_the_app_wide_ones(tiny_checkpoints: dict[str, Path]) -> None:
+    from serving.app import model_replicas
+
+    path = str(tiny_checkpoints["moons-fm"])
+    args = {
+        "models": {"a": {"path": path}, "b": {"path": path, "engine": {"auto_utilization": 0.8, "max_wait_s": 2}}},
+        "engine": {"max_wait_s": 5.0, "max_queue": 32},
+    }
+    replicas, _ = model_replicas(AppArgs.model_validate(args))
+    assert replicas["a"]["engine"] == {"max_wait_s": 5.0, "max_queue": 32}
+    assert replicas["b"]["engine"] == {"max_wait_s": 2, "max_queue": 32, "auto_utilization": 0.8}
+    args["models"]["b"]["engine"] = {"auto_utilization": 1.5}
+    with pytest.raises(ValueError, match=r"model b: engine.auto_utilization must be in \[0, 1\], got 1.5"):
+        model_replicas(AppArgs.model_validate(args))
+    args["models"]["b"]["engine"] = {"max_wiat_s": 1}
+    with pytest.raises(ValueError, match=r"model b: unknown engine option\(s\) \['max_wiat_s'\]"):
+        model_replicas(AppArgs.model_validate(args))
+
+
 def test_config_refuses_a_max_request_that_cannot_fit_one_tick(tiny_checkpoints: dict[str, Path]) -> None:
     args = {
         "models": {"moons-fm": {"path": str(tiny_checkpoints["moons-fm"])}},

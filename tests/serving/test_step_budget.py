@@ -3,13 +3,15 @@ model and a fake clock: the idle choice, K lowered by load, refusals for load an
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from sampling.request import SampleSpec
 from serving.policy.limits import Policy
 from serving.policy.state import Load, RequestState
-from serving.policy.step_budget import Calibration, Candidate, choose
+from serving.policy.step_budget import ArrivalRate, Calibration, Candidate, choose
 from serving.policy.tick_model import TickModel
 from serving.policy.tick_plan import finish_s
 from serving.refusals import DeadlineImpossible, DeadlineOverloaded
@@ -70,6 +72,36 @@ def test_a_deadline_shorter_than_the_fastest_choice_alone_is_impossible() -> Non
     with pytest.raises(DeadlineImpossible) as refused:
         _choose(Load([]), 0.5 * fastest)
     assert refused.value.fastest_s == pytest.approx(fastest)
+
+
+def test_a_fair_share_holds_the_choice_to_its_time_alone_but_refuses_nothing_more() -> None:
+    """Time alone and predicted time by K (linear in K here): no share, the largest K within the deadline; a
+    share, the best whose time alone is within it; when none is, the cheapest that meets the deadline."""
+    seconds = {k: 0.01 * k for k in STEPS}
+
+    def pick(deadline_s: float, share_s: float) -> int:
+        spec = choose(CANDIDATES, deadline_s, lambda s: seconds[s.steps], lambda s: seconds[s.steps], share_s)
+        return spec.candidate.spec.steps
+
+    assert pick(1.0, math.inf) == 100
+    assert pick(1.0, 0.2) == 20
+    assert pick(1.0, 0.005) == 1  # even K = 1 is over the share: the cheapest that meets the deadline
+    with pytest.raises(DeadlineOverloaded):
+        choose(CANDIDATES, 0.005, lambda s: seconds[s.steps], lambda s: 0.0, 0.5)
+
+
+def test_the_arrival_rate_gives_the_share_of_time_per_arrival() -> None:
+    now = [0.0]
+    rate = ArrivalRate(window_s=5.0, clock=lambda: now[0])
+    assert rate.share_s(0.8) == math.inf  # nothing heard yet
+    for _ in range(50):  # 10 a second for 5 s
+        now[0] += 0.1
+        rate.arrived()
+    assert rate.rate() == pytest.approx(10.0, rel=0.03)
+    assert rate.share_s(0.8) == pytest.approx(0.08, rel=0.03)
+    assert rate.share_s(0.0) == math.inf  # off
+    now[0] += 10.0  # quiet since: the window is empty again
+    assert rate.share_s(0.8) == math.inf
 
 
 def test_requests_without_deadlines_do_not_push_a_deadline_request_back() -> None:
