@@ -157,24 +157,25 @@ def default_choice(models: Path, quick: bool, n: int) -> list[dict]:
 DIGITS_CHOICE_SEEDS = 3
 
 
-def digits_choice(models: Path, quick: bool, per_class: int) -> list[dict]:
-    """digits-ddpm's default spacing by measurement: the Frechet distance (digits classifier features; mean / sd
-    over seeds, each seed a fresh draw of `per_class` a class) of ancestral ddpm K = 1000 and of each
-    CHOICE_SOLVERS x CHOICE_SPACINGS at K = 10 (10 NFE), class-conditional, unguided."""
-    ckpt = load_checkpoint(models / "digits-ddpm")
+def digits_choice(models: Path, quick: bool, per_class: int, name: str = "digits-ddpm") -> list[dict]:
+    """A digits DDPM model (`name` under `models`; digits-ddpm's default spacing is chosen by this) measured:
+    the Frechet distance (digits classifier features; mean / sd over seeds, each seed a fresh draw of
+    `per_class` a class) of ancestral ddpm K = 1000 and of each CHOICE_SOLVERS x CHOICE_SPACINGS at K = 10
+    (10 NFE), class-conditional, unguided."""
+    ckpt = load_checkpoint(models / name)
     net = CountingNet(ckpt.net("ema"))
     cells = [("ddpm", 1000, None)] + [(s, 10, sp) for s in CHOICE_SOLVERS for sp in CHOICE_SPACINGS]
     out = []
-    for name, k, spacing in cells:
+    for sampler, k, spacing in cells:
         scores = [
-            class_scores(ckpt, net, name, k, None, per_class, seed=1000 * (seed + 1), spacing=spacing)
+            class_scores(ckpt, net, sampler, k, None, per_class, seed=1000 * (seed + 1), spacing=spacing)
             for seed in range(2 if quick else DIGITS_CHOICE_SEEDS)
         ]
         frechet = [sc["frechet"] for sc in scores]
         out.append(
             {
-                "model": "digits-ddpm",
-                "sampler": name,
+                "model": name,
+                "sampler": sampler,
                 "steps": k,
                 "spacing": spacing,
                 "mean": round(float(np.mean(frechet)), 3),
@@ -184,11 +185,11 @@ def digits_choice(models: Path, quick: bool, per_class: int) -> list[dict]:
                 "floor": scores[0]["floor"],
             }
         )
-        print(f"digits choice {name:13s} K={k} {spacing} {out[-1]['mean']} +- {out[-1]['sd']}", flush=True)
+        print(f"digits choice {name} {sampler:13s} K={k} {spacing} {out[-1]['mean']} +- {out[-1]['sd']}", flush=True)
     return out
 
 
-def digits_choice_lines(rows: list[dict], models: Path) -> list[str]:
+def digits_choice_lines(rows: list[dict], models: Path, variants: dict[str, list[dict]] | None = None) -> list[str]:
     """The digits-ddpm spacing table and what it says about the checkpoint's default spacing."""
     if not rows:
         return []
@@ -220,10 +221,54 @@ def digits_choice_lines(rows: list[dict], models: Path) -> list[str]:
         f"{at_default['mean'] / anc['mean']:.2f}x its ancestral K = 1000 (accuracy {at_default['accuracy']:.3f}). "
         "The spacings differ by less than leading's seed-to-seed spread in Frechet distance, while leading (whose "
         "first step starts below t = 999) costs class accuracy. Trailing and linspace, which start at t = 999, "
-        "hardly move between seeds. Its schedule and target (cosine, v) were carried over from the moons "
-        "measurement, not measured on digits (each digits variant is a DiT to train).",
+        "hardly move between seeds.",
+    ]
+    if not variants:
+        return lines + ["Its schedule and target (cosine, v) were carried over from the moons measurement."]
+    table = {"digits-ddpm": rows, **variants}
+    lines += [
+        "",
+        "Its schedule and target against variants of it (configs/digits-ddpm-*.yaml, the same DiT and training; "
+        "trained for this measurement only, not committed: `python -m training --config configs/NAME.yaml --out "
+        "DIR`, then `bench.knobs.digits_choice(DIR, False, 50, NAME)`), Frechet distance (class accuracy):",
+        "",
+        "| model | objective | ancestral ddpm K = 1000 | "
+        + " | ".join(f"10 NFE, {sp}" for sp in CHOICE_SPACINGS)
+        + " | best 10 NFE over ancestral |",
+        "|---|---|---|" + "---|" * len(CHOICE_SPACINGS) + "---|",
+    ]
+    best: dict[str, dict] = {}
+    for model, rs in table.items():
+        anc = next(r for r in rs if r["sampler"] == "ddpm")
+        cells = []
+        for sp in CHOICE_SPACINGS:
+            top = min((r for r in rs if r["spacing"] == sp), key=lambda r: r["mean"])
+            cells.append(f"{_fr(top['mean'])} ({top['accuracy']:.2f}, {top['sampler']})")
+        best[model] = min((r for r in rs if r["sampler"] != "ddpm"), key=lambda r: r["mean"])
+        what = DIGITS_VARIANTS.get(model, "cosine beta, v")
+        ratio = best[model]["mean"] / anc["mean"]
+        lines.append(
+            f"| {model} | {what} | {_fr(anc['mean'])} ({anc['accuracy']:.2f}) | {' | '.join(cells)} | {ratio:.3g} |"
+        )
+    winner = min(best, key=lambda m: best[m]["mean"])
+    lines += [
+        "",
+        f"Lowest mean at 10 NFE: **{winner}** ({DIGITS_VARIANTS.get(winner, 'cosine beta, v')}, "
+        f"{best[winner]['sampler']} {best[winner]['spacing']}: {_fr(best[winner]['mean'])}); digits-ddpm's best "
+        f"{_fr(best['digits-ddpm']['mean'])}.",
     ]
     return lines
+
+
+DIGITS_VARIANTS = {
+    "digits-ddpm-linear": "linear beta, eps",
+    "digits-ddpm-cosine": "cosine beta, eps",
+    "digits-ddpm-v": "linear beta, v",
+}
+
+
+def _fr(v: float) -> str:
+    return f"{v:.3g}" if v < 100 else f"{v:.2g}"
 
 
 def choice_lines(choice: list[dict], models: Path) -> list[str]:
@@ -543,6 +588,7 @@ def report(
     latent: list[dict] | None = None,
     latent_floor: dict | None = None,
     digits_choice_rows: list[dict] | None = None,
+    digits_variants: dict[str, list[dict]] | None = None,
 ) -> str:
     lines = [
         "# Knobs: measured",
@@ -562,7 +608,7 @@ def report(
         "(`sampling: {spacing: ...}` in its config, the manifest's `sampling`).",
         "",
         *choice_lines(choice, models),
-        *digits_choice_lines(digits_choice_rows or [], models),
+        *digits_choice_lines(digits_choice_rows or [], models, digits_variants),
         "",
         "## Quality against NFE",
         "",
@@ -746,6 +792,7 @@ def main(argv: list[str] | None = None) -> int:
         data.get("latent", []),
         data.get("latent_floor"),
         data.get("digits_choice"),
+        data.get("digits_variants"),
     )
     (out / "knobs.md").write_text(text)
     print(f"wrote {out / 'knobs.md'} in {time.perf_counter() - t0:.0f} s")
