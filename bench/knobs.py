@@ -139,19 +139,22 @@ def default_choice(models: Path, quick: bool, n: int) -> list[dict]:
             for seed in seeds:
                 x, _ = draw(ckpt, net, SampleSpec(name, k, n, seed=100 + seed, spacing=spacing))
                 vals.append(sw_ratio(x, seed=seed))
-            out.append(
-                {
-                    "model": model,
-                    "sampler": name,
-                    "steps": k,
-                    "spacing": spacing,
-                    "mean": round(float(np.mean(vals)), 3),
-                    "sd": round(float(np.std(vals)), 3),
-                    "per_seed": [round(v, 3) for v in vals],
-                }
-            )
+            out.append(choice_row(model, name, k, spacing, vals))
             print(f"choice {model:18s} {name:13s} K={k} {spacing} {out[-1]['mean']} +- {out[-1]['sd']}", flush=True)
     return out
+
+
+def choice_row(model: str, sampler: str, k: int, spacing: str | None, vals: list[float]) -> dict:
+    """One cell of a default-configuration table: the metric's mean / sd over seeds, and each seed's value."""
+    return {
+        "model": model,
+        "sampler": sampler,
+        "steps": k,
+        "spacing": spacing,
+        "mean": round(float(np.mean(vals)), 3),
+        "sd": round(float(np.std(vals)), 3),
+        "per_seed": [round(v, 3) for v in vals],
+    }
 
 
 DIGITS_CHOICE_SEEDS = 3
@@ -171,20 +174,9 @@ def digits_choice(models: Path, quick: bool, per_class: int, name: str = "digits
             class_scores(ckpt, net, sampler, k, None, per_class, seed=1000 * (seed + 1), spacing=spacing)
             for seed in range(2 if quick else DIGITS_CHOICE_SEEDS)
         ]
-        frechet = [sc["frechet"] for sc in scores]
-        out.append(
-            {
-                "model": name,
-                "sampler": sampler,
-                "steps": k,
-                "spacing": spacing,
-                "mean": round(float(np.mean(frechet)), 3),
-                "sd": round(float(np.std(frechet)), 3),
-                "per_seed": frechet,
-                "accuracy": round(float(np.mean([sc["accuracy"] for sc in scores])), 3),
-                "floor": scores[0]["floor"],
-            }
-        )
+        accuracy = round(float(np.mean([sc["accuracy"] for sc in scores])), 3)
+        row = choice_row(name, sampler, k, spacing, [sc["frechet"] for sc in scores])
+        out.append({**row, "accuracy": accuracy, "floor": scores[0]["floor"]})
         print(f"digits choice {name} {sampler:13s} K={k} {spacing} {out[-1]['mean']} +- {out[-1]['sd']}", flush=True)
     return out
 
