@@ -12,6 +12,9 @@ request's latency, in this process (no HTTP).
 3. Share of latency: lone requests through the engine (the real backend and decode stage) at several K, and the
    decoder's part of each (a decode of the request's rows, timed alone, over the request's median time), beside
    what the engine's decode model predicted for it.
+4. Previews: the checkpoint's preview map (training/preview.py, what streamed previews use) against the decoder
+   on the latents of a fresh draw of the data (PSNR against the decoder's images and against the images
+   themselves; a 1 x 1 map refitted beside it), and its time against the decoder's at several batch sizes.
 """
 
 from __future__ import annotations
@@ -130,6 +133,46 @@ def latency_share(ckpt, ks: tuple[int, ...], samples: int, repeats: int) -> list
     return out
 
 
+def preview_against_decoder(ckpt, sizes: tuple[int, ...], rounds: int, n: int = 1000) -> dict[str, Any]:
+    """The preview map's PSNR against the decoder and the data on n fresh latents (drawn with another seed than
+    the map's fit), beside a 1 x 1 map fitted on the first 80 % of them, and its time against the decoder's."""
+    from training.autoencoder import load_autoencoder
+    from training.latents import encode
+    from training.preview import apply_preview, measured_preview, psnr_db
+    from training.shapes import shapes_raw
+
+    ae = load_autoencoder(Path(__file__).resolve().parents[1] / "models" / ckpt.latent["autoencoder"]["name"])
+    x, _ = shapes_raw(n, seed=9999)
+    images = torch.as_tensor(x).float() * 2 - 1
+    z = encode(ae.vae(), images)
+    state, decoder = ckpt.preview_map(), ckpt.decoder()
+    with torch.inference_mode():
+        decoded, previewed = decoder(z), apply_preview(state, z)
+        _, psnr_1x1 = measured_preview(decoder, z, kernel=1)
+        inputs = {b: z[:b] for b in sizes}
+        fns = {f"decoder {b}": (lambda b=b: decoder(inputs[b])) for b in sizes}
+        fns |= {f"preview {b}": (lambda b=b: apply_preview(state, inputs[b])) for b in sizes}
+        med = median_times(fns, rounds)
+    return {
+        "latents": n,
+        "kernel": ckpt.latent["preview"]["kernel"],
+        "psnr_db_vs_decoder": psnr_db(previewed, decoded),
+        "psnr_db_vs_decoder_recorded": ckpt.latent["preview"]["psnr_db_vs_decoder"],
+        "psnr_db_vs_decoder_1x1": psnr_1x1,
+        "psnr_db_vs_data": psnr_db(previewed, images),
+        "decoder_psnr_db_vs_data": psnr_db(decoded, images),
+        "times": [
+            {
+                "rows": b,
+                "decoder_s": med[f"decoder {b}"],
+                "preview_s": med[f"preview {b}"],
+                "speedup": med[f"decoder {b}"] / med[f"preview {b}"],
+            }
+            for b in sizes
+        ],
+    }
+
+
 def run(out: Path, quick: bool = False, model: str = MODEL) -> dict[str, Any]:
     rounds = 5 if quick else 15
     with tempfile.TemporaryDirectory() as tmp:
@@ -150,6 +193,7 @@ def run(out: Path, quick: bool = False, model: str = MODEL) -> dict[str, Any]:
                 batched_against_one_at_a_time(ckpt, r, s, rounds, chunk) for r, s in ((16, 1), (16, 16), (4, 64))
             ],
             "latency_share": latency_share(ckpt, (5, 20, 50), 16, 3 if quick else 7),
+            "preview": preview_against_decoder(ckpt, sizes, rounds) if ckpt.preview_map() is not None else None,
         }
     out.mkdir(parents=True, exist_ok=True)
     (out / "latent.json").write_text(json.dumps(result, indent=2))
@@ -163,6 +207,13 @@ def run(out: Path, quick: bool = False, model: str = MODEL) -> dict[str, Any]:
     for row in result["latency_share"]:
         what = f"K={row['steps']} x {row['samples']} samples"
         print(f"{what}: {row['median_s'] * 1e3:.1f} ms, decode {row['decode_share']:.0%}")
+    if (pv := result["preview"]) is not None:
+        print(
+            f"preview map ({pv['kernel']}x{pv['kernel']}): {pv['psnr_db_vs_decoder']:.1f} dB from the decoder "
+            f"(1x1: {pv['psnr_db_vs_decoder_1x1']:.1f} dB), {pv['psnr_db_vs_data']:.1f} dB from the data "
+            f"(decoder: {pv['decoder_psnr_db_vs_data']:.1f} dB); "
+            + ", ".join(f"{t['rows']} rows {t['speedup']:.0f}x faster" for t in pv["times"])
+        )
     return result
 
 

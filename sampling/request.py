@@ -24,6 +24,7 @@ from sampling.samplers import SAMPLERS, SPACINGS, SamplerGen, samplers_for, star
 from training.checkpoint import Checkpoint
 from training.data import Normalization
 from training.paths import Objective
+from training.preview import apply_preview
 
 MAX_SEED = 2**63 - 1
 
@@ -246,6 +247,27 @@ def decoder_of(
         return image.denormalize(run(ckpt.normalization.denormalize(x.float())))
 
     return decode
+
+
+def preview_of(ckpt: Checkpoint, decode: Callable[[Tensor], Tensor] | None = None) -> Callable[[Tensor], np.ndarray]:
+    """What turns a streamed preview (a data estimate (N, *data_shape) in the net's normalized space) into data
+    space, clipped: for a latent model its preview map (training.preview, about 50x cheaper than the decoder
+    on shapes-vae, 26.8 dB from it) when the checkpoint has one, else the full decoder (`decode`, one from
+    `decoder_of`, or a new one); else `to_data_space`. Build once per model: it loads the map or the decoder."""
+    state = ckpt.preview_map() if ckpt.latent else None
+    if state is None:
+        decode = decode or decoder_of(ckpt)
+        if decode is None:
+            return lambda x: to_data_space(ckpt, x)
+        return lambda x: clip_to_data(ckpt, decode(x))
+    image = Normalization(**ckpt.latent["image_normalization"])
+
+    def preview(x: Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            z = ckpt.normalization.denormalize(x.float())
+            return clip_to_data(ckpt, image.denormalize(apply_preview(state, z)))
+
+    return preview
 
 
 def onnx_decoder(path: str | os.PathLike, num_threads: int | None = None) -> Callable[[Tensor], Tensor]:

@@ -26,7 +26,7 @@ import ray
 from ray import serve
 
 from sampling.progress import Progress, with_progress
-from sampling.request import Prepared, SampleSpec, clip_to_data, decoder_of, prepare, to_data_space
+from sampling.request import Prepared, SampleSpec, clip_to_data, decoder_of, prepare, preview_of, to_data_space
 from serving.autoscale import BACKLOG, MISS_RATE, REFUSAL_RATE, Outcomes
 from serving.backends import load_backend
 from serving.engine import DECODE_CHUNK, Engine, EngineLimits, Prediction, profile_decode
@@ -111,6 +111,8 @@ class ModelReplica:
         decode_model, decode_chunk = None, DECODE_CHUNK
         if decode is not None:  # past its chunk the decoder's rows/s fall (CPU caches)
             decode_chunk, decode_model = profile_decode(decode, self.ckpt.data_shape, self.ckpt.null_label)
+        # streamed previews of a latent model: its preview map, else this decode (on the loop: a preview is small)
+        self._previewer = preview_of(self.ckpt, decode)
         self.engine = Engine(
             self.backend,
             self.ckpt.null_label,
@@ -312,7 +314,9 @@ class ModelReplica:
             run.cancel()
 
     def _preview(self, p: Progress) -> np.ndarray | None:
-        return None if p.preview is None else to_data_space(self.ckpt, p.preview)
+        if p.preview is None:
+            return None
+        return self._previewer(p.preview)
 
     def _load(self) -> int:
         s = self.engine.stats()

@@ -10,6 +10,7 @@ hash and never unpickles anything.
     net-ema.onnx, ...     added by `export`  (roles "onnx", "tensorrt")
     train_state.safetensors  optimizer state for resuming, recorded under "resume" (not needed to serve)
     decoder.safetensors   a latent model's decoder (role "decoder"; manifest section `latent`)
+    preview.safetensors   a latent model's linear preview map (role "preview"; `latent.preview`; optional)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch import nn
 from training.data import Normalization
 from training.nets import build_net
 from training.paths import Objective, objective_from_dict
+from training.preview import load_preview, save_preview
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -51,6 +53,11 @@ def _write_json_atomic(path: Path, obj: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
+
+
+def write_manifest(ckpt_dir: str | Path, manifest: dict[str, Any]) -> None:
+    """Replace a checkpoint's manifest (atomically)."""
+    _write_json_atomic(Path(ckpt_dir) / MANIFEST, manifest)
 
 
 def read_manifest(ckpt_dir: str | Path) -> dict[str, Any]:
@@ -176,6 +183,18 @@ class Checkpoint:
             self.__dict__["_decoder"] = cached  # (a frozen dataclass: set beside its fields)
         return cached
 
+    def preview_map(self) -> dict[str, torch.Tensor] | None:
+        """A latent model's preview map (training.preview: the decoder's linear stand-in), verified; None where
+        the checkpoint has none (an imported model, or one written before preview maps)."""
+        info = (self.latent or {}).get("preview")
+        if info is None:
+            return None
+        path = self.file(info["file"])  # (a missing or tampered file is refused by name here)
+        try:
+            return load_preview(path)
+        except Exception as e:  # safetensors raises its own error type for a malformed file
+            raise CheckpointError(f"model {self.name!r} ({self.path}): its preview map does not load: {e}") from e
+
     @property
     def decoder_is_onnx(self) -> bool:
         """True for a latent model imported with its decoder as an ONNX graph (no torch decoder weights)."""
@@ -267,8 +286,9 @@ def save_checkpoint(
     `data` holds kind, shape, normalization (dict), num_classes; null_label = num_classes is added.
     Files that export added earlier are dropped from the manifest: they belong to old weights. `sampling`: the
     defaults requests get when they leave them out (e.g. {"spacing": "leading"}); None or empty writes none.
-    `latent`: a training.latents.LatentSpace for a model of an autoencoder's latents; its decoder is written
-    beside the weights (role "decoder") and its description into the manifest's `latent` section.
+    `latent`: a training.latents.LatentSpace for a model of an autoencoder's latents; its decoder (role
+    "decoder") and its preview map (role "preview") are written beside the weights and their description into
+    the manifest's `latent` section.
     """
     d = Path(out)
     d.mkdir(parents=True, exist_ok=True)
@@ -283,6 +303,9 @@ def save_checkpoint(
         fname = section["decoder"]["file"]
         save_file({k: v.detach().contiguous().cpu() for k, v in latent.decoder_state.items()}, str(d / fname))
         files[fname] = {"role": "decoder", "sha256": sha256_file(d / fname)}
+        pname = section["preview"]["file"]
+        save_preview(latent.preview_state, d / pname)
+        files[pname] = {"role": "preview", "sha256": sha256_file(d / pname)}
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "name": name,

@@ -7,8 +7,9 @@ decoder gives an image in the data set's normalized range, denormalized and clip
 
 The encoded set is cached in `cache_dir()` (STEPSERVE_CACHE, else ~/.cache/stepserve) under a name holding the
 autoencoder's EMA sha256, the data kind, n and seed: a retrained autoencoder or another draw misses the cache.
-The checkpoint of a latent model holds the decoder's weights (decoder.safetensors) and its `latent` manifest
-section (training/checkpoint.py): serving needs nothing of the autoencoder's directory.
+The checkpoint of a latent model holds the decoder's weights (decoder.safetensors), the decoder's linear
+preview map fitted on the model's data latents (preview.safetensors, training/preview.py) and its `latent`
+manifest section (training/checkpoint.py): serving needs nothing of the autoencoder's directory.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from training.data import Dataset, Normalization
+from training.preview import KERNEL, measured_preview, preview_manifest
 
 DECODER_FILE = "decoder.safetensors"
+PREVIEW_FIT_LATENTS = 2000  # the preview map's fit: 1 600 latents fitted, 400 held out for its PSNR
 ENCODE_BATCH = 500
 
 
@@ -39,15 +42,18 @@ class LatentSpace:
     image_normalization: Normalization
     decoder_hparams: dict[str, int]
     decoder_state: dict[str, Tensor]
+    preview_state: dict[str, Tensor]  # training.preview: the decoder's linear stand-in for streamed previews
+    preview_section: dict[str, Any]  # its kernel, fit size and PSNR against the decoder
 
     def manifest(self) -> dict[str, Any]:
-        """The checkpoint's `latent` section, less the decoder file's hash (added when written)."""
+        """The checkpoint's `latent` section, less the decoder's and preview's hashes (added when written)."""
         return {
             "autoencoder": {"name": self.autoencoder, "ema_sha256": self.autoencoder_sha256},
             "scale_factor": self.scale_factor,
             "image_shape": list(self.image_shape),
             "image_normalization": self.image_normalization.to_dict(),
             "decoder": {"file": DECODER_FILE, "hparams": dict(self.decoder_hparams)},
+            "preview": dict(self.preview_section),
         }
 
 
@@ -94,6 +100,8 @@ def latent_dataset(
     channels = ae.latent_shape[0]
     norm = Normalization(mean=[0.0] * channels, std=[1.0 / scale] * channels)
     hp = ae.manifest["vae"]
+    fit_on = z[:PREVIEW_FIT_LATENTS]
+    preview, psnr = measured_preview(vae.decoder, fit_on)
     space = LatentSpace(
         autoencoder=ae.manifest["name"],
         autoencoder_sha256=ema_sha,
@@ -102,5 +110,58 @@ def latent_dataset(
         image_normalization=images.normalization,
         decoder_hparams={k: int(hp[k]) for k in ("in_channels", "latent_channels", "base_channels", "downsample")},
         decoder_state={k.removeprefix("decoder."): v for k, v in vae.state_dict().items() if k.startswith("decoder.")},
+        preview_state=preview,
+        preview_section=preview_manifest(KERNEL, psnr, len(fit_on)),
     )
     return replace(images, x=norm.normalize(z), shape=tuple(ae.latent_shape), normalization=norm, latent=space)
+
+
+def add_preview(ckpt_dir: str | Path, autoencoder_dir: str | Path | None = None, progress: bool = True) -> dict:
+    """Fit a latent checkpoint's preview map on its own data latents (the training draw: kind, n and seed from
+    its manifest) and write it in (preview.safetensors, `latent.preview`), for checkpoints written before
+    preview maps. The autoencoder (default: models/<its name> beside the checkpoint) must be the one the
+    model was trained on (its EMA sha256). Returns the `latent.preview` section."""
+    from training.checkpoint import CheckpointError, load_checkpoint, read_manifest, sha256_file, write_manifest
+    from training.data import load_dataset
+    from training.preview import save_preview
+
+    ckpt = load_checkpoint(ckpt_dir)
+    if not ckpt.latent or ckpt.decoder_is_onnx:
+        raise CheckpointError(f"{ckpt_dir}: not a latent model with a torch decoder; nothing to fit a preview to")
+    ae_dir = Path(autoencoder_dir) if autoencoder_dir else Path(ckpt_dir).parent / ckpt.latent["autoencoder"]["name"]
+    data_cfg, seed = ckpt.manifest["data"], int(ckpt.manifest["training"]["seed"])
+    images = load_dataset(data_cfg["kind"], n=int(data_cfg.get("n", 20000)), seed=seed)
+    space = latent_dataset(images, ae_dir, n=int(data_cfg.get("n", 20000)), seed=seed, progress=progress).latent
+    if space.autoencoder_sha256 != ckpt.latent["autoencoder"]["ema_sha256"]:
+        raise CheckpointError(f"--autoencoder {ae_dir}: not the autoencoder {ckpt_dir} was trained on (EMA sha256)")
+    d = Path(ckpt_dir)
+    section = space.preview_section
+    save_preview(space.preview_state, d / section["file"])
+    manifest = read_manifest(d)
+    manifest["latent"]["preview"] = section
+    manifest["files"][section["file"]] = {"role": "preview", "sha256": sha256_file(d / section["file"])}
+    write_manifest(d, manifest)
+    return section
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m training.latents",
+        description="Add a preview map (the decoder's linear stand-in for streamed previews, training/preview.py) "
+        "to a latent checkpoint written without one; new latent checkpoints get one when trained.",
+    )
+    p.add_argument("--checkpoint", required=True, help="a latent model's checkpoint directory")
+    p.add_argument("--autoencoder", help="the autoencoder it was trained on (default: models/<its name> beside it)")
+    args = p.parse_args(argv)
+    try:
+        section = add_preview(args.checkpoint, args.autoencoder)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"training.latents: {e}") from None
+    print(f"{args.checkpoint}: preview map {section}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

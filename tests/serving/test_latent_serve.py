@@ -76,3 +76,20 @@ def test_the_model_info_tells_the_latent_and_the_output_shape(latent_url: str) -
     assert info["data_shape"] == [4, 8, 8] and info["output_shape"] == [3, 32, 32]
     assert info["latent"]["autoencoder"] == "tiny-vae" and info["latent"]["scale_factor"] > 0
     assert info["data_kind"] == "shapes" and info["num_classes"] == 5
+
+
+def test_streamed_previews_are_the_preview_map_of_the_data_estimate(latent_url: str, tiny_latent: Path) -> None:
+    """fm-euler's data estimate at its last step's start, x + (1 - t) v with 1 - t = 1 / K, is the Euler step's
+    own result, so the last preview is the checkpoint's preview map (not its decoder) of the final latents."""
+    from sampling.request import preview_of
+    from tests.serving.test_stream import events
+
+    body = {"model": MODEL, "sampler": "fm-euler", "steps": 3, "num_samples": 2, "seed": 5, "class_label": 1}
+    got = events(latent_url, {**body, "stream": True, "preview_every": 1})
+    previews = [np.asarray(d["preview"]) for e, d in got if e == "progress" and "preview" in d]
+    assert len(previews) == 3 and all(p.shape == (2, 3, 32, 32) for p in previews)
+    ckpt = load_checkpoint(tiny_latent)
+    with torch.inference_mode():
+        latents = sample(ckpt, ckpt.net("ema"), SampleSpec(**{k: v for k, v in body.items() if k != "model"}))
+    np.testing.assert_allclose(previews[-1], preview_of(ckpt)(latents), atol=1e-4, rtol=0)
+    assert np.abs(previews[-1] - np.asarray(got[-1][1]["samples"])).max() > 1e-3  # the decoder's differ
