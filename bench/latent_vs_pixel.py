@@ -53,15 +53,20 @@ def pixel_config(latent: Config) -> Config:
     )
 
 
-def _wall(ckpt_dir: Path) -> float:
-    return float(load_checkpoint(ckpt_dir).manifest["training"]["wall_time_s"])
+def _progress(ckpt_dir: Path) -> tuple[int, float]:
+    """(steps trained, training seconds) of a checkpoint; the seconds at least the manifest's resolution
+    (0.01 s), so a run faster than that still gives a speed."""
+    training = load_checkpoint(ckpt_dir).manifest["training"]
+    return int(training["steps"]), max(float(training["wall_time_s"]), 0.01)
 
 
 def train_and_score(cfg: Config, out: Path, budget_s: float, evals: int, per_class: int) -> dict[str, Any]:
     """Train `cfg` in pieces to `budget_s` of training time, scoring the EMA weights after each piece."""
     probe = 30
-    train(cfg, out, max_steps=probe, progress=False)
-    done, wall = probe, _wall(out)
+    train(
+        replace(cfg, train=replace(cfg.train, steps=max(probe, cfg.train.steps))), out, max_steps=probe, progress=False
+    )
+    done, wall = _progress(out)
     points = []
     for i in range(1, evals + 1):
         # Each piece ends at its share of the budget, by the speed seen so far (at least one step more).
@@ -70,7 +75,7 @@ def train_and_score(cfg: Config, out: Path, budget_s: float, evals: int, per_cla
         train(bigger, out, max_steps=steps, resume=True, progress=False)
         ckpt = load_checkpoint(out)
         scores = class_scores(ckpt, CountingNet(ckpt.net("ema")), SAMPLER, K, W, per_class)
-        done, wall = steps, float(ckpt.manifest["training"]["wall_time_s"])
+        done, wall = _progress(out)
         points.append({"steps": steps, "train_s": round(wall, 1), **scores})
         print(f"{cfg.name}: {steps} steps, {wall:.0f} s: {scores}", flush=True)
     s_per_step = wall / done
