@@ -228,9 +228,10 @@ def test_gpu_resources_and_autoscaling(manifest: dict[str, Any], serve_config: d
         assert opts["num_gpus"] == 1 and opts["num_cpus"] <= cpus_per_pod, d["name"]
         assert app["args"]["models"][d["name"]]["backend_options"]["device"] == "cuda"
         assert 1 <= auto["min_replicas"] <= auto["max_replicas"]
-        # scaled on predicted work (serving.autoscale); a scaled-down replica drains
+        # scaled and routed on predicted work (serving.autoscale, serving.router); a scaled-down replica drains
         assert auto["policy"]["policy_function"] == "serving.autoscale:WorkPolicy"
         assert auto["policy"]["policy_kwargs"]["target_backlog_s"] < engine["max_wait_s"]
+        assert d["request_router_config"]["request_router_class"] == "serving.router:WorkAwareRouter"
         assert d["graceful_shutdown_timeout_s"] > engine["request_timeout_s"]
         # documented in deploy/serve-gpu.yaml: max_ongoing_requests = engine max_in_flight + max_queue + 32
         assert d["max_ongoing_requests"] == engine["max_in_flight"] + engine["max_queue"] + 32
