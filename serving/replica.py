@@ -111,7 +111,7 @@ class ModelReplica:
         decode_model, decode_chunk = None, DECODE_CHUNK
         if decode is not None:  # past its chunk the decoder's rows/s fall (CPU caches)
             decode_chunk, decode_model = profile_decode(decode, self.ckpt.data_shape, self.ckpt.null_label)
-        # streamed previews of a latent model: its preview map, else this decode (on the loop: a preview is small)
+        # streamed previews of a latent model: its preview map, else this decode
         self._previewer = preview_of(self.ckpt, decode)
         self.engine = Engine(
             self.backend,
@@ -306,17 +306,19 @@ class ModelReplica:
                 done = batch[-1] is None
                 progress = [p for p in batch if p is not None]
                 if progress:
-                    yield [progress_event(p, guided, self._preview(p)) for p in progress]
+                    yield [progress_event(p, guided, await self._preview(p)) for p in progress]
                 if done:
                     break
             yield await run
         finally:
             run.cancel()
 
-    def _preview(self, p: Progress) -> np.ndarray | None:
+    async def _preview(self, p: Progress) -> np.ndarray | None:
+        """A progress report's preview in data space, off the event loop (a decoder's preview, for a latent
+        model without a preview map, takes as long as a decode; the engine's ticks wait on this loop)."""
         if p.preview is None:
             return None
-        return self._previewer(p.preview)
+        return await asyncio.to_thread(self._previewer, p.preview)
 
     def _load(self) -> int:
         s = self.engine.stats()

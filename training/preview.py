@@ -81,9 +81,10 @@ def fitted_count(n: int) -> int:
     return int(n * (1 - HELD_OUT))
 
 
-def preview_manifest(kernel: int, psnr: float, n: int) -> dict[str, Any]:
+def preview_manifest(kernel: int, psnr: float, n: int, latents: str = "data") -> dict[str, Any]:
     """The `latent.preview` section of a map measured on n latents: the file, its kernel, how many latents it
-    was fitted on and held out, and its PSNR against the decoder on the held-out ones."""
+    was fitted on and held out, what they were ("data": the model's data latents; "standard normal": drawn as
+    the samplers start, where no data is at hand) and its PSNR against the decoder on the held-out ones."""
     fitted = fitted_count(n)
     return {
         "file": PREVIEW_FILE,
@@ -91,6 +92,7 @@ def preview_manifest(kernel: int, psnr: float, n: int) -> dict[str, Any]:
         "psnr_db_vs_decoder": round(psnr, 2),
         "fitted": fitted,
         "held_out": n - fitted,
+        "latents": latents,
     }
 
 

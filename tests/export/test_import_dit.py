@@ -16,7 +16,7 @@ from export.__main__ import main
 from export.imports.diffusers_dit import import_dit
 from export.imports.diffusers_scheduler import ImportRefused
 from sampling.driver import sample
-from sampling.request import SampleSpec, to_data_space
+from sampling.request import SampleSpec, preview_of, to_data_space
 from serving.backends import load_backend
 from tests.export.import_helpers import DIT_SCHEDULER, tiny_dit_pipeline
 from training.checkpoint import CheckpointError, load_checkpoint
@@ -65,6 +65,14 @@ def test_imported_dit_samples_equal_dit_pipeline(learned_sigma: bool, tmp_path: 
     # The guidance matters at this size: different w, different images.
     w4, w15 = (imported_images(tmp_path / "dit", 7, 3, 2, 5, w) for w in (4.0, 1.5))
     assert np.abs(w4 - w15).max() > 1e-2
+    # Its preview map is fitted to the ONNX decoder on standard-normal latents, and previews with it.
+    info = ckpt.latent["preview"]
+    assert info["latents"] == "standard normal" and info["fitted"] + info["held_out"] == 100
+    z = torch.randn(6, *ckpt.data_shape, generator=torch.Generator().manual_seed(3))
+    exact = to_data_space(ckpt, z)
+    previewed = preview_of(ckpt)(z)
+    assert previewed.shape == exact.shape and not np.allclose(previewed, exact)
+    assert np.abs(previewed - exact).mean() < np.abs(exact - exact.mean()).mean()  # nearer than a flat image
     # The imported decoder is ONNX only, and a tampered graph is caught by its hash, naming the file.
     with pytest.raises(CheckpointError, match="decoder was imported as ONNX.*onnxruntime"):
         ckpt.decoder()

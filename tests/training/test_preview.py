@@ -76,7 +76,7 @@ def test_a_latent_checkpoint_carries_its_preview_and_a_tampered_one_is_refused(
     ckpt = load_checkpoint(out)
     info = ckpt.latent["preview"]
     assert info["file"] == PREVIEW_FILE and ckpt.manifest["files"][PREVIEW_FILE]["role"] == "preview"
-    assert info["fitted"] + info["held_out"] == 30  # the config's n = 30 latents
+    assert info["fitted"] + info["held_out"] == 30 and info["latents"] == "data"  # the config's n = 30 latents
     state = ckpt.preview_map()
     assert apply_preview(state, torch.zeros(2, *ckpt.data_shape)).shape == (2, *ckpt.output_shape)
     data = (out / PREVIEW_FILE).read_bytes()
