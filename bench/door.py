@@ -11,7 +11,8 @@ latency, answers whose body is not JSON, and the request after.
 
 The two variants with the door on and the shipped limits (the shipped application behind either ingress)
 also get, on the same running service, the issue's other contracts as a client sees them:
-- `mixed`: a K = 5, 64-sample request's p50 alone and amid six closed loops of K = 100, 256 samples;
+- `mixed`: a K = 5, 64-sample request's p50 alone and amid six closed loops of K = 100, 256 samples, with the
+  service's own timing medians beside each (queue, compute, total: what is the path's);
 - `stalled`: 1 200 connections that send headers and part of a body and stall, while a normal client sends
   40 small requests 0.5 s apart: how many of those fail;
 - `hang_up`: a client that gives up after 0.5 s on a request of several seconds: how long until its
@@ -35,6 +36,7 @@ import contextlib
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -97,22 +99,34 @@ async def burst(url: str, rate: float, seconds: float) -> dict[str, Any]:
     }
 
 
-async def _sequential(c: httpx.AsyncClient, body: dict[str, Any], seconds: float) -> list[float]:
-    """Latencies (s) of `body` sent one after another for `seconds`; a failure raises."""
+async def _sequential(
+    c: httpx.AsyncClient, body: dict[str, Any], seconds: float, timings: list[dict[str, float]] | None = None
+) -> list[float]:
+    """Latencies (s) of `body` sent one after another for `seconds`; a failure raises. `timings` gets each
+    answer's `timing` (the service's own queue, compute and total ms)."""
     out, end = [], time.perf_counter() + seconds
     while time.perf_counter() < end:
-        status, latency, _ = await _send(c, {**body, "seed": len(out)})
-        if status != "200":
-            raise RuntimeError(f"a lone {body['steps']}-step request got {status}")
-        out.append(latency)
+        t0 = time.perf_counter()
+        r = await c.post("/v1/samples", json={**body, "seed": len(out)})
+        if r.status_code != 200:
+            raise RuntimeError(f"a lone {body['steps']}-step request got {r.status_code}")
+        out.append(time.perf_counter() - t0)
+        if timings is not None:
+            timings.append(r.json()["timing"])
     return out
+
+
+def _timing_p50(timings: list[dict[str, float]]) -> dict[str, float]:
+    return {k: round(statistics.median(t[k] for t in timings), 2) for k in ("queue_ms", "compute_ms", "total_ms")}
 
 
 async def mixed(url: str, loops: int = 6, seconds: float = 10.0) -> dict[str, Any]:
     """K = 5 p50 alone, then amid `loops` closed loops of HEAVY, and their ratio."""
     async with httpx.AsyncClient(base_url=url, timeout=60) as c:
         await _sequential(c, AFTER, 1.0)  # warm
-        idle = await _sequential(c, AFTER, seconds / 2)
+        idle_timing: list[dict[str, float]] = []
+        loaded_timing: list[dict[str, float]] = []
+        idle = await _sequential(c, AFTER, seconds / 2, idle_timing)
         stop = asyncio.Event()
 
         async def loop() -> None:
@@ -121,11 +135,19 @@ async def mixed(url: str, loops: int = 6, seconds: float = 10.0) -> dict[str, An
 
         tasks = [asyncio.create_task(loop()) for _ in range(loops)]
         await asyncio.sleep(2.0)
-        loaded = await _sequential(c, AFTER, seconds)
+        loaded = await _sequential(c, AFTER, seconds, loaded_timing)
         stop.set()
         await asyncio.gather(*tasks)
     a, b = _pct(idle, 0.5), _pct(loaded, 0.5)
-    return {"idle_p50_ms": a, "loaded_p50_ms": b, "ratio": round(b / a, 2), "n": [len(idle), len(loaded)]}
+    return {
+        "idle_p50_ms": a,
+        "loaded_p50_ms": b,
+        "ratio": round(b / a, 2),
+        "n": [len(idle), len(loaded)],
+        # where the time goes: the service's own timing fields (medians), alone and under the load
+        "server_idle_p50": _timing_p50(idle_timing),
+        "server_loaded_p50": _timing_p50(loaded_timing),
+    }
 
 
 async def stalled(url: str, n: int = 1200, normal: int = 40) -> dict[str, Any]:

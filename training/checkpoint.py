@@ -185,7 +185,7 @@ class Checkpoint:
 
     def preview_map(self) -> dict[str, torch.Tensor] | None:
         """A latent model's preview map (training.preview: the decoder's linear stand-in), verified; None where
-        the checkpoint has none (an imported model, or one written before preview maps)."""
+        the checkpoint has none (one written before preview maps, or an import whose images are not RGB)."""
         info = (self.latent or {}).get("preview")
         if info is None:
             return None
