@@ -106,7 +106,15 @@ def test_scale_down_drains_the_replica_it_stops(
         "policy": {"policy_function": "tests.serving.test_autoscale:FlagPolicy", "policy_kwargs": {"flag": str(flag)}},
         "downscale_delay_s": 1.0,
     }
-    drain = {**SMALL_REPLICA, "autoscaling_config": autoscaling, "graceful_shutdown_timeout_s": 130}
+    # max_ongoing_requests 2: the four requests go two to each replica (Serve's router does not choose a replica
+    # at its bound), so whichever replica Serve stops has two to drain (with the default bound, 5, all four
+    # sometimes went to one replica, and the stopped one had nothing to drain)
+    drain = {
+        **SMALL_REPLICA,
+        "max_ongoing_requests": 2,
+        "autoscaling_config": autoscaling,
+        "graceful_shutdown_timeout_s": 130,
+    }
     options = {"moons-fm": drain, "Ingress": SMALL_REPLICA}
     args = app_args(tiny_checkpoints, models=("moons-fm",), engine={"max_wait_s": 60.0}, deployment_options=options)
     base = serve_cluster.deploy("drain", "/drain", args)
@@ -125,7 +133,7 @@ def test_scale_down_drains_the_replica_it_stops(
         threads = [threading.Thread(target=post, args=(i,)) for i in range(len(bodies))]
         for t in threads:
             t.start()
-        time.sleep(1.0)  # the four requests spread over both replicas
+        time.sleep(1.0)  # the four requests reach their replicas
         flag.touch()
         while any(t.is_alive() for t in threads):
             deployment = serve.status().applications["drain"].deployments["moons-fm"]
