@@ -60,6 +60,14 @@ def write_manifest(ckpt_dir: str | Path, manifest: dict[str, Any]) -> None:
     _write_json_atomic(Path(ckpt_dir) / MANIFEST, manifest)
 
 
+def write_preview(ckpt_dir: str | Path, state: dict[str, torch.Tensor], section: dict[str, Any]) -> dict[str, Any]:
+    """Write a latent model's preview map (training.preview) as `section["file"]` in the checkpoint directory;
+    returns its entry for the manifest's `files` (role "preview", sha256)."""
+    path = Path(ckpt_dir) / section["file"]
+    save_preview(state, path)
+    return {"role": "preview", "sha256": sha256_file(path)}
+
+
 def read_manifest(ckpt_dir: str | Path) -> dict[str, Any]:
     d = Path(ckpt_dir)
     if not d.is_dir():
@@ -303,9 +311,7 @@ def save_checkpoint(
         fname = section["decoder"]["file"]
         save_file({k: v.detach().contiguous().cpu() for k, v in latent.decoder_state.items()}, str(d / fname))
         files[fname] = {"role": "decoder", "sha256": sha256_file(d / fname)}
-        pname = section["preview"]["file"]
-        save_preview(latent.preview_state, d / pname)
-        files[pname] = {"role": "preview", "sha256": sha256_file(d / pname)}
+        files[section["preview"]["file"]] = write_preview(d, latent.preview_state, section["preview"])
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "name": name,

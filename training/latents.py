@@ -121,9 +121,8 @@ def add_preview(ckpt_dir: str | Path, autoencoder_dir: str | Path | None = None,
     its manifest) and write it in (preview.safetensors, `latent.preview`), for checkpoints written before
     preview maps. The autoencoder (default: models/<its name> beside the checkpoint) must be the one the
     model was trained on (its EMA sha256). Returns the `latent.preview` section."""
-    from training.checkpoint import CheckpointError, load_checkpoint, read_manifest, sha256_file, write_manifest
+    from training.checkpoint import CheckpointError, load_checkpoint, read_manifest, write_manifest, write_preview
     from training.data import load_dataset
-    from training.preview import save_preview
 
     ckpt = load_checkpoint(ckpt_dir)
     if not ckpt.latent or ckpt.decoder_is_onnx:
@@ -136,10 +135,9 @@ def add_preview(ckpt_dir: str | Path, autoencoder_dir: str | Path | None = None,
         raise CheckpointError(f"--autoencoder {ae_dir}: not the autoencoder {ckpt_dir} was trained on (EMA sha256)")
     d = Path(ckpt_dir)
     section = space.preview_section
-    save_preview(space.preview_state, d / section["file"])
     manifest = read_manifest(d)
+    manifest["files"][section["file"]] = write_preview(d, space.preview_state, section)
     manifest["latent"]["preview"] = section
-    manifest["files"][section["file"]] = {"role": "preview", "sha256": sha256_file(d / section["file"])}
     write_manifest(d, manifest)
     return section
 

@@ -26,10 +26,10 @@ import onnx
 from export.imports.diffusers_scheduler import ImportRefused
 from export.onnx_export import DECODER_INPUT, DECODER_ONNX, INPUT_NAMES
 from sampling.ort_session import cpu_session
-from training.checkpoint import FORMAT_VERSION, MANIFEST, Checkpoint, load_checkpoint, sha256_file
+from training.checkpoint import FORMAT_VERSION, MANIFEST, Checkpoint, load_checkpoint, sha256_file, write_preview
 from training.data import Normalization
 from training.paths import Objective
-from training.preview import KERNEL, measured_preview, preview_manifest, save_preview
+from training.preview import KERNEL, measured_preview, preview_manifest
 
 PREVIEW_NOISE_LATENTS = 100  # an imported decoder's preview map: fitted on 80 standard-normal latents, 20 held out
 
@@ -151,32 +151,33 @@ def write_imported(
             "dynamic_axes": {"batch": 0},
         }
         manifest["latent"] = {**latent, "decoder": {**latent["decoder"], "file": DECODER_ONNX}}
-        preview = _noise_preview(out, data)
+        preview = _noise_preview(out, data, tuple(latent["image_shape"]))
         if preview is not None:
-            manifest["files"][preview["file"]] = {"role": "preview", "sha256": sha256_file(out / preview["file"])}
-            manifest["latent"]["preview"] = preview
+            state, section = preview
+            manifest["files"][section["file"]] = write_preview(out, state, section)
+            manifest["latent"]["preview"] = section
     if spacing is not None:
         manifest["sampling"] = {"spacing": spacing}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return load_checkpoint(out)
 
 
-def _noise_preview(out: Path, data: dict[str, Any]) -> dict[str, Any] | None:
+def _noise_preview(
+    out: Path, data: dict[str, Any], image_shape: tuple[int, ...]
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """An imported latent model's preview map (training.preview), written into `out`: nothing of its data is at
     hand, so it is fitted to the decoder's images of latents drawn as the samplers start, N(0, I) in the net's
     normalized space (on shapes-vae such a fit reads 24.8 dB from the decoder against 26.8 for one on data
-    latents). Returns its manifest section (`"latents": "standard normal"`), or None for a decoder whose images
-    are not RGB (the map draws 3 channels)."""
+    latents). Returns its weights and manifest section (`"latents": "standard normal"`), or None for a decoder
+    whose images are not RGB (the map draws 3 channels)."""
     import torch
 
     from sampling.request import onnx_decoder
 
+    if image_shape[0] != 3:
+        return None
     decode = onnx_decoder(out / DECODER_ONNX)
     z = torch.randn(PREVIEW_NOISE_LATENTS, *data["shape"], generator=torch.Generator().manual_seed(0))
     raw = Normalization(**data["normalization"]).denormalize(z)
-    if decode(raw[:1]).shape[1] != 3:
-        return None
     state, psnr = measured_preview(decode, raw, KERNEL)
-    section = preview_manifest(KERNEL, psnr, PREVIEW_NOISE_LATENTS, latents="standard normal")
-    save_preview(state, out / section["file"])
-    return section
+    return state, preview_manifest(KERNEL, psnr, PREVIEW_NOISE_LATENTS, latents="standard normal")
