@@ -48,7 +48,7 @@ import httpx
 import yaml
 
 from bench.common import ROOT, machine
-from bench.path import free_port
+from bench.ports import free_port
 
 BODY = {"model": "moons-fm", "sampler": "fm-euler", "steps": 50, "num_samples": 256}
 AFTER = {**BODY, "steps": 5, "num_samples": 64}

@@ -40,7 +40,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -56,6 +55,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from bench.common import ROOT, deploy, load, local_serve, machine, p50_ms, scratch_checkpoint
+from bench.ports import free_port
 from bench.serving import bare_latency_ms
 from sampling.request import SampleSpec
 from serving.api.ingress import Ingress
@@ -232,13 +232,6 @@ def haproxy_side() -> Iterator[subprocess.Popen]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-
-
-def free_port() -> int:
-    """A TCP port free on this machine now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def haproxy_urls(proc: subprocess.Popen) -> dict[str, str]:

@@ -10,7 +10,6 @@ scikit-learn digits of the requested class (stub-digits, 10 classes).
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
+from bench.ports import free_port
 from training.data import digits_raw, moons_raw
 
 MODEL = "stub-moons"
@@ -119,9 +119,7 @@ class StubService:
         return app
 
     def start(self) -> StubService:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         config = uvicorn.Config(self.app(), host="127.0.0.1", port=port, log_level="warning", backlog=2048)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from bench.ports import free_port
 from loadtests import prom
 from tests.loadtests.stub_service import DIGITS, MODEL, StubService
 
@@ -28,12 +28,6 @@ def loadtests(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "loadtests", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def assert_ordered(cell: dict) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -22,6 +21,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from bench.ports import free_port
 
 # Shorter than Ray's defaults (10 s) so metrics and autoscaling react within a test's patience. Set
 # before ray.init so that every Ray worker inherits them.
@@ -37,12 +38,6 @@ TEST_ENV = {
 # A replica told to stop (an application deleted, a scale-down) checks for requests in flight every
 # graceful_shutdown_wait_loop_s (Serve's default 2 s, which every delete would wait at least once).
 SMALL_REPLICA = {"ray_actor_options": {"num_cpus": 0.5}, "graceful_shutdown_wait_loop_s": 0.2}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def interrupt(proc: subprocess.Popen, timeout_s: float = 90.0) -> None:

