@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:  # torch and the samplers only where the engine runs: the router imports this module too
+    from torch import Tensor
 
-from sampling.guidance import combine, expand
-from sampling.samplers import Evaluation, SamplerGen
+    from sampling.samplers import Evaluation, SamplerGen
 
 
 @dataclass(eq=False)
@@ -74,6 +74,8 @@ class RequestState:
 
     def start(self, ev: Evaluation, null_label: int) -> None:
         """The sampler's next evaluation becomes the current one (guided rows: [cond; null label])."""
+        from sampling.guidance import expand
+
         assert self.y is not None
         self.pending = expand(ev.x, ev.t, self.y, self.guidance is not None, null_label)
         self.parts = []
@@ -93,8 +95,16 @@ class RequestState:
         self.cursor += int(out.shape[0])
         if self.cursor < self.rows:
             return None
-        pred = self.parts[0] if len(self.parts) == 1 else torch.cat(self.parts)
+        from sampling.guidance import combine
+
+        pred = self.parts[0] if len(self.parts) == 1 else _cat(self.parts)
         return combine(pred, self.guidance)
+
+
+def _cat(parts: list[Tensor]) -> Tensor:
+    import torch
+
+    return torch.cat(parts)
 
 
 @dataclass(frozen=True)

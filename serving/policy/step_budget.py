@@ -25,11 +25,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sampling.request import SampleSpec
 from serving.refusals import DeadlineImpossible, DeadlineOverloaded
+
+if TYPE_CHECKING:  # a type here; importing it would bring torch into the router (serving.router)
+    from sampling.request import SampleSpec
 
 
 class Calibration:

@@ -30,9 +30,10 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:  # torch only where a net is profiled: the router (serving.router) imports this module too
+    from torch import Tensor
 
 DECAY = 0.98  # per tick: a tick's weight halves after about 35 newer ticks
 PRIOR_WEIGHT = 1.0
@@ -188,6 +189,8 @@ def profile_tick_times(
     than `min_rounds` once `budget_s` has been spent after the warm-up (a large net's profile stays short)."""
     if min_rounds < 1 or rounds < min_rounds:
         raise ValueError(f"need 1 <= min_rounds <= rounds, got {min_rounds} and {rounds}")
+    import torch
+
     inputs = {
         b: (torch.randn(b, *data_shape), torch.full((b,), 0.5), torch.full((b,), null_label, dtype=torch.long))
         for b in batches

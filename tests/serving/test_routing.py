@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 import pickle
+import subprocess
+import sys
 
 import pytest
 from ray.serve.config import AutoscalingConfig, AutoscalingContext
@@ -19,6 +21,7 @@ from serving.policy.routing import Board, Work, rank, work_of
 from serving.policy.state import Load, RequestState
 from serving.policy.step_budget import Candidate
 from serving.policy.tick_model import TickModel
+from tests.conftest import ROOT
 
 MODEL = TickModel([(1, 1e-3 + 1e-5), (1000, 1e-3 + 1e-2)])  # 1 ms a tick plus 10 us a row
 LIMITS = EngineLimits(max_wait_s=5.0)
@@ -204,3 +207,13 @@ def test_the_policy_module_imports_only_the_standard_library() -> None:
     names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert names and names <= set(sys.stdlib_module_names) | {"__future__"}, names
+
+
+@pytest.mark.parametrize("module", ["serving.router", "serving.autoscale"])
+def test_the_modules_serve_loads_in_its_own_processes_do_not_import_torch(module: str) -> None:
+    """Serve imports the router in every process that routes to the models (and wherever a config naming it is
+    built) and the autoscaling policy in its controller: torch there costs seconds per process on a loaded
+    node, for nothing these modules use."""
+    code = f"import sys, {module}; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')[:5])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]", f"{module} imports torch: {out.stdout.strip()}"
