@@ -242,7 +242,8 @@ class Load:
 
 def test_cluster_serves_from_config(served: Served) -> None:
     """`serve deploy` of deploy/serve-cluster.yaml: model replicas on the worker nodes only (by custom resources),
-    the ingress on the head, the scale-out model on both workers; every model answers over HTTP."""
+    the ingress on the head, the scale-out model on both workers, the work-aware router on every model; every
+    model answers over HTTP."""
     placement = served.cluster.replica_nodes()
     report("placement", placement)
     assert set(placement["Ingress"]) == {"head"} and len(placement["Ingress"]) == 2  # both Ingress replicas on the head
@@ -256,13 +257,19 @@ def test_cluster_serves_from_config(served: Served) -> None:
         assert body["model"] == m and body["shape"][0] == REQUEST[m]["num_samples"]
     models = httpx.get(f"{served.base}/v1/models", timeout=10).json()["models"]
     assert sorted(x["id"] for x in models) == sorted(MODELS)
+    # every model deployment as deployed routes through the work-aware router (the config's request_router_config)
+    deployed = served.cluster.api("/api/serve/applications/")["applications"]["stepserve"]["deployments"]
+    routers = {m: deployed[m]["deployment_config"].get("request_router_config") or {} for m in MODELS}
+    classes = {m: str(r.get("request_router_class", "")).replace(":", ".") for m, r in routers.items()}
+    assert set(classes.values()) == {"serving.router.WorkAwareRouter"}, routers
 
 
 def test_scale_out_spreads_and_stays_deterministic(served: Served) -> None:
     """Two replicas of one model on two nodes: concurrent requests reach both (per-replica metrics on each node's
-    Prometheus port) and a seeded request gives the same samples whichever replica answers. Serve's router picks
-    the shorter of two replica queues, so a burst may go to one replica; bursts repeat (at most 5) until both
-    replicas have served some of them."""
+    Prometheus port) and a seeded request gives the same samples whichever replica answers. Each of the two
+    Ingress replicas routes through its own work-aware router (deploy/serve-cluster.yaml), which knows only the
+    requests it sent itself and snapshots a second old, so a burst may still go to one replica; bursts repeat
+    (at most 5) until both replicas have served some of them."""
     cluster = served.cluster
     before = settle_metrics(cluster, SCALE_MODEL)
     body = {"model": SCALE_MODEL, "sampler": "fm-euler", "steps": 20, "num_samples": 256, "seed": 1234}
