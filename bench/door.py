@@ -10,7 +10,9 @@ timed from its own send, then one K = 5, 64-sample request. Records per status t
 latency, answers whose body is not JSON, and the request after.
 
 The two variants with the door on and the shipped limits (the shipped application behind either ingress)
-also get, on the same running service, the issue's other contracts as a client sees them:
+also get, on the same running service, the issue's other contracts as a client sees them (and the variant
+with the engine's thread at the replica's own priority, `engine.bulk_nice: 0`, the `mixed` probe, to set
+beside the shipped one):
 - `mixed`: a K = 5, 64-sample request's p50 alone and amid six closed loops of K = 100, 256 samples, with the
   service's own timing medians beside each (queue, compute, total: what is the path's);
 - `stalled`: 1 200 connections that send headers and part of a body and stall, while a normal client sends
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import copy
 import json
 import os
 import signal
@@ -55,13 +58,15 @@ AFTER = {**BODY, "steps": 5, "num_samples": 64}
 HEAVY = {**BODY, "steps": 100}  # the mixed probe's load
 # seconds of one replica's CPU: 4 096 000 row evaluations, under moons-fm's max_work
 LONG = {**BODY, "sampler": "fm-rk4", "steps": 1000, "num_samples": 1024}
-VARIANTS = {  # name -> (shed_at_door, ingress, serve_cli's extra arguments)
-    "door, Serve proxy": (True, "serve", ()),
-    "no door, Serve proxy": (False, "serve", ()),
-    "door, HAProxy": (True, "haproxy", ()),
-    "no door, HAProxy": (False, "haproxy", ()),
+VARIANTS = {  # name -> (shed_at_door, ingress, serve_cli's extra arguments, engine options over the shipped)
+    "door, Serve proxy": (True, "serve", (), {}),
+    "no door, Serve proxy": (False, "serve", (), {}),
+    "door, HAProxy": (True, "haproxy", (), {}),
+    "no door, HAProxy": (False, "haproxy", (), {}),
     # HAProxy with the Ingress replicas' slots unbounded (what the default was before --ingress-maxconn)
-    "door, HAProxy, unbounded": (True, "haproxy", ("--ingress-maxconn", "0")),
+    "door, HAProxy, unbounded": (True, "haproxy", ("--ingress-maxconn", "0"), {}),
+    # the engine's thread at the replica's own priority (engine.bulk_nice 0): burst and mixed probe only
+    "door, HAProxy, bulk_nice 0": (True, "haproxy", (), {"bulk_nice": 0}),
 }
 
 
@@ -269,12 +274,14 @@ def run(
     shipped = yaml.safe_load((ROOT / "deploy" / "serve.yaml").read_text())
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (door, ingress, extra) in VARIANTS.items():
+        for name, (door, ingress, extra, engine) in VARIANTS.items():
             if variants and name not in variants:
                 continue
-            config = Path(tmp) / f"serve-{door}.yaml"
-            shipped["applications"][0]["args"]["shed_at_door"] = door
-            config.write_text(yaml.safe_dump(shipped, sort_keys=False))
+            config = Path(tmp) / "serve.yaml"
+            app = copy.deepcopy(shipped)
+            app["applications"][0]["args"]["shed_at_door"] = door
+            app["applications"][0]["args"]["engine"].update(engine)
+            config.write_text(yaml.safe_dump(app, sort_keys=False))
             print(f"{name}: {rate:g} req/s for {seconds:g} s", flush=True)
             proc, url = _serve(config, ingress, extra)
             try:
@@ -283,6 +290,7 @@ def run(
                 if door and not extra:
                     time.sleep(5.0)  # the burst's accepted requests drain
                     results[name]["mixed"] = asyncio.run(mixed(url, seconds=seconds))
+                if door and not extra and not engine:
                     results[name]["stalled"] = asyncio.run(stalled(url, normal=20 if quick else 40))
                     results[name]["hang_up"] = asyncio.run(hang_up(url, trials=2 if quick else 3))
                     scratch = Path(tmp) / name.replace(", ", "-").replace(" ", "_")

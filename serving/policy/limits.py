@@ -53,6 +53,7 @@ class EngineLimits:
     request_timeout_s: float = 300.0
     express_lane: bool = True
     auto_utilization: float = 0.0
+    bulk_nice: int = 4
     policy: Policy = field(default_factory=Policy)
 
     def __post_init__(self) -> None:
@@ -62,6 +63,8 @@ class EngineLimits:
             raise ValueError(f"max_wait_s and request_timeout_s must be > 0, got {self}")
         if not 0.0 <= self.auto_utilization <= 1.0:
             raise ValueError(f"engine.auto_utilization must be in [0, 1], got {self.auto_utilization}")
+        if isinstance(self.bulk_nice, bool) or not isinstance(self.bulk_nice, int) or not 0 <= self.bulk_nice <= 19:
+            raise ValueError(f"engine.bulk_nice must be an integer in [0, 19], got {self.bulk_nice!r}")
 
     @property
     def max_rows_per_tick(self) -> int:

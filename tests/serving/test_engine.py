@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import threading
 import time
 from pathlib import Path
@@ -408,6 +409,40 @@ def test_handed_off_ticks_measure_their_handoff_apart_and_inline_ones_pay_none(c
     else:
         assert threads == [loop_thread] * 6
         assert model.handoff_s == 0.0 and model.tick_s(16) == model.line_s(16)
+
+
+@pytest.mark.parametrize("bulk_nice", [0, 3])
+def test_the_engines_thread_runs_at_bulk_nice_over_the_loops_priority(ckpts, bulk_nice) -> None:
+    """Ticks handed to the engine's thread run with its OS niceness raised by engine.bulk_nice over the event
+    loop's (read in the net's call, in that thread, by its own thread id); the loop's own is unchanged."""
+    ckpt = ckpts["moons-fm"]
+    net = ckpt.net("ema")
+    model = TickModel([(1, 1e-4), (100, 2e-4)], inline_s=0.0)  # every tick to the engine's thread
+    seen: list[tuple[str, int]] = []
+
+    def forward(x, t, y):
+        seen.append((threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        return net(x, t, y)
+
+    forward.max_batch = None
+
+    async def main() -> int:
+        loop_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        engine = Engine(forward, ckpt.null_label, EngineLimits(bulk_nice=bulk_nice), tick_model=model)
+        await engine.submit(*_start(ckpt, "fm-euler", 3, None, 8, 1, {}), None, 3)
+        await engine.close()
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == loop_nice
+        return loop_nice
+
+    loop_nice = asyncio.run(main())
+    assert len(seen) == 3 and all(name.startswith("engine-forward") for name, _ in seen)
+    assert {nice for _, nice in seen} == {min(19, loop_nice + bulk_nice)}
+
+
+@pytest.mark.parametrize("bad", [-1, 20, 2.5, True])
+def test_bulk_nice_out_of_range_is_refused_by_name(bad) -> None:
+    with pytest.raises(ValueError, match="engine.bulk_nice must be an integer in"):
+        EngineLimits.from_options(bulk_nice=bad)
 
 
 class SlowWhenLong:
