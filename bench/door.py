@@ -231,13 +231,18 @@ def _top(hist: list[dict[str, Any]]) -> int | None:
     return max(hist, key=lambda h: h["count"])["steps"] if hist else None
 
 
-def _serve(config: Path, ingress: str, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+def start_service(config: Path, ingress: str, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """`serving.serve_cli` with `config` behind `ingress` ("haproxy" or "serve") on free ports (HAProxy's stats
+    page and metrics too), in a session of its own; returns it and its URL once /healthz answers 200."""
     port = free_port()
     cmd = [sys.executable, "-m", "serving.serve_cli", "--config", str(config), "--port", str(port)]
     cmd += ["--metrics-port", str(free_port()), "--ingress", ingress, *extra]
     log = Path(tempfile.mkstemp(prefix="bench-door-", suffix=".log")[1])
+    # HAProxy's defaults (8404, 9101) may be taken, e.g. by a `make serve` or a second service of a benchmark
+    env = {**os.environ, "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port())}
+    env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port())
     with log.open("w") as f:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -249,11 +254,12 @@ def _serve(config: Path, ingress: str, extra: tuple[str, ...] = ()) -> tuple[sub
         except httpx.HTTPError:
             pass
         time.sleep(1.0)
-    _stop(proc)
+    stop_service(proc)
     raise RuntimeError(f"the service did not come up within 180 s; its log: {log}")
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_service(proc: subprocess.Popen) -> None:
+    """Ctrl-C to a `start_service` process group; killed if it has not exited within 60 s."""
     group = os.getpgid(proc.pid)
     os.killpg(group, signal.SIGINT)
     try:
@@ -283,7 +289,7 @@ def run(
             app["applications"][0]["args"]["engine"].update(engine)
             config.write_text(yaml.safe_dump(app, sort_keys=False))
             print(f"{name}: {rate:g} req/s for {seconds:g} s", flush=True)
-            proc, url = _serve(config, ingress, extra)
+            proc, url = start_service(config, ingress, extra)
             try:
                 time.sleep(3.0)  # the replicas' first answers after start-up are slower
                 results[name] = asyncio.run(burst(url, rate, seconds))
@@ -296,7 +302,7 @@ def run(
                     scratch = Path(tmp) / name.replace(", ", "-").replace(" ", "_")
                     results[name]["deadline"] = deadline(url, scratch, seconds)
             finally:
-                _stop(proc)
+                stop_service(proc)
             print(f"  {json.dumps(results[name])}", flush=True)
     report = {"machine": machine(), "rate": rate, "seconds": seconds, "body": BODY, "variants": results}
     (out_dir / "door.json").write_text(json.dumps(report, indent=2))

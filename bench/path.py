@@ -26,6 +26,9 @@ share from the engine's, `http_stack`: the service's own Ingress (FastAPI app, m
    in the same rounds. Their path over the no-op behind Serve's proxy (the yardstick above, a stock Serve
    deployment) and over the one-hop no-op behind HAProxy (`over_own_ingress_noop`); the paced reference
    idles for the no-op round trip of the variant's own ingress.
+4. The shipped application, "haproxy:shipped": deploy/serve.yaml as `make serve` runs it (`serving.serve_cli
+   --ingress haproxy`: four models, two Ingress replicas, the door, the work-aware router) on a third local
+   Ray, up before the others; lone requests only (16 clients of tiny requests would make it autoscale).
 
 Windows interleave the variants (A B C A B C ...). Each ratio is taken within a round, from measurements at
 most about a minute apart; the median over rounds is reported beside the per-round values. Run:
@@ -55,6 +58,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from bench.common import ROOT, deploy, load, local_serve, machine, p50_ms, scratch_checkpoint
+from bench.door import start_service, stop_service
 from bench.ports import free_port
 from bench.serving import bare_latency_ms
 from sampling.request import SampleSpec
@@ -180,8 +184,11 @@ ROUTES = {
 # carry this prefix ("haproxy:one_hop").
 HAPROXY_VARIANTS = ("noop_one_hop", "two_hops", "one_hop")
 HAPROXY = "haproxy:"
+# The shipped application: deploy/serve.yaml through `serving.serve_cli` behind HAProxy, as `make serve` runs
+# it (four models, two Ingress replicas, the door, the work-aware router), on a local Ray of its own.
+SHIPPED = HAPROXY + "shipped"
 # The served variants measured against an in-process reference, and the backend of that reference.
-BARE_BACKEND = {"two_hops": "torch", "one_hop": "torch", "one_hop_onnxruntime": "onnxruntime"}
+BARE_BACKEND = {"two_hops": "torch", "one_hop": "torch", "one_hop_onnxruntime": "onnxruntime", "shipped": "torch"}
 # The variants of the tiny-request ceiling (the onnxruntime and instant variants are for the lone request).
 TINY_VARIANTS = ("noop_one_hop", "noop_two_hops", "two_hops", "one_hop")
 # The line on which the HAProxy host (`--host-haproxy`) reports its variants' URLs.
@@ -251,14 +258,18 @@ def measure(quick: bool) -> dict[str, Any]:
     window = 3.0 if quick else 6.0
     rounds = 3 if quick else 5
     result: dict[str, Any] = {"machine": machine(), "quick": quick, "model": MODEL, "clients": CLIENTS}
-    with tempfile.TemporaryDirectory() as scratch, haproxy_side() as side:
-        # The HAProxy side comes up first, alone: started while this side deployed, on 2 cores, its proxy
-        # actor once stopped answering health checks during HAProxy's reloads.
-        far = haproxy_urls(side)
-        with local_serve() as base:
-            onnx_dir = scratch_checkpoint(MODEL, Path(scratch), onnx=True)
-            urls = {**_deploy_variants(base, ckpt_dir, onnx_dir, tuple(ROUTES)), **far}
-            result.update(_rounds(urls, ckpt_dir, onnx_dir, window, rounds))
+    # The shipped application first, then the HAProxy side, each alone: started while another deployed, on 2
+    # cores, a proxy actor once stopped answering health checks during HAProxy's reloads.
+    shipped, shipped_url = start_service(ROOT / "deploy" / "serve.yaml", "haproxy")
+    try:
+        with tempfile.TemporaryDirectory() as scratch, haproxy_side() as side:
+            far = haproxy_urls(side)
+            with local_serve() as base:
+                onnx_dir = scratch_checkpoint(MODEL, Path(scratch), onnx=True)
+                urls = {**_deploy_variants(base, ckpt_dir, onnx_dir, tuple(ROUTES)), **far, SHIPPED: shipped_url}
+                result.update(_rounds(urls, ckpt_dir, onnx_dir, window, rounds))
+    finally:
+        stop_service(shipped)
     return result
 
 
