@@ -95,16 +95,12 @@ class RequestState:
         self.cursor += int(out.shape[0])
         if self.cursor < self.rows:
             return None
+        import torch
+
         from sampling.guidance import combine
 
-        pred = self.parts[0] if len(self.parts) == 1 else _cat(self.parts)
+        pred = self.parts[0] if len(self.parts) == 1 else torch.cat(self.parts)
         return combine(pred, self.guidance)
-
-
-def _cat(parts: list[Tensor]) -> Tensor:
-    import torch
-
-    return torch.cat(parts)
 
 
 @dataclass(frozen=True)
