@@ -3,7 +3,9 @@
 `import_path: serving.app:build_app`; its `args` (validated by `AppArgs`) name the models, their backends,
 request limits and engine bounds; the config's `deployments` section sets replicas, resources, autoscaling
 and max_ongoing_requests. Deployments: `Ingress` (serving.api.ingress) and one `ModelServer`
-(serving.replica) per model id.
+(serving.replica) per model id, but for a model whose `application` names another application, whose
+replicas the Ingress calls instead. A one-model `single_hop` application is that model's `ModelIngress`
+alone, named after the model: its own HTTP edge (one hop) and the replica such an `application` names.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from ray import serve
 from sampling.request import Limits
 from serving.api.auth import AuthArgs
 from serving.api.headers import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS
-from serving.api.ingress import Ingress
+from serving.api.ingress import Ingress, ModelIngress
 from serving.api.middleware import BUSY_MIN_ACTIVE
 from serving.api.schemas import model_info
 from serving.engine import EngineLimits
@@ -35,6 +37,10 @@ class ModelArgs(BaseModel):
     backend_options: dict[str, Any] = Field(default_factory=dict)
     limits: dict[str, Any] = Field(default_factory=dict)  # overrides of the app-wide limits
     engine: dict[str, Any] = Field(default_factory=dict)  # overrides of the app-wide engine options
+    # Served by another application of the same Serve instance: a one-model `single_hop` application, whose
+    # replicas answer this application's handle calls (no model deployment here; `engine` and `backend` are
+    # that application's). The checkpoint and `limits` here must be its too: requests are validated here.
+    application: str | None = None
 
 
 class AppArgs(BaseModel):
@@ -55,8 +61,9 @@ class AppArgs(BaseModel):
     max_headers: int = Field(DEFAULT_MAX_HEADERS, ge=8)
     max_header_bytes: int = Field(DEFAULT_MAX_HEADER_BYTES, ge=1024)
     # One hop instead of two: each model's engine runs inside the Ingress replicas (no model deployments), so
-    # the Ingress deployment's options (replicas, autoscaling, num_cpus) are the models'. For a one-model
-    # application on one node; see docs/architecture.md ("The request path").
+    # the Ingress deployment's options (replicas, autoscaling, num_cpus) are the models'. With one model the
+    # application's one deployment is that model's `ModelIngress`, named after it, which another application
+    # may call (`application` above); see docs/architecture.md ("The request path").
     single_hop: bool = False
     # Shed at the door (serving.api.door): the Ingress refuses what the model replicas' load snapshots say
     # their engines would refuse, without calling them. Off: every request reaches an engine to be refused.
@@ -135,18 +142,24 @@ def check_families(families: dict[str, list[str]], infos: dict[str, dict[str, An
 def model_deployments(
     a: AppArgs, server: serve.Deployment = ModelServer
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """One bound `server` deployment per model, and each model's metadata (checked against the engine)."""
+    """One bound `server` deployment per model served here (not by another `application`), and each model's
+    metadata (checked against the engine)."""
     replicas, infos = model_replicas(a)
     handles = {
         name: server.options(name=name, **a.deployment_options.get(name, {})).bind(**kwargs)
         for name, kwargs in replicas.items()
+        if a.models[name].application is None
     }
     return handles, infos
 
 
 def assemble(args: dict[str, Any], server: serve.Deployment = ModelServer) -> serve.Application:
-    """The Ingress bound to one `server` deployment per model, from a Serve config's `args` (see AppArgs)."""
+    """The Ingress bound to one `server` deployment per model, from a Serve config's `args` (see AppArgs); for a
+    one-model `single_hop` application, that model's `ModelIngress`."""
     a = AppArgs.model_validate(args)
+    elsewhere = {name: m.application for name, m in a.models.items() if m.application is not None}
+    if elsewhere and a.single_hop:
+        raise ValueError(f"models {sorted(elsewhere)}: `application` needs two hops (single_hop is set)")
     if a.single_hop:
         local, infos = model_replicas(a)
         handles: dict[str, Any] = {}
@@ -154,15 +167,19 @@ def assemble(args: dict[str, Any], server: serve.Deployment = ModelServer) -> se
         local = None
         handles, infos = model_deployments(a, server)
     check_families(a.families, infos)
-    ingress = Ingress.options(name="Ingress", **a.deployment_options.get("Ingress", {}))
     auth = a.auth.model_copy(update={"keys_file": resolve(a.auth.keys_file)}) if a.auth and a.auth.keys_file else a.auth
     security = {
         "auth": auth.model_dump() if auth else None,
         "max_headers": a.max_headers,
         "max_header_bytes": a.max_header_bytes,
     }
-    edge = (a.max_body_bytes, a.body_timeout_s, security, local, a.shed_at_door, a.max_loop_lag_ms)
-    edge += (a.busy_min_active, a.families)
+    door = (a.shed_at_door, a.max_loop_lag_ms, a.busy_min_active)
+    if local is not None and len(local) == 1:
+        [(name, replica)] = local.items()
+        model = ModelIngress.options(name=name, **a.deployment_options.get(name, {}))
+        return model.bind(replica, infos[name], a.max_body_bytes, a.body_timeout_s, security, *door)
+    ingress = Ingress.options(name="Ingress", **a.deployment_options.get("Ingress", {}))
+    edge = (a.max_body_bytes, a.body_timeout_s, security, local, *door, a.families, elsewhere)
     return ingress.bind(handles, infos, *edge)
 
 

@@ -4,6 +4,11 @@
 (`__serve_build_asgi_app__`, called once per replica after `__init__`), an app from `build_http_app`: the
 routes (`routes`), the error handlers (`errors`), the docs and playground pages, and the edge's middleware,
 whose settings live in that app's own `state`. Nothing is shared between replicas or kept at module level.
+
+`ModelIngress` is one model's replica with that same HTTP edge in front of it (a one-model `single_hop`
+application): it answers HTTP for its model in one hop, and the handle calls of another application's Ingress
+as a `ModelServer` does (`models: {<id>: {application: <its application>}}` in serving.app), so one replica
+serves both the short path and the body-routed one.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from serving.api.middleware import BUSY_MIN_ACTIVE, BodySizeLimit, RequestMetric
 from serving.api.playground import serve_playground
 from serving.api.routes import routes
 from serving.api.service import SampleService
-from serving.local import local_models
+from serving.local import LocalModel, local_models
+from serving.replica import ModelReplica
 
 
 def build_http_app(
@@ -76,9 +82,44 @@ class Ingress:
         max_loop_lag_ms: float = 0.0,
         busy_min_active: int = BUSY_MIN_ACTIVE,
         families: dict[str, list[str]] | None = None,
+        applications: dict[str, str] | None = None,
     ) -> None:
         # `local`: models whose replica runs in this process (single_hop, serving.local), called like handles.
-        self.service = SampleService({**models, **local_models(local or {})}, infos, shed_at_door, families)
+        # `applications`: models served by another application's `ModelIngress` (model id -> application name);
+        # their handles are made here, in the replica, and wait for that application's replicas if it is not up.
+        remote = {
+            name: serve.get_deployment_handle(name, app_name=app, _check_exists=False)
+            for name, app in (applications or {}).items()
+        }
+        every = {**models, **remote, **local_models(local or {})}
+        handles = {name: every[name] for name in infos}  # in the config's order
+        self.service = SampleService(handles, infos, shed_at_door, families)
+        self.settings = (max_body_bytes, body_timeout_s, security, max_loop_lag_ms, busy_min_active)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return build_http_app(self.service, *self.settings)
+
+
+@serve.deployment(max_ongoing_requests=512)
+@serve.ingress()
+class ModelIngress(ModelReplica):
+    """One model's replica that is also its own HTTP edge: the routes of `build_app` over this replica alone
+    (one hop: client -> this replica's engine), and `ModelReplica`'s methods for handle calls (`sample`,
+    `sample_auto`, `sample_stream`, `load`, and the routing and autoscaling stats Serve polls)."""
+
+    def __init__(
+        self,
+        replica: dict[str, Any],
+        info: dict[str, Any],
+        max_body_bytes: int,
+        body_timeout_s: float = 10.0,
+        security: dict[str, Any] | None = None,
+        shed_at_door: bool = True,
+        max_loop_lag_ms: float = 0.0,
+        busy_min_active: int = BUSY_MIN_ACTIVE,
+    ) -> None:
+        super().__init__(**replica)
+        self.service = SampleService({self.name: LocalModel(self)}, {self.name: info}, shed_at_door)
         self.settings = (max_body_bytes, body_timeout_s, security, max_loop_lag_ms, busy_min_active)
 
     def __serve_build_asgi_app__(self) -> FastAPI:

@@ -163,7 +163,8 @@ def test_deploy_configs_are_valid_serve_configs(name: str) -> None:
 
     config = yaml.safe_load((ROOT / "deploy" / name).read_text())
     ServeDeploySchema.model_validate(config)
-    (app,) = config["applications"]
+    apps = {app["name"]: app for app in config["applications"]}
+    (app,) = [a for a in apps.values() if a["route_prefix"] == "/"]
     args = AppArgs.model_validate(app["args"])
     defaults = {"moons-ddpm", "moons-fm", "digits-ddpm", "digits-fm"}
     if name == "serve.yaml":  # make serve: the defaults and the distilled student, in a family with its teacher
@@ -176,12 +177,28 @@ def test_deploy_configs_are_valid_serve_configs(name: str) -> None:
         assert set(args.models) == defaults
     engine, limits = EngineLimits.from_options(**args.engine), Limits(**args.limits)
     assert 2 * limits.max_num_samples <= engine.max_rows_per_tick
-    for dep in app["deployments"]:
-        if dep["name"] in args.models:
-            # Serve must let requests past the engine's bounds through, so that the engine answers them 503
-            # at once; at or below the bound they would wait in Serve's unbounded handle queue instead.
-            assert dep["max_ongoing_requests"] > engine.max_in_flight + engine.max_queue
-            assert dep["autoscaling_config"]["min_replicas"] == 1
+    model_deployments = [d for d in app["deployments"] if d["name"] in args.models]
+    for model, m in args.models.items():
+        if m.application is None:
+            continue
+        # a model served by its own application: one model, single_hop, a deployment named after it, the same
+        # limits (requests are validated by the Ingress that sends them there); its own route at /models/<id>
+        own = apps[m.application]
+        own_args = AppArgs.model_validate(own["args"])
+        assert own_args.single_hop and list(own_args.models) == [model], m.application
+        assert own["route_prefix"] == f"/models/{model}"
+        assert Limits(**{**own_args.limits, **own_args.models[model].limits}) == Limits(**{**args.limits, **m.limits})
+        (deployment,) = own["deployments"]
+        assert deployment["name"] == model
+        model_deployments.append(deployment)
+        build_app({**own["args"], "models_dir": str(ROOT / "models")})  # the committed checkpoint builds
+    assert {d["name"] for d in model_deployments} == set(args.models)
+    assert len(apps) == 1 + sum(m.application is not None for m in args.models.values())
+    for dep in model_deployments:
+        # Serve must let requests past the engine's bounds through, so that the engine answers them 503
+        # at once; at or below the bound they would wait in Serve's unbounded handle queue instead.
+        assert dep["max_ongoing_requests"] > engine.max_in_flight + engine.max_queue
+        assert dep["autoscaling_config"]["min_replicas"] == 1
 
 
 def test_kuberay_service_carries_the_gpu_config() -> None:

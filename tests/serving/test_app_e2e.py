@@ -211,11 +211,16 @@ def test_replica_sets_torch_threads_to_its_cpus(stepserve_url: str, tiny_checkpo
 def test_single_hop_answers_as_the_two_hop_application(
     serve_cluster: ServeCluster, tiny_checkpoints: dict[str, Path], stepserve_url: str
 ) -> None:
-    """`single_hop`: the model's engine inside the Ingress replica. Same samples for the same seed, same
-    refusals, the replica's load on GET /v1/models/{id}, healthy."""
+    """`single_hop`, one model: the application is that model's `ModelIngress` (its engine behind its own HTTP
+    edge). Same samples for the same seed, same refusals, the replica's load on GET /v1/models/{id}, healthy.
+    Another application whose `models` name it by `application` sends its requests to that same replica
+    (two hops: its Ingress, then the handle), with the same answers."""
     args = {**app_args(tiny_checkpoints, models=("moons-fm",)), "single_hop": True}
-    args["deployment_options"] = {"Ingress": {"ray_actor_options": {"num_cpus": 0.5}}}
+    args["deployment_options"] = {"moons-fm": {"ray_actor_options": {"num_cpus": 0.5}}}
     url = serve_cluster.deploy("onehop", "/onehop", args)
+    via = app_args(tiny_checkpoints, models=("moons-fm", "moons-ddpm"))
+    via["models"]["moons-fm"]["application"] = "onehop"
+    via_url = serve_cluster.deploy("via", "/via", via)
     body = {"model": "moons-fm", "sampler": "fm-euler", "steps": 8, "num_samples": 16, "seed": 5}
     with httpx.Client(timeout=60) as c:
         one, two = c.post(f"{url}/v1/samples", json=body), c.post(f"{stepserve_url}/v1/samples", json=body)
@@ -227,6 +232,18 @@ def test_single_hop_answers_as_the_two_hop_application(
         assert bad.status_code == 422 and bad.json()["error"]["field"] == "sampler", bad.text
         other = c.post(f"{url}/v1/samples", json={**body, "model": "digits-fm"})
         assert other.status_code == 404 and other.json()["error"]["field"] == "model"
-        assert c.get(f"{url}/v1/models/moons-fm").json()["replica_load"]["ticks"] >= 8
+        ticks = c.get(f"{url}/v1/models/moons-fm").json()["replica_load"]["ticks"]
+        assert ticks >= 8
         assert c.get(f"{url}/healthz").json() == {"status": "ok", "models": ["moons-fm"], "unavailable": []}
+        # The other application: its moons-fm requests run on onehop's replica (its ticks grow by the steps).
+        routed = c.post(f"{via_url}/v1/samples", json=body)
+        assert routed.status_code == 200, routed.text
+        np.testing.assert_array_equal(np.asarray(routed.json()["samples"]), np.asarray(a["samples"]))
+        assert c.get(f"{url}/v1/models/moons-fm").json()["replica_load"]["ticks"] == ticks + 8
+        assert c.get(f"{via_url}/v1/models/moons-fm").json()["replica_load"]["ticks"] == ticks + 8
+        health = c.get(f"{via_url}/healthz").json()
+        assert health == {"status": "ok", "models": ["moons-fm", "moons-ddpm"], "unavailable": []}
+        bad = c.post(f"{via_url}/v1/samples", json={**body, "sampler": "ddim"})
+        assert bad.status_code == 422 and bad.json()["error"]["field"] == "sampler", bad.text
+    serve_cluster.delete("via")
     serve_cluster.delete("onehop")

@@ -166,7 +166,8 @@ def test_committed_family_members_share_data() -> None:
     """The shipped family (deploy/serve.yaml) passes the build's checks with the committed checkpoints."""
     import yaml
 
-    (app,) = yaml.safe_load((ROOT / "deploy" / "serve.yaml").read_text())["applications"]
+    apps = yaml.safe_load((ROOT / "deploy" / "serve.yaml").read_text())["applications"]
+    (app,) = [a for a in apps if a["route_prefix"] == "/"]
     args = AppArgs.model_validate({**app["args"], "models_dir": str(ROOT / "models")})
     _, infos = model_replicas(args)
     check_families(args.families, infos)

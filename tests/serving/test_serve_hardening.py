@@ -121,7 +121,8 @@ def check_haproxy_contract(proc: subprocess.Popen, port: int, stats: int, metric
     through it as through the proxy: a 200 whose samples a second request with the same seed repeats, a 422 naming
     the bad field, a 413 for an oversized body, and a streamed request's events ending with the unstreamed body.
     What a client that hangs up does behind HAProxy is not checked here (docs/architecture.md). `one_hop`: the
-    model's engine runs inside the Ingress replica (no model deployment). Needs moons-fm served."""
+    application is moons-fm's own (`ModelIngress`, no Ingress deployment), else deploy/serve.yaml's layout (an
+    Ingress, and moons-fm's application whose own route /models/moons-fm keeps the same contract)."""
     assert "ingress: HAProxy" in log.read_text()
     # HAProxy reloads (a new process takes over the listening socket) as Serve's endpoints settle, also after
     # the service first answers: read the process tree again until a HAProxy process holds the port.
@@ -135,7 +136,7 @@ def check_haproxy_contract(proc: subprocess.Popen, port: int, stats: int, metric
         time.sleep(1.0)
     model_replicas = [c for c in tree.values() if c.startswith("ray::ServeReplica") and ":moons-fm" in c]
     ingress_replicas = [c for c in tree.values() if c.startswith("ray::ServeReplica") and ":Ingress" in c]
-    assert ingress_replicas and (not model_replicas if one_hop else model_replicas), tree
+    assert model_replicas and (not ingress_replicas if one_hop else ingress_replicas), tree
     assert port in by_port and "haproxy" in by_port[port][1] and by_port[port][0] == "127.0.0.1", sockets
     assert not any(c.startswith("ray::ProxyActor") for _, p, c in sockets if p == port), sockets
     replica_http = [(a, p) for a, p, c in sockets if 30000 <= p < 31000 and c.startswith("ray::ServeReplica")]
@@ -163,19 +164,22 @@ def check_haproxy_contract(proc: subprocess.Popen, port: int, stats: int, metric
         time.sleep(0.5)
     assert servers and all(line.endswith(f" maxconn {INGRESS_MAXCONN}") for line in servers), text
     assert f"timeout queue {INGRESS_QUEUE_MS}ms" in text and "stepserve-503.http" in text, text
-    base = f"http://127.0.0.1:{port}"
     body = {"model": "moons-fm", "sampler": "fm-euler", "steps": 4, "num_samples": 8, "seed": 3}
-    first, again = (httpx.post(f"{base}/v1/samples", json=body, timeout=60) for _ in range(2))
-    assert first.status_code == 200, first.text
-    assert first.json()["nfe"] == 4 and np.asarray(first.json()["samples"]).shape == (8, 2)
-    assert again.json()["samples"] == first.json()["samples"]
-    bad = httpx.post(f"{base}/v1/samples", json={**body, "steps": 0}, timeout=60)
-    assert bad.status_code == 422 and bad.json()["error"]["field"] == "steps", bad.text
-    big = httpx.post(f"{base}/v1/samples", content=b"x" * (65 * 1024), timeout=60)
-    assert big.status_code == 413 and big.json()["error"]["field"] == "body", big.text
-    got = events(base, {**body, "stream": True})
-    assert [e for e, _ in got] == ["progress"] * 4 + ["result"]
-    assert got[-1][1]["samples"] == first.json()["samples"]
+    answers = []
+    for base in [f"http://127.0.0.1:{port}"] + ([] if one_hop else [f"http://127.0.0.1:{port}/models/moons-fm"]):
+        first, again = (httpx.post(f"{base}/v1/samples", json=body, timeout=60) for _ in range(2))
+        assert first.status_code == 200, (base, first.text)
+        assert first.json()["nfe"] == 4 and np.asarray(first.json()["samples"]).shape == (8, 2)
+        assert again.json()["samples"] == first.json()["samples"]
+        answers.append(first.json()["samples"])
+        bad = httpx.post(f"{base}/v1/samples", json={**body, "steps": 0}, timeout=60)
+        assert bad.status_code == 422 and bad.json()["error"]["field"] == "steps", bad.text
+        big = httpx.post(f"{base}/v1/samples", content=b"x" * (65 * 1024), timeout=60)
+        assert big.status_code == 413 and big.json()["error"]["field"] == "body", big.text
+        got = events(base, {**body, "stream": True})
+        assert [e for e, _ in got] == ["progress"] * 4 + ["result"]
+        assert got[-1][1]["samples"] == first.json()["samples"]
+    assert all(a == answers[0] for a in answers)  # both routes reach the same replicas, the same samples
 
 
 def test_serve_cli_one_hop_behind_haproxy_keeps_the_http_contract(tiny_checkpoints: dict[str, Path], tmp_path: Path):
