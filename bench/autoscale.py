@@ -56,8 +56,10 @@ REFUSED = ("503", "429")
 
 
 def shipped() -> tuple[dict[str, Any], dict[str, Any]]:
-    """deploy/serve.yaml's application args and its model deployment's options (without its name)."""
-    application = yaml.safe_load(SHIPPED_CONFIG.read_text())["applications"][0]
+    """The args of the model's own application in deploy/serve.yaml and its deployment's options (without its
+    name)."""
+    apps = yaml.safe_load(SHIPPED_CONFIG.read_text())["applications"]
+    application = next(a for a in apps if list(a["args"]["models"]) == [MODEL])
     options = next(d for d in application["deployments"] if d["name"] == MODEL)
     return application["args"], {k: v for k, v in options.items() if k != "name"}
 

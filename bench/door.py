@@ -1,6 +1,6 @@
 """The front door under a burst: shedding at the door on and off, behind Serve's proxy and behind HAProxy.
 
-Starts the shipped application (`python -m serving.serve_cli --config deploy/serve.yaml`, four models, two
+Starts the shipped application (`python -m serving.serve_cli --config deploy/serve.yaml`, five models, two
 Ingress replicas) once per variant, in turn: the door on (`shed_at_door: true`, as shipped) or off (every
 request reaches an engine to be refused), with Serve's Python proxy or HAProxy in front (`--ingress
 haproxy`; once more with HAProxy and the Ingress replicas' slots unbounded, `--ingress-maxconn 0`). Each
@@ -9,6 +9,8 @@ per second (150, about 15x what its one replica serves) for `--seconds`, every r
 timed from its own send, then one K = 5, 64-sample request. Records per status the count and p50 / p99
 latency, answers whose body is not JSON, and the request after.
 
+The variants with the door on behind HAProxy (as shipped, and with `bulk_nice` 0) also get the burst and the
+`mixed` probe below on moons-fm's own route, `/models/moons-fm/v1/samples` (one hop), as `model_route`.
 The two variants with the door on and the shipped limits (the shipped application behind either ingress)
 also get, on the same running service, the issue's other contracts as a client sees them (and the variant
 with the engine's thread at the replica's own priority, `engine.bulk_nice: 0`, the `mixed` probe, to set
@@ -285,8 +287,9 @@ def run(
                 continue
             config = Path(tmp) / "serve.yaml"
             app = copy.deepcopy(shipped)
-            app["applications"][0]["args"]["shed_at_door"] = door
-            app["applications"][0]["args"]["engine"].update(engine)
+            for application in app["applications"]:  # the Ingress's and each model's own
+                application["args"]["shed_at_door"] = door
+                application["args"]["engine"].update(engine)
             config.write_text(yaml.safe_dump(app, sort_keys=False))
             print(f"{name}: {rate:g} req/s for {seconds:g} s", flush=True)
             proc, url = start_service(config, ingress, extra)
@@ -301,6 +304,14 @@ def run(
                     results[name]["hang_up"] = asyncio.run(hang_up(url, trials=2 if quick else 3))
                     scratch = Path(tmp) / name.replace(", ", "-").replace(" ", "_")
                     results[name]["deadline"] = deadline(url, scratch, seconds)
+                if door and not extra and ingress == "haproxy":
+                    # moons-fm's own route (one hop: the model's replica is the edge): the burst and the mixed
+                    # probe again, there
+                    route = f"{url}/models/{BODY['model']}"
+                    time.sleep(5.0)
+                    results[name]["model_route"] = {"burst": asyncio.run(burst(route, rate, seconds))}
+                    time.sleep(5.0)
+                    results[name]["model_route"]["mixed"] = asyncio.run(mixed(route, seconds=seconds))
             finally:
                 stop_service(proc)
             print(f"  {json.dumps(results[name])}", flush=True)

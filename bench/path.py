@@ -27,8 +27,11 @@ share from the engine's, `http_stack`: the service's own Ingress (FastAPI app, m
    deployment) and over the one-hop no-op behind HAProxy (`over_own_ingress_noop`); the paced reference
    idles for the no-op round trip of the variant's own ingress.
 4. The shipped application, "haproxy:shipped": deploy/serve.yaml as `make serve` runs it (`serving.serve_cli
-   --ingress haproxy`: four models, two Ingress replicas, the door, the work-aware router) on a third local
-   Ray, up before the others; lone requests only (16 clients of tiny requests would make it autoscale).
+   --ingress haproxy`: five models, each in an application of its own, and two Ingress replicas with the door
+   at /) on a third local Ray, up before the others; POST /v1/samples (two hops: an Ingress replica, then the
+   model's by handle), and as "haproxy:shipped_model_route" POST /models/moons-fm/v1/samples (one hop: the
+   model's replica answers HTTP itself); lone requests only (16 clients of tiny requests would make it
+   autoscale).
 
 Windows interleave the variants (A B C A B C ...). Each ratio is taken within a round, from measurements at
 most about a minute apart; the median over rounds is reported beside the per-round values. Run:
@@ -151,14 +154,15 @@ def _deploy_variants(base: str, ckpt_dir: Path, onnx_dir: Path, names: tuple[str
         "engine": {"max_rows_per_tick": 4096, "max_in_flight": 64, "max_queue": 1024},
         "deployment_options": {MODEL: replica, "Ingress": ingress},
     }
-    one_hop = {**args, "single_hop": True, "deployment_options": {"Ingress": replica}}
+    one_hop = {**args, "single_hop": True, "deployment_options": {MODEL: replica}}  # the model's ModelIngress
     ort = {MODEL: {"path": str(onnx_dir), "backend": "onnxruntime", "backend_options": {"num_threads": 1}}}
 
     def instant() -> Any:  # the one-hop app's Ingress, its model answered by an InstantModel
         a = AppArgs.model_validate(one_hop)
         _, infos = model_replicas(a)
         security = {"auth": None, "max_headers": a.max_headers, "max_header_bytes": a.max_header_bytes}
-        return InstantIngress.options(**replica).bind({}, infos, a.max_body_bytes, a.body_timeout_s, security, None)
+        models = dict.fromkeys(infos)  # each replaced by an InstantModel in the replica
+        return InstantIngress.options(**replica).bind(models, infos, a.max_body_bytes, a.body_timeout_s, security)
 
     builders = {
         "noop_one_hop": lambda: Noop.options(name="Noop", **ingress).bind(),
@@ -185,10 +189,17 @@ ROUTES = {
 HAPROXY_VARIANTS = ("noop_one_hop", "two_hops", "one_hop")
 HAPROXY = "haproxy:"
 # The shipped application: deploy/serve.yaml through `serving.serve_cli` behind HAProxy, as `make serve` runs
-# it (four models, two Ingress replicas, the door, the work-aware router), on a local Ray of its own.
+# it, on a local Ray of its own: its body-routed path at / and moons-fm's own route.
 SHIPPED = HAPROXY + "shipped"
+SHIPPED_MODEL_ROUTE = HAPROXY + "shipped_model_route"
 # The served variants measured against an in-process reference, and the backend of that reference.
-BARE_BACKEND = {"two_hops": "torch", "one_hop": "torch", "one_hop_onnxruntime": "onnxruntime", "shipped": "torch"}
+BARE_BACKEND = {
+    "two_hops": "torch",
+    "one_hop": "torch",
+    "one_hop_onnxruntime": "onnxruntime",
+    "shipped": "torch",
+    "shipped_model_route": "torch",
+}
 # The variants of the tiny-request ceiling (the onnxruntime and instant variants are for the lone request).
 TINY_VARIANTS = ("noop_one_hop", "noop_two_hops", "two_hops", "one_hop")
 # The line on which the HAProxy host (`--host-haproxy`) reports its variants' URLs.
@@ -267,6 +278,7 @@ def measure(quick: bool) -> dict[str, Any]:
             with local_serve() as base:
                 onnx_dir = scratch_checkpoint(MODEL, Path(scratch), onnx=True)
                 urls = {**_deploy_variants(base, ckpt_dir, onnx_dir, tuple(ROUTES)), **far, SHIPPED: shipped_url}
+                urls[SHIPPED_MODEL_ROUTE] = f"{shipped_url}/models/{MODEL}"
                 result.update(_rounds(urls, ckpt_dir, onnx_dir, window, rounds))
     finally:
         stop_service(shipped)

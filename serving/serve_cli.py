@@ -175,6 +175,15 @@ def curl_example(base: str, model: str = "moons-fm", sampler: str = "fm-euler") 
     return f"curl -s -X POST {base}/v1/samples -H 'content-type: application/json' -d '{body}'"
 
 
+def model_route(config: dict[str, Any], model: str) -> str | None:
+    """The route prefix of `model`'s own application in `config` (deploy/serve.yaml: /models/<id>), or None."""
+    for app in config.get("applications", []):
+        models = app.get("args", {}).get("models", {})
+        if app.get("args", {}).get("single_hop") and list(models) == [model] and app.get("route_prefix") != "/":
+            return str(app["route_prefix"]).rstrip("/")
+    return None
+
+
 def example_model(base: str) -> tuple[str, str]:
     """(model, sampler) for the curl example: moons-fm where served, else the first flow-matching model, else the
     first model with ddim (GET /v1/models of the running application)."""
@@ -268,10 +277,14 @@ def main_serve(args: argparse.Namespace) -> int:
         serve_run.main([tmp.name, "--non-blocking"], standalone_mode=False)
         if not wait_ready(base, stop):
             return 130
+        model, sampler = example_model(base)
+        route = model_route(config, model)
+        one_hop = f"  one hop: {curl_example(base + route, model, sampler)}\n" if route else ""
         print(
             "\nstepserve is ready.\n"
             f"  ingress: {INGRESS_WORDS[args.ingress]}\n"
-            f"  try:     {curl_example(base, *example_model(base))}\n"
+            f"  try:     {curl_example(base, model, sampler)}\n"
+            f"{one_hop}"
             f"  models:  {base}/v1/models\n"
             f"  API doc: {base}/docs\n"
             f"  metrics: {metrics_url}  (Prometheus text; series ray_stepserve_*)\n"

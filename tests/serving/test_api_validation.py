@@ -207,3 +207,19 @@ def test_kuberay_service_carries_the_gpu_config() -> None:
     service = yaml.safe_load((ROOT / "deploy" / "kuberay-rayservice.yaml").read_text())
     gpu = yaml.safe_load((ROOT / "deploy" / "serve-gpu.yaml").read_text())
     assert yaml.safe_load(service["spec"]["serveConfigV2"]) == gpu
+
+
+def test_serve_cli_names_each_models_own_route() -> None:
+    """The one-hop curl example `make serve` prints: a model's own application in the shipped config, none in a
+    config without per-model applications."""
+    import yaml
+
+    from serving.serve_cli import model_route
+
+    shipped = yaml.safe_load((ROOT / "deploy" / "serve.yaml").read_text())
+    assert model_route(shipped, "moons-fm") == "/models/moons-fm"
+    assert model_route(shipped, "digits-ddpm") == "/models/digits-ddpm"
+    assert model_route(shipped, "moons-fm-family") is None
+    assert model_route(yaml.safe_load((ROOT / "deploy" / "serve-cluster.yaml").read_text()), "moons-fm") is None
+    # serve-one-hop.yaml's one model is at / already: the example above is its one hop
+    assert model_route(yaml.safe_load((ROOT / "deploy" / "serve-one-hop.yaml").read_text()), "moons-fm") is None

@@ -112,6 +112,11 @@ def test_serve_script_trains_missing_models_serves_and_prints_a_working_curl(mad
     assert f"127.0.0.1:{made.port}" in curl
     answer = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=60, check=True)
     assert '"nfe":10' in answer.stdout and '"shape":[4,2]' in answer.stdout
+    # ... and the same request on the model's own route (one hop), with the same samples (seed 0)
+    one_hop = next(line.split("one hop:", 1)[1].strip() for line in text.splitlines() if "one hop:" in line)
+    assert f"127.0.0.1:{made.port}/models/moons-fm/v1/samples" in one_hop
+    direct = subprocess.run(one_hop, shell=True, capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(direct.stdout)["samples"] == json.loads(answer.stdout)["samples"]
     assert made.metrics_url in text
     assert httpx.get(made.metrics_url, timeout=30).status_code == 200
     assert "warning: Ray's node address" not in text
