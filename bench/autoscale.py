@@ -3,9 +3,11 @@ project's `serving.autoscale.WorkPolicy` (predicted backlog seconds, deadline mi
 
     python -m bench.autoscale [--out DIR] [--quick]
 
-One moons-fm model deployment as deploy/serve.yaml ships it (read from the file: its autoscaling bounds and
-delays, engine limits, max_ongoing_requests), but for the policy: "default" is Serve's own with
-target_ongoing_requests 32 (docs/deploy.md, "Turn the policy off"), "work" the shipped WorkPolicy. Serve's
+One moons-fm model deployment with deploy/serve.yaml's settings for it (read from the file, its own
+application's: its autoscaling bounds and delays, engine limits, max_ongoing_requests), reached in two hops
+(an Ingress in front, by handle) where the shipped file also gives it a route of its own, but for the policy:
+"default" is Serve's own with target_ongoing_requests 32 (docs/deploy.md, "Turn the policy off"), "work" the
+shipped WorkPolicy. Serve's
 autoscaling metric push intervals are what `make serve` sets (serving/serve_cli.py). First one replica's
 capacity is measured (a fixed single-replica application, closed loop); then each policy in turn (A B A B ...)
 gets a fresh application, idle, and a step from idle to Poisson arrivals at STEP x that capacity of K = 100,

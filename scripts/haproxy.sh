@@ -3,7 +3,8 @@
 # has no setting for any of these:
 # - its stats page (`bind *:PORT`) and Prometheus metrics (`bind :PORT`) are bound to 127.0.0.1, not every
 #   interface; the frontend's own `bind HOST:PORT` is left as it is;
-# - with STEPSERVE_HAPROXY_SERVER_MAXCONN > 0, each server (an Ingress replica) takes at most that many requests
+# - with STEPSERVE_HAPROXY_SERVER_MAXCONN > 0, each server (a replica serving HTTP: an Ingress replica, or a
+#   model's own in deploy/serve.yaml's per-model applications) takes at most that many requests
 #   at a time; the rest wait in HAProxy's queue, and one that waited STEPSERVE_HAPROXY_QUEUE_MS is answered 503
 #   by HAProxy itself, so a burst past what the Ingress replicas can take waits in C, bounded, not in their
 #   event loops; and HAProxy reads each request's body (up to its buffer) before it takes a slot
@@ -34,11 +35,11 @@ errorfile() {
 rewrite() {
   local cfg=$1 dir
   dir=$(dirname "$cfg")
-  errorfile "$dir/stepserve-502.http" 502 "Bad Gateway" "an Ingress replica failed the request"
+  errorfile "$dir/stepserve-502.http" 502 "Bad Gateway" "a replica failed the request"
   errorfile "$dir/stepserve-503.http" 503 "Service Unavailable" \
-    "the service is at capacity (no Ingress replica took the request within ${queue_ms} ms); retry later" \
+    "the service is at capacity (no replica took the request within ${queue_ms} ms); retry later" \
     "Retry-After: 1"
-  errorfile "$dir/stepserve-504.http" 504 "Gateway Timeout" "an Ingress replica did not answer in time"
+  errorfile "$dir/stepserve-504.http" 504 "Gateway Timeout" "a replica did not answer in time"
   sed -i -E \
     -e 's/^([[:space:]]*bind )\*?:([0-9]+)[[:space:]]*$/\1127.0.0.1:\2/' \
     -e '/^[[:space:]]*errorfile 50[234] /d' \

@@ -11,7 +11,9 @@ backs off and tries again when none has. Calls that are not sampling requests (l
 queue length alone. Nothing here waits on stats: a replica without fresh ones is ranked as unknown.
 
 Select it per deployment with `request_router_config: {request_router_class: serving.router:WorkAwareRouter}`
-(deploy/serve.yaml); remove that to get Serve's default (power of two choices on queue length).
+(deploy/serve-latent.yaml, serve-gpu.yaml, serve-cluster.yaml; not on an application's ingress deployment
+behind HAProxy, which Ray 2.60 refuses, as in deploy/serve.yaml); remove that to get Serve's default (power of
+two choices on queue length).
 """
 
 from __future__ import annotations

@@ -53,7 +53,8 @@ HAPROXY_ENV_DEFAULTS = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
 # replica's concurrency bounded, with HAProxy's queue in front; HAProxy's own errors as the API's JSON body.
 HAPROXY_WRAPPER = Path(__file__).resolve().parents[1] / "scripts" / "haproxy.sh"
 # Requests one Ingress replica holds at a time behind HAProxy (sampling, streaming, being refused: all count);
-# the rest wait in HAProxy's queue. deploy/serve.yaml's two Ingress replicas so hold 64 at once. Fewer slots
+# the rest wait in HAProxy's queue. deploy/serve.yaml's two Ingress replicas so hold 64 at once, and each model
+# replica as many on its own route (a replica serving HTTP is a server of HAProxy's, whichever application). Fewer slots
 # keep a burst's excess out of the replicas' event loops (docs/reliability.md, "Bounded Ingress slots"): on 2
 # cores, 32 held 15x-burst refusals' p99 at 0.16-1.8 s where unbounded slots read 0.8-6.2 s. Raise it
 # (`--ingress-maxconn`) for many long or streamed requests at once; 0 leaves the slots unbounded.
@@ -166,7 +167,7 @@ def patched_config(path: Path, host: str | None, port: int | None, models_dir: s
 
 INGRESS_WORDS = {
     "serve": "Ray Serve's HTTP proxy",
-    "haproxy": "HAProxy, straight to the Ingress replicas (their own HTTP servers: ports 30000-31000)",
+    "haproxy": "HAProxy, straight to the replicas' own HTTP servers (ports 30000-31000)",
 }
 
 
@@ -175,13 +176,20 @@ def curl_example(base: str, model: str = "moons-fm", sampler: str = "fm-euler") 
     return f"curl -s -X POST {base}/v1/samples -H 'content-type: application/json' -d '{body}'"
 
 
-def model_route(config: dict[str, Any], model: str) -> str | None:
-    """The route prefix of `model`'s own application in `config` (deploy/serve.yaml: /models/<id>), or None."""
+def model_routes(config: dict[str, Any]) -> dict[str, str]:
+    """Each model's own application's route prefix in `config` (deploy/serve.yaml: /models/<id>), by model:
+    the one-model `single_hop` applications not at /."""
+    routes = {}
     for app in config.get("applications", []):
-        models = app.get("args", {}).get("models", {})
-        if app.get("args", {}).get("single_hop") and list(models) == [model] and app.get("route_prefix") != "/":
-            return str(app["route_prefix"]).rstrip("/")
-    return None
+        args, prefix = app.get("args", {}), str(app.get("route_prefix", "/"))
+        if args.get("single_hop") and len(args.get("models", {})) == 1 and prefix.rstrip("/"):
+            routes[next(iter(args["models"]))] = prefix.rstrip("/")
+    return routes
+
+
+def model_route(config: dict[str, Any], model: str) -> str | None:
+    """The route prefix of `model`'s own application in `config`, or None."""
+    return model_routes(config).get(model)
 
 
 def example_model(base: str) -> tuple[str, str]:
@@ -201,7 +209,8 @@ def example_model(base: str) -> tuple[str, str]:
 
 
 def wait_ready(base: str, stop: threading.Event, timeout_s: float = READY_TIMEOUT_S) -> bool:
-    """Until GET /healthz answers 200 (every model deployment up): True, or False if `stop` is set."""
+    """Until GET `base`/healthz answers 200 (every model of that application up): True, or False if `stop` is
+    set."""
     deadline = time.monotonic() + timeout_s
     while not stop.is_set():
         if time.monotonic() > deadline:
@@ -275,7 +284,8 @@ def main_serve(args: argparse.Namespace) -> int:
     try:
         print(f"serve run {config_path} (starting the application; it loads every model) ...", flush=True)
         serve_run.main([tmp.name, "--non-blocking"], standalone_mode=False)
-        if not wait_ready(base, stop):
+        # every application answers: the one at / (its /healthz waits for every model) and each model's own route
+        if not all(wait_ready(base + route, stop) for route in ["", *model_routes(config).values()]):
             return 130
         model, sampler = example_model(base)
         route = model_route(config, model)

@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from serving.api.headers import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS
-from serving.api.middleware import send_error
+from serving.api.middleware import relative_path, send_error
 from serving.api.schemas import ApiError
 from serving.metrics import AuthMetrics
 
@@ -180,12 +180,6 @@ class AuthError(ApiError):
 
     def headers(self) -> dict[str, str] | None:
         return {"WWW-Authenticate": self.challenge}
-
-
-def relative_path(scope: dict) -> str:
-    """The path below the application's route prefix (Serve puts the prefix into root_path and path)."""
-    path, root = scope.get("path", ""), scope.get("root_path", "")
-    return (path[len(root) :] or "/") if root and path.startswith(root) else path
 
 
 def bearer_token(scope: dict) -> tuple[bytes | None, str]:

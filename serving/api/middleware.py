@@ -17,6 +17,15 @@ from serving.api.schemas import ApiError
 from serving.metrics import DoorMetrics, IngressMetrics
 
 SAMPLES_PATH = "/v1/samples"
+
+
+def relative_path(scope: dict) -> str:
+    """The path below the application's route prefix (Serve puts the prefix into root_path and path): the
+    same route of an application at `/` and of one at `/models/<id>` compare equal."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    return (path[len(root) :] or "/") if root and path.startswith(root) else path
+
+
 # The API's bodies are flat objects; a body nested deeper is refused before any parser sees it (a parser
 # recurses per level: 30 000 nested `[` made Python's json raise RecursionError, a 500).
 MAX_JSON_DEPTH = 32
@@ -50,7 +59,7 @@ class ShedWhenBusy:
         self._metrics: DoorMetrics | None = None
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope.get("path") != SAMPLES_PATH:
+        if scope["type"] != "http" or relative_path(scope) != SAMPLES_PATH:
             return await self.app(scope, receive, send)
         state = scope["app"].state
         limit = getattr(state, "max_loop_lag_s", 0.0)
@@ -158,7 +167,7 @@ class RequestMetrics:
         self._metrics: IngressMetrics | None = None  # made on first use, inside the replica's process
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope.get("path") != SAMPLES_PATH:
+        if scope["type"] != "http" or relative_path(scope) != SAMPLES_PATH:
             return await self.app(scope, receive, send)
         t0 = time.perf_counter()
         status = 500

@@ -17,6 +17,7 @@ from sampling import guidance, samplers
 from sampling.driver import run_sampler
 from sampling.request import initial_noise
 from tests.serving.conftest import ServeCluster, app_args
+from tests.serving.test_metrics import scrape
 from training.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -222,6 +223,7 @@ def test_single_hop_answers_as_the_two_hop_application(
     via["models"]["moons-fm"]["application"] = "onehop"
     via_url = serve_cluster.deploy("via", "/via", via)
     body = {"model": "moons-fm", "sampler": "fm-euler", "steps": 8, "num_samples": 16, "seed": 5}
+    before = scrape(serve_cluster.metrics_url)
     with httpx.Client(timeout=60) as c:
         one, two = c.post(f"{url}/v1/samples", json=body), c.post(f"{stepserve_url}/v1/samples", json=body)
         assert one.status_code == two.status_code == 200, one.text
@@ -245,5 +247,21 @@ def test_single_hop_answers_as_the_two_hop_application(
         assert health == {"status": "ok", "models": ["moons-fm", "moons-ddpm"], "unavailable": []}
         bad = c.post(f"{via_url}/v1/samples", json={**body, "sampler": "ddim"})
         assert bad.status_code == 422 and bad.json()["error"]["field"] == "sampler", bad.text
+
+    # The edge's request metrics count the requests of an application at a route prefix too (the middleware
+    # matches the path below the prefix): onehop's own route got one 200 and one 422 for moons-fm.
+    def requests(samples: list, status: str) -> float:
+        want = {"application": "onehop", "model": "moons-fm", "status": status}
+        name = "ray_stepserve_requests_total"
+        return sum(v for n, lab, v in samples if n == name and all(lab.get(k) == x for k, x in want.items()))
+
+    deadline = time.monotonic() + 60  # Ray's agent exports every metrics_report_interval_ms (1 s here)
+    while True:
+        after = scrape(serve_cluster.metrics_url)
+        got = [requests(after, s) - requests(before, s) for s in ("200", "422")]
+        if got == [1, 1] or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    assert got == [1, 1]
     serve_cluster.delete("via")
     serve_cluster.delete("onehop")

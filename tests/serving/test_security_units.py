@@ -11,9 +11,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from serving.api.auth import ApiKeys, AuthArgs, TokenBucket, bearer_token, key_id, parse_keys, relative_path
+from serving.api.auth import ApiKeys, AuthArgs, TokenBucket, bearer_token, key_id, parse_keys
 from serving.api.docs import serve_docs_locally
 from serving.api.headers import header_error
+from serving.api.middleware import relative_path
 from serving.app import AppArgs
 
 KEY_A, KEY_B = "a" * 8 + "-key-one-1234567", "b" * 8 + "-key-two-7654321"
